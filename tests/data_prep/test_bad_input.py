@@ -1,0 +1,87 @@
+"""The bad-input corpus: every bad record is a rejects entry with a reason, or one line under --strict."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from data_prep.pipeline import prepare_oa_dolly
+from data_prep.readers import DataError
+from tests.conftest import OASST_ROWS, ROOT
+
+BAD = Path(__file__).parent / "bad_input" / "dolly_bad.jsonl"
+EXPECTED = {
+    4: "not JSON",
+    5: "JSON value is a list, not an object",
+    6: "JSON value is a int, not an object",
+    7: "field 'instruction' is a int, not a string",
+    8: "missing field 'response'",
+    9: "empty instruction",
+    10: "empty response",
+    11: "invalid UTF-8",
+}
+
+
+def test_every_bad_dolly_line_is_quarantined_with_reason(tmp_path):
+    out = tmp_path / "out.jsonl"
+    result = prepare_oa_dolly(out, str(BAD), None)
+    rejects = [json.loads(line) for line in (tmp_path / "out.jsonl.rejects.jsonl").open()]
+    assert {r["line"] for r in rejects} == set(EXPECTED)
+    for r in rejects:
+        assert r["reason"].startswith(EXPECTED[r["line"]]) and r["file"] == str(BAD)
+    s = result.report.sources["dolly"]
+    assert s.read == 12 and s.written == 4 and sum(s.rejected.values()) == 8 and s.balanced()
+    first = json.loads(out.read_text().splitlines()[0])
+    assert first[0]["prompt"].startswith("<human>: When did Virgin Australia")  # BOM + CRLF read fine
+    assert not first[0]["completion"].endswith("\r")
+
+
+def test_huge_line_is_rejected_without_reading_it_whole(tmp_path):
+    big = tmp_path / "big.jsonl"
+    good = BAD.read_bytes().split(b"\n")[2].rstrip(b"\r")
+    with big.open("wb") as fh:
+        fh.write(good + b"\n")
+        fh.write(b'{"instruction": "' + b"x" * (50 * 1024 * 1024) + b'", "response": "y"}\n')
+        fh.write(good + b"\n")
+    result = prepare_oa_dolly(tmp_path / "o.jsonl", str(big), None)
+    s = result.report.sources["dolly"]
+    assert s.written == 2 and s.rejected == {"line longer than 8388608 bytes": 1}
+
+
+def test_strict_stops_with_file_and_line(tmp_path):
+    with pytest.raises(DataError, match=r"dolly_bad.jsonl:4: not JSON"):
+        prepare_oa_dolly(tmp_path / "o.jsonl", str(BAD), None, strict=True)
+    assert not (tmp_path / "o.jsonl").exists()  # nothing that looks complete is left behind
+
+
+def test_strict_cli_prints_one_line_and_exits_nonzero(tmp_path):
+    proc = subprocess.run([sys.executable, "data_prep/prepare_oa_dolly.py", "--dolly", str(BAD), "--oasst", "",
+                           "--strict", "--output", str(tmp_path / "o.jsonl")],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "dolly_bad.jsonl:4" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_bad_oasst_trees_are_counted_never_crash(tmp_path):
+    rows = [json.loads(line) for line in OASST_ROWS.open()][:40]
+    by_id = {r["message_id"]: r for r in rows}
+    child = next(r for r in rows if r["parent_id"] in by_id and by_id[r["parent_id"]]["parent_id"] is None)
+    a, b = dict(rows[5], message_id="cyc-a", parent_id="cyc-b"), dict(rows[6], message_id="cyc-b", parent_id="cyc-a")
+    same_role = dict(child, message_id="same-role", role=by_id[child["parent_id"]]["role"])
+    bot_root = dict(rows[1], message_id="bot-root", parent_id=None, role="assistant")
+    extra = [a, b, same_role, bot_root, dict(rows[3]), dict(rows[4], role="system"), dict(rows[7], text=None)]
+    path = tmp_path / "oasst_bad.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows + extra) + "\nnot json\n")
+    result = prepare_oa_dolly(tmp_path / "o.jsonl", None, str(path))
+    s = result.report.sources["oasst"]
+    assert s.read == 48 and s.balanced()
+    assert s.rejected["cycle in parent links"] == 2
+    assert s.rejected["non-alternating roles"] == 1
+    assert s.rejected["root is not a prompter message"] == 1
+    assert s.rejected[f"duplicate message_id {rows[3]['message_id']}"] == 1
+    assert s.rejected["field 'role' is 'system', not 'prompter' or 'assistant'"] == 1
+    assert s.rejected["missing field 'text'"] == 1
+    assert any(k.startswith("not JSON") for k in s.rejected)
