@@ -1,0 +1,160 @@
+"""JSONL/text lines -> tokenized articles with token types, following generative_data_prep exactly.
+
+Token types: 0 prompt, 1 completion, 2 padding, 3 end-of-article separator. Each prompt/completion
+pair becomes ``encode(prompt)`` (type 0) + ``encode(completion)`` (type 1) + EOS (type 1); the last
+token of an article becomes type 3. With the space separator (gdp's default) the prompt loses
+trailing spaces and the completion gets exactly one leading space. A line may be one pair
+``{"prompt", "completion"}`` or a list of pairs (one conversation). Encoding is batched through
+the Rust ``tokenizers`` backend.
+
+Example (one conversation line, packing and attention boundary ``jsonl``)::
+
+    [{"prompt": "<human>: Hi\\n<bot>:", "completion": "Hello"}, {"prompt": "\\n<human>: Bye\\n<bot>:", ...}]
+    tokens  <human>: Hi \\n<bot>:  | ␣Hello | EOS | \\n<human>: Bye\\n<bot>: | ␣See you | EOS
+    types   0 ...              0   | 1      | 1   | 0 ...                0 | 1 ...    | 3
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import orjson
+
+PROMPT, COMPLETION, PADDING, SEP = 0, 1, 2, 3
+BOUNDARIES = ("jsonl", "prompt_completion_pair")
+
+
+class InputFormatError(ValueError):
+    """A line that is not in a format this stage reads (the message says why)."""
+
+
+@dataclass
+class ArticleSettings:
+    """The gdp flags that change how a line becomes tokens."""
+
+    prompt_keyword: str = "prompt"
+    completion_keyword: str = "completion"
+    disable_space_separator: bool = False
+    keep_prompt_only_sequences: bool = False
+    packing_boundary: str = "jsonl"
+    attention_boundary: str = "jsonl"
+    is_text: bool = False  # plain text lines (.txt input): the whole line is completion
+
+
+@dataclass
+class Article:
+    """One packing unit: token ids and types, plus the category and source of the line."""
+
+    ids: np.ndarray
+    types: np.ndarray
+    category: str | None = None
+    source: str | None = None
+
+
+@dataclass
+class LineParts:
+    """The strings of one line to encode: (prompt, completion, category) per kept pair."""
+
+    pairs: list[tuple[str, str, str | None]] = field(default_factory=list)
+    source: str | None = None
+    skipped_empty_completions: int = 0
+
+
+def parse_line(raw: bytes | str, s: ArticleSettings) -> LineParts:
+    """Validate one input line and return its pairs after gdp's space-separator rule."""
+    if s.is_text:
+        text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+        return LineParts([("", text.rstrip("\r\n"), None)])
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InputFormatError(f"not JSON ({str(exc).split(':')[0]})") from None
+    if isinstance(obj, dict):
+        obj = [obj]
+    if not isinstance(obj, list) or not obj:
+        raise InputFormatError("a line must be a JSON object or a non-empty list of objects")
+    parts = LineParts()
+    for pair in obj:
+        if not isinstance(pair, dict):
+            raise InputFormatError("a list line must hold only JSON objects")
+        if s.completion_keyword not in pair:
+            raise InputFormatError(f"completion keyword '{s.completion_keyword}' not found")
+        prompt, completion = pair.get(s.prompt_keyword, ""), pair[s.completion_keyword]
+        if not isinstance(prompt, str) or not isinstance(completion, str):
+            raise InputFormatError(f"'{s.prompt_keyword}' and '{s.completion_keyword}' must be strings")
+        if parts.source is None and isinstance(pair.get("source"), str):
+            parts.source = pair["source"]
+        if not completion and not s.keep_prompt_only_sequences:
+            parts.skipped_empty_completions += 1
+            continue
+        if not s.disable_space_separator:
+            prompt = prompt.rstrip(" ") if prompt else prompt
+            completion = " " + completion.lstrip(" ") if completion else completion
+        category = pair.get("category")
+        parts.pairs.append((prompt, completion, category if isinstance(category, str) else None))
+    return parts
+
+
+def build_articles(parts: LineParts, encoded: list[list[int]], eos: int, s: ArticleSettings) -> list[Article]:
+    """Assemble the articles of one line from its encoded strings (prompt, completion per pair, in order)."""
+    articles: list[Article] = []
+    ids: list[int] = []
+    types: list[int] = []
+    category = None
+    it = iter(encoded)
+    last = len(parts.pairs) - 1
+    for i, (prompt, completion, cat) in enumerate(parts.pairs):
+        p_ids = next(it) if prompt else []
+        c_ids = next(it) if completion else []
+        if p_ids or c_ids:
+            ids += p_ids + c_ids + [eos]
+            types += [PROMPT] * len(p_ids) + [COMPLETION] * (len(c_ids) + 1)
+        category = category or cat
+        if s.attention_boundary == "prompt_completion_pair" and types:
+            types[-1] = SEP
+        if s.packing_boundary == "prompt_completion_pair" and i != last:
+            articles.append(_article(ids, types, category, parts.source))
+            ids, types = [], []
+    if types:
+        types[-1] = SEP
+    articles.append(_article(ids, types, category, parts.source))
+    return articles
+
+
+def _article(ids: list[int], types: list[int], category, source) -> Article:
+    return Article(np.asarray(ids, dtype=np.int32), np.asarray(types, dtype=np.int8), category, source)
+
+
+def strings_to_encode(parts: LineParts) -> list[str]:
+    """The non-empty prompt and completion strings of a line, in encoding order."""
+    out = []
+    for prompt, completion, _ in parts.pairs:
+        if prompt:
+            out.append(prompt)
+        if completion:
+            out.append(completion)
+    return out
+
+
+class ArticleTokenizer:
+    """Turns batches of raw lines into articles with one ``encode_batch`` call per batch."""
+
+    def __init__(self, tokenizer, settings: ArticleSettings):
+        self.backend = tokenizer.backend_tokenizer
+        self.eos = tokenizer.eos_token_id
+        self.settings = settings
+
+    def __call__(self, parts_list: list[LineParts]) -> list[list[Article]]:
+        texts: list[str] = []
+        counts = []
+        for parts in parts_list:
+            strings = strings_to_encode(parts)
+            texts += strings
+            counts.append(len(strings))
+        encoded = [e.ids for e in self.backend.encode_batch(texts, add_special_tokens=True)] if texts else []
+        out, pos = [], 0
+        for parts, n in zip(parts_list, counts):
+            out.append(build_articles(parts, encoded[pos:pos + n], self.eos, self.settings))
+            pos += n
+        return out

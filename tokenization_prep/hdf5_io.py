@@ -1,0 +1,114 @@
+"""The on-disk token store (articles waiting to be packed) and the HDF5 split files it becomes.
+
+Tokens of a split go to two flat temp files (int32 ids, int8 types) so memory stays flat whatever
+the input size; a packing plan (token ranges) is then materialized block by block into HDF5
+datasets ``input_ids`` / ``token_type_ids`` (and ``category_ids``), int32, shape (sequences, L).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from tokenization_prep.articles import COMPLETION, PADDING, Article
+
+BLOCK_ROWS = 512
+
+
+class TokenStore:
+    """Append-only article store on disk with per-article offset, length, category and source codes."""
+
+    def __init__(self, directory: Path, name: str):
+        directory.mkdir(parents=True, exist_ok=True)
+        self.ids_path = directory / f".{name}.ids.tmp"
+        self.types_path = directory / f".{name}.types.tmp"
+        self._ids = open(self.ids_path, "wb")
+        self._types = open(self.types_path, "wb")
+        self.offsets: list[int] = []
+        self.lengths: list[int] = []
+        self.categories: list[int] = []
+        self.sources: list[int] = []
+        self.category_names: dict[str, int] = {}
+        self.source_names: dict[str, int] = {}
+        self.total = 0
+
+    def _code(self, table: dict[str, int], name: str | None) -> int:
+        if name is None:
+            return -1
+        return table.setdefault(name, len(table))
+
+    def add(self, article: Article) -> None:
+        self.offsets.append(self.total)
+        self.lengths.append(len(article.ids))
+        self.categories.append(self._code(self.category_names, article.category))
+        self.sources.append(self._code(self.source_names, article.source))
+        self._ids.write(article.ids.tobytes())
+        self._types.write(article.types.tobytes())
+        self.total += len(article.ids)
+
+    def seal(self) -> None:
+        self._ids.close()
+        self._types.close()
+
+    def read(self, start: int, end: int) -> tuple[np.ndarray, np.ndarray]:
+        """Token ids and types of global token positions [start, end)."""
+        n = end - start
+        ids = np.fromfile(self.ids_path, dtype=np.int32, count=n, offset=4 * start)
+        types = np.fromfile(self.types_path, dtype=np.int8, count=n, offset=start)
+        return ids, types
+
+    def cleanup(self) -> None:
+        for p in (self.ids_path, self.types_path):
+            if p.exists():
+                os.unlink(p)
+
+
+def materialize(store: TokenStore, seq: list[tuple[int, int, int]], max_len: int, pad_id: int,
+                category_ids: dict[int, int] | None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """One sequence's (input_ids, token_type_ids, category_ids) rows, padded with ``pad_id`` / type 2."""
+    ids = np.full(max_len, pad_id, dtype=np.int32)
+    types = np.full(max_len, PADDING, dtype=np.int32)
+    cats = np.full(max_len, -1, dtype=np.int32) if category_ids is not None else None
+    pos = 0
+    for a, s, e in seq:
+        base = store.offsets[a]
+        i, t = store.read(base + s, base + e)
+        ids[pos:pos + e - s] = i
+        types[pos:pos + e - s] = t
+        if cats is not None:
+            cats[pos:pos + e - s] = category_ids.get(store.categories[a], -1)
+        pos += e - s
+    return ids, types, cats
+
+
+def has_completion(store: TokenStore, seq: list[tuple[int, int, int]]) -> bool:
+    for a, s, e in seq:
+        base = store.offsets[a]
+        if (store.read(base + s, base + e)[1] == COMPLETION).any():
+            return True
+    return False
+
+
+def write_hdf5(path: Path, store: TokenStore, seqs: list[list[tuple[int, int, int]]], max_len: int,
+               pad_id: int, category_ids: dict[int, int] | None) -> None:
+    """Write sequences to ``path`` atomically (temp name, then rename), in blocks of rows."""
+    import h5py
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    n = len(seqs)
+    with h5py.File(tmp, "w") as f:
+        chunk = (max(1, min(n, 64)), max_len)
+        d_ids = f.create_dataset("input_ids", (n, max_len), dtype="i4", chunks=chunk if n else None)
+        d_types = f.create_dataset("token_type_ids", (n, max_len), dtype="i4", chunks=chunk if n else None)
+        d_cats = (f.create_dataset("category_ids", (n, max_len), dtype="i4", chunks=chunk if n else None)
+                  if category_ids is not None else None)
+        for lo in range(0, n, BLOCK_ROWS):
+            hi = min(n, lo + BLOCK_ROWS)
+            rows = [materialize(store, seqs[k], max_len, pad_id, category_ids) for k in range(lo, hi)]
+            d_ids[lo:hi] = np.stack([r[0] for r in rows])
+            d_types[lo:hi] = np.stack([r[1] for r in rows])
+            if d_cats is not None:
+                d_cats[lo:hi] = np.stack([r[2] for r in rows])
+    os.replace(tmp, path)

@@ -1,0 +1,162 @@
+"""Tokenize one split: lines -> articles in a TokenStore -> packing plan -> HDF5 file(s), with metrics.
+
+This is gdp's ``data_prep`` step (one input, one or more HDF5 files) and the per-split worker of the
+pipeline. Bad lines stop the run with file, line and fix, or with ``--ignore_input_format_error``
+go to a skipped-lines log and are counted.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+import orjson
+
+from data_prep.readers import DataError
+from tokenization_prep.articles import (COMPLETION, PROMPT, SEP, ArticleSettings, ArticleTokenizer, InputFormatError,
+                                        LineParts, parse_line)
+from tokenization_prep.hdf5_io import TokenStore, has_completion, write_hdf5
+from tokenization_prep.packing import PackingConfig, plan
+
+BATCH_LINES = 1024
+TYPE_NAMES = {PROMPT: "prompt", COMPLETION: "completion", SEP: "end_of_article"}
+
+
+@dataclass
+class SplitMetrics:
+    """What one split holds and what was dropped, for the data report and the mask audit."""
+
+    lines: int = 0
+    skipped_lines: int = 0
+    articles: int = 0
+    sequences: int = 0
+    tokens: Counter = field(default_factory=Counter)  # by type name, after packing (padding included)
+    dropped: Counter = field(default_factory=Counter)  # tokens dropped, by reason
+    by_source: dict = field(default_factory=lambda: defaultdict(Counter))  # source -> type -> tokens (input)
+    article_lengths: list = field(default_factory=list)
+    fill: list = field(default_factory=list)  # non-padding fraction per sequence
+
+    def as_dict(self) -> dict:
+        return {"lines": self.lines, "skipped_lines": self.skipped_lines, "articles": self.articles,
+                "sequences": self.sequences, "tokens": dict(self.tokens), "tokens_dropped": dict(self.dropped),
+                "tokens_by_source": {k: dict(v) for k, v in sorted(self.by_source.items())}}
+
+
+def tokenize_into(lines: Iterable[tuple[str, int, bytes]], atok: ArticleTokenizer, store: TokenStore,
+                  metrics: SplitMetrics, ignore_errors: bool, skipped_log: list[bytes]) -> None:
+    """Parse, encode (in batches) and store every line's articles."""
+    batch: list[LineParts] = []
+
+    def flush():
+        for articles in atok(batch):
+            for art in articles:
+                store.add(art)
+                metrics.articles += 1
+                metrics.article_lengths.append(len(art.ids))
+                counts = np.bincount(art.types, minlength=4)
+                src = metrics.by_source[art.source or "-"]
+                for t, name in TYPE_NAMES.items():
+                    src[name] += int(counts[t])
+        batch.clear()
+
+    for file, lineno, raw in lines:
+        metrics.lines += 1
+        try:
+            parts = parse_line(raw, atok.settings)
+        except InputFormatError as exc:
+            if not ignore_errors:
+                raise DataError(f"{file}:{lineno}: {exc} (fix the line, or pass --ignore_input_format_error "
+                                "to skip and log such lines)") from None
+            metrics.skipped_lines += 1
+            skipped_log.append(orjson.dumps({"file": file, "line": lineno, "reason": str(exc)}))
+            continue
+        if parts.skipped_empty_completions:
+            metrics.dropped["empty completion (pair skipped)"] += parts.skipped_empty_completions
+        batch.append(parts)
+        if len(batch) >= BATCH_LINES:
+            flush()
+    if batch:
+        flush()
+    store.seal()
+
+
+def pack_store(store: TokenStore, max_len: int, config: PackingConfig, keep_prompt_only: bool,
+               metrics: SplitMetrics) -> list[list[tuple[int, int, int]]]:
+    """Plan sequences, drop completion-less ones unless kept, and count dropped tokens by reason."""
+    seqs = plan(store.lengths, max_len, config)
+    kept_tokens = np.zeros(len(store.lengths), dtype=np.int64)
+    for seq in seqs:
+        for a, s, e in seq:
+            kept_tokens[a] += e - s
+    lost = np.asarray(store.lengths, dtype=np.int64) - kept_tokens
+    if config.overflow and lost.any():
+        reason = "longer than max_seq_length (dropped)" if config.overflow == "drop" else \
+            f"longer than max_seq_length ({config.overflow})"
+        metrics.dropped[reason] += int(lost.sum())
+    if not keep_prompt_only:
+        kept = []
+        for seq in seqs:
+            if has_completion(store, seq):
+                kept.append(seq)
+            else:
+                metrics.dropped["sequence without completion tokens"] += sum(e - s for _, s, e in seq)
+        seqs = kept
+    return seqs
+
+
+def record_sequences(store: TokenStore, seqs, max_len: int, metrics: SplitMetrics) -> None:
+    metrics.sequences += len(seqs)
+    for seq in seqs:
+        used = sum(e - s for _, s, e in seq)
+        metrics.fill.append(used / max_len)
+        metrics.tokens["padding"] += max_len - used
+        for a, s, e in seq:
+            base = store.offsets[a]
+            counts = np.bincount(store.read(base + s, base + e)[1], minlength=4)
+            for t, name in TYPE_NAMES.items():
+                metrics.tokens[name] += int(counts[t])
+
+
+def jsonl_lines(path: Path) -> Iterator[tuple[str, int, bytes]]:
+    """(file, line number, raw line) for every non-blank line; a BOM and CRLF are tolerated."""
+    with open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]
+            raw = raw.rstrip(b"\r\n")
+            if raw.strip():
+                yield str(path), lineno, raw
+
+
+def category_table(store: TokenStore, categories: list[str] | None) -> dict[int, int] | None:
+    """Store category code -> category id from ``--categories_path`` (None when not given)."""
+    if categories is None:
+        return None
+    index = {name: i for i, name in enumerate(categories)}
+    missing = sorted(set(store.category_names) - set(index))
+    if missing:
+        raise DataError(f"categories {', '.join(missing)} are in the data but not in --categories_path; add them")
+    return {code: index[name] for name, code in store.category_names.items()}
+
+
+def data_prep_file(input_path: Path, output_path: Path, tokenizer, max_len: int, config: PackingConfig,
+                   settings: ArticleSettings, ignore_errors: bool = False,
+                   categories: list[str] | None = None) -> SplitMetrics:
+    """gdp's ``data_prep``: one JSONL/text file -> one HDF5 file (no shuffle, no splits)."""
+    metrics = SplitMetrics()
+    store = TokenStore(output_path.parent, output_path.stem)
+    skipped: list[bytes] = []
+    try:
+        tokenize_into(jsonl_lines(input_path), ArticleTokenizer(tokenizer, settings), store, metrics,
+                      ignore_errors, skipped)
+        seqs = pack_store(store, max_len, config, settings.keep_prompt_only_sequences, metrics)
+        record_sequences(store, seqs, max_len, metrics)
+        write_hdf5(output_path, store, seqs, max_len, tokenizer.eos_token_id, category_table(store, categories))
+    finally:
+        store.cleanup()
+    if skipped:
+        output_path.with_name(output_path.stem + ".skipped_lines.jsonl").write_bytes(b"\n".join(skipped) + b"\n")
+    return metrics

@@ -1,0 +1,72 @@
+"""Loading the tokenizer (hub id or local dir) and saving it beside the data with our chat template.
+
+Local dirs may hold a full ``save_pretrained`` tokenizer, a bare ``tokenizer.json`` (the bundled
+Pythia one) or GPT-2 style ``vocab.json`` + ``merges.txt``. No remote code is ever run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from data_prep.chat_format import CHAT_TEMPLATE
+from data_prep.readers import DataError, looks_like_hub_id
+
+EOS = "<|endoftext|>"
+
+
+def _bpe_from_files(path: Path):
+    """GPT-2 style byte-level BPE from ``vocab.json`` + ``merges.txt`` (no prefix space, as GPT-2)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    tok = Tokenizer(models.BPE.from_file(str(path / "vocab.json"), str(path / "merges.txt")))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    if EOS in tok.get_vocab():
+        tok.add_special_tokens([EOS])
+    return tok
+
+
+def load_tokenizer(spec: str):
+    """A ``PreTrainedTokenizerFast`` with an EOS token and the BLOOMChat chat template."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    path = Path(spec).expanduser()
+    try:
+        if path.is_dir() and (path / "tokenizer_config.json").is_file():
+            tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
+        elif path.is_dir() and (path / "tokenizer.json").is_file():
+            tok = PreTrainedTokenizerFast(tokenizer_file=str(path / "tokenizer.json"))
+        elif path.is_dir() and (path / "vocab.json").is_file() and (path / "merges.txt").is_file():
+            tok = PreTrainedTokenizerFast(tokenizer_object=_bpe_from_files(path), eos_token=EOS)
+        elif path.is_file() and path.name.endswith(".json"):
+            tok = PreTrainedTokenizerFast(tokenizer_file=str(path))
+        elif looks_like_hub_id(spec) or (not path.exists() and "/" not in spec):
+            tok = AutoTokenizer.from_pretrained(spec, trust_remote_code=False)
+        else:
+            raise DataError(f"{spec}: no tokenizer here (expected tokenizer.json, tokenizer_config.json, "
+                            "or vocab.json + merges.txt)")
+    except DataError:
+        raise
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise DataError(f"--pretrained_tokenizer {spec}: could not load ({first}); pass a local tokenizer "
+                        "directory or a hub id you can reach") from None
+    vocab = tok.get_vocab()
+    if tok.eos_token is None:
+        if EOS not in vocab:
+            raise DataError(f"--pretrained_tokenizer {spec}: tokenizer has no EOS token and no {EOS}")
+        tok.eos_token = EOS
+    if tok.bos_token is None and EOS in vocab:
+        tok.bos_token = EOS
+    if tok.unk_token is None and EOS in vocab:
+        tok.unk_token = EOS
+    if tok.pad_token is None and "<|padding|>" in vocab:
+        tok.pad_token = "<|padding|>"
+    tok.chat_template = CHAT_TEMPLATE
+    tok.model_max_length = max(tok.model_max_length if tok.model_max_length < 1e9 else 0, 2048)
+    return tok
+
+
+def tokenizer_model_type(tok) -> str:
+    """A short name for metadata.yaml (gdp records the tokenizer's model type)."""
+    return str(type(tok.backend_tokenizer.model).__name__)
