@@ -1,0 +1,76 @@
+"""The data report: a metrics table (printed and saved) and PNG histograms of article lengths and fill."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+
+from data_prep.atomic import atomic_write
+
+
+def metrics_table(splits: dict) -> list[str]:
+    """Markdown table rows: sequences, articles, tokens by type, padding %, tokens dropped by reason."""
+    names = list(splits)
+    rows = [("lines", lambda m: m.lines), ("skipped lines", lambda m: m.skipped_lines),
+            ("articles", lambda m: m.articles), ("sequences", lambda m: m.sequences)]
+    for kind in ("prompt", "completion", "end_of_article", "padding"):
+        rows.append((f"{kind} tokens", lambda m, k=kind: m.tokens[k]))
+    rows.append(("padding %", lambda m: f"{100 * m.tokens['padding'] / max(1, sum(m.tokens.values())):.2f}"))
+    reasons = sorted({r for m in splits.values() for r in m.dropped})
+    for reason in reasons:
+        rows.append((f"dropped: {reason}", lambda m, r=reason: m.dropped[r]))
+    out = ["| metric | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    for label, fn in rows:
+        cells = [fn(splits[n]) for n in names]
+        out.append(f"| {label} | " + " | ".join(f"{c:,}" if isinstance(c, int) else str(c) for c in cells) + " |")
+    return out
+
+
+def source_table(splits: dict) -> list[str]:
+    out = ["| split | source | prompt | completion | end_of_article |", "|---|---|---:|---:|---:|"]
+    for name, m in splits.items():
+        for src, c in sorted(m.by_source.items()):
+            out.append(f"| {name} | {src} | {c['prompt']:,} | {c['completion']:,} | {c['end_of_article']:,} |")
+    return out
+
+
+def plot_histograms(splits: dict, max_len: int, out_dir: Path) -> list[Path]:
+    """article_lengths.png and sequence_fill.png (written atomically)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for fname, attr, xlabel in (("article_lengths.png", "article_lengths", "tokens per article"),
+                                ("sequence_fill.png", "fill", "non-padding fraction of a sequence")):
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for name, m in splits.items():
+            values = getattr(m, attr)
+            if values:
+                ax.hist(values, bins=50, alpha=0.6, label=f"{name} ({len(values):,})")
+        if attr == "article_lengths":
+            ax.axvline(max_len, color="k", linestyle="--", label=f"max_seq_length {max_len}")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("count")
+        ax.legend()
+        fig.tight_layout()
+        path = out_dir / fname
+        with atomic_write(path) as fh:
+            fig.savefig(fh, format="png", dpi=100, metadata={"Software": None})
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def write_report(splits: dict, max_len: int, out_dir: Path, extra: dict) -> list[str]:
+    """Write data_report.md / .json and the PNGs; return the lines to print."""
+    lines = metrics_table(splits) + [""] + source_table(splits)
+    with atomic_write(out_dir / "data_report.md", "w") as fh:
+        fh.write("# Data report\n\n" + "\n".join(lines) + "\n")
+    data = {"splits": {n: m.as_dict() for n, m in splits.items()}, **extra}
+    with atomic_write(out_dir / "data_report.json") as fh:
+        fh.write(orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
+    plot_histograms(splits, max_len, out_dir)
+    return lines
