@@ -1,0 +1,148 @@
+"""The pipeline on real data_prep output: files, metadata, determinism, crash safety, bad input."""
+
+import gzip
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import h5py
+import numpy as np
+import pytest
+import yaml
+
+from data_prep.pipeline import prepare_oa_dolly
+from tests.conftest import DOLLY, OASST_ROWS, OASST_TREES, PYTHIA_TOKENIZER, ROOT
+from tokenization_prep.pipeline import PipelineConfig, run_pipeline, verify_manifest
+
+
+@pytest.fixture(scope="module")
+def chat_jsonl(tmp_path_factory):
+    """Real data_prep output: the 100 OASST trees plus the first 1,500 Dolly records."""
+    d = tmp_path_factory.mktemp("prep")
+    dolly = d / "dolly_head.jsonl"
+    with gzip.open(DOLLY, "rb") as fh:
+        dolly.write_bytes(b"".join(next(fh) for _ in range(1500)))
+    out = d / "chat.jsonl"
+    prepare_oa_dolly(out, str(dolly), str(OASST_TREES))
+    return out
+
+
+def cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "tokenization_prep", *args], cwd=ROOT, capture_output=True,
+                          text=True, env={**os.environ, **(env or {})})
+
+
+def pipe_args(src, out, *extra):
+    return ["pipeline", "--input_path", str(src), "--output_path", str(out), "--pretrained_tokenizer",
+            str(PYTHIA_TOKENIZER), "--max_seq_length", "512", "--input_packing_config", "greedy::drop",
+            "--shuffle", "on_RAM", "--num_training_splits", "3", "--dev_ratio", "0.05", *extra]
+
+
+def test_outputs_metadata_and_manifest(tmp_path, chat_jsonl):
+    out = tmp_path / "out"
+    res = run_pipeline(PipelineConfig(str(chat_jsonl), str(out), str(PYTHIA_TOKENIZER), 512, "greedy::drop",
+                                      shuffle="on_RAM", num_training_splits=3, dev_ratio=0.05))
+    sizes = []
+    for i in range(1, 4):
+        with h5py.File(out / f"train_{i}_of_3.hdf5") as f:
+            assert f["input_ids"].dtype == np.int32 and f["token_type_ids"].dtype == np.int32
+            assert f["input_ids"].shape[1] == 512 and f["input_ids"].shape == f["token_type_ids"].shape
+            t = f["token_type_ids"][:]
+            assert set(np.unique(t)) <= {0, 1, 2, 3} and (t == 1).any()
+            assert (f["input_ids"][:][t == 2] == 0).all()  # padding uses the eos id, as gdp
+            sizes.append(len(t))
+    assert max(sizes) - min(sizes) <= 1
+    meta = yaml.safe_load((out / "metadata.yaml").read_text())
+    assert meta["max_seq_length"] == 512 and meta["vocab_size"] == 50277 and meta["token_type_ids"] is True
+    assert meta["number_of_training_files"] == 3 and meta["number_of_dev_files"] == 1
+    assert meta["max_batch_size_train"] == min(sizes)
+    assert verify_manifest(out) == []
+    (out / "train_2_of_3.hdf5").write_bytes(b"corrupt")
+    assert verify_manifest(out) == ["train_2_of_3.hdf5"]
+    for name in ("data_report.md", "data_report.json", "article_lengths.png", "sequence_fill.png"):
+        assert (out / name).stat().st_size > 0
+    assert "| padding % |" in (out / "data_report.md").read_text()
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(out / "tokenizer"))
+    assert tok.chat_template and tok.eos_token_id == 0
+    assert res["splits"]["train"].by_source["dolly"]["completion"] > 0
+
+
+@pytest.mark.slow
+def test_same_bytes_whatever_num_workers_and_after_kill(tmp_path, chat_jsonl):
+    ref, other, killed = tmp_path / "ref", tmp_path / "w2", tmp_path / "killed"
+    t0 = time.time()
+    assert cli(*pipe_args(chat_jsonl, ref, "--num_workers", "1")).returncode == 0
+    elapsed = time.time() - t0
+    assert cli(*pipe_args(chat_jsonl, other, "--num_workers", "2")).returncode == 0
+    assert (ref / "manifest.sha256").read_text() == (other / "manifest.sha256").read_text()
+    for frac in (0.3, 0.6, 0.9):
+        proc = subprocess.Popen([sys.executable, "-m", "tokenization_prep", *pipe_args(chat_jsonl, killed)],
+                                cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(elapsed * frac)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        if not (killed / "manifest.sha256").exists():
+            # an interrupted output never looks complete, and a plain rerun finishes it
+            assert verify_manifest(killed) == ["manifest.sha256 missing"]
+        else:
+            assert cli(*pipe_args(chat_jsonl, killed)).returncode == 2  # finished: needs --overwrite
+            continue
+        assert cli(*pipe_args(chat_jsonl, killed)).returncode == 0
+        assert (killed / "manifest.sha256").read_text() == (ref / "manifest.sha256").read_text()
+
+
+def test_bad_input_is_one_clear_line(tmp_path, chat_jsonl):
+    bad = tmp_path / "bad.jsonl"
+    lines = chat_jsonl.read_text().splitlines()[:50]
+    bad.write_text("\n".join(lines[:10] + ["{not json", '{"prompt": "no completion"}'] + lines[10:]) + "\n")
+    r = cli(*pipe_args(bad, tmp_path / "o1"))
+    assert r.returncode == 2 and f"{bad}:11: not JSON" in r.stderr and "Traceback" not in r.stderr
+    r = cli(*pipe_args(bad, tmp_path / "o2", "--ignore_input_format_error"))
+    assert r.returncode == 0
+    skipped = [json.loads(x) for x in (tmp_path / "o2" / "skipped_lines.jsonl").read_text().splitlines()]
+    assert [s["line"] for s in skipped] == [11, 12] and "completion keyword" in skipped[1]["reason"]
+    cases = [
+        (pipe_args(chat_jsonl, tmp_path / "o3")[:5] + ["--pretrained_tokenizer", str(tmp_path)], "no tokenizer"),
+        (pipe_args(bad, tmp_path / "o2"), "already holds a finished output"),
+        (pipe_args(bad, tmp_path / "o4") + ["--num_training_splits", "500"], "cannot fill 500 training"),
+        (pipe_args(bad, "/proc/forbidden/out"), "cannot write"),
+        (pipe_args(bad, tmp_path / "o5", "--input_packing_config", "greedy"), "greedy::drop"),
+    ]
+    for args, needle in cases:
+        r = cli(*args)
+        assert r.returncode == 2 and needle in r.stderr and r.stderr.count("\n") == 1, r.stderr
+
+
+def test_mask_audit_rejects_a_split_without_completions(tmp_path):
+    src = tmp_path / "prompts.jsonl"
+    src.write_text("\n".join(json.dumps({"prompt": f"question {i}", "completion": ""}) for i in range(20)) + "\n")
+    r = cli("pipeline", "--input_path", str(src), "--output_path", str(tmp_path / "o"), "--pretrained_tokenizer",
+            str(PYTHIA_TOKENIZER), "--max_seq_length", "64", "--keep_prompt_only_sequences",
+            "--num_training_splits", "1")
+    assert r.returncode == 2 and "no completion tokens" in r.stderr
+
+
+def test_decode_marks_types(tmp_path, chat_jsonl):
+    out = tmp_path / "o"
+    assert cli(*pipe_args(chat_jsonl, out)).returncode == 0
+    r = cli("decode", str(out / "train_1_of_3.hdf5"), "--index", "0")
+    assert r.returncode == 0
+    assert "[PROMPT]<human>:" in r.stdout and "[COMPLETION]" in r.stdout and "<|SEP|>" in r.stdout
+
+
+@pytest.mark.slow
+def test_bfd_on_bundled_dolly_oasst_meets_the_packing_target(tmp_path):
+    src = tmp_path / "oa.jsonl"
+    prepare_oa_dolly(src, str(DOLLY), str(OASST_ROWS))
+    res = run_pipeline(PipelineConfig(str(src), str(tmp_path / "bfd"), str(PYTHIA_TOKENIZER), 2048, "bfd::drop",
+                                      shuffle="on_RAM", num_training_splits=1))
+    m = res["splits"]["train"]
+    real = sum(v for k, v in m.tokens.items() if k != "padding")
+    assert real / (real + m.tokens["padding"]) >= 0.995
+    assert m.sequences <= 1.001 * math.ceil(real / 2048)
