@@ -8,6 +8,7 @@ datasets ``input_ids`` / ``token_type_ids`` (and ``category_ids``), int32, shape
 from __future__ import annotations
 
 import os
+from array import array
 from pathlib import Path
 
 import numpy as np
@@ -26,10 +27,13 @@ class TokenStore:
         self.types_path = directory / f".{name}.types.tmp"
         self._ids = open(self.ids_path, "wb")
         self._types = open(self.types_path, "wb")
-        self.offsets: list[int] = []
-        self.lengths: list[int] = []
-        self.categories: list[int] = []
-        self.sources: list[int] = []
+        # compact arrays (8 or 4 bytes an article) so memory stays small on big inputs
+        self.offsets = array("q")
+        self.lengths = array("q")
+        self.categories = array("i")
+        self.sources = array("i")
+        self.type_counts = array("q")  # 4 per article: tokens of type 0..3
+        self._readers = None
         self.category_names: dict[str, int] = {}
         self.source_names: dict[str, int] = {}
         self.total = 0
@@ -39,7 +43,10 @@ class TokenStore:
             return -1
         return table.setdefault(name, len(table))
 
-    def add(self, article: Article) -> None:
+    def add(self, article: Article) -> np.ndarray:
+        """Store one article; return its token counts per type."""
+        counts = np.bincount(article.types, minlength=4)[:4]
+        self.type_counts.extend(counts.tolist())
         self.offsets.append(self.total)
         self.lengths.append(len(article.ids))
         self.categories.append(self._code(self.category_names, article.category))
@@ -47,19 +54,33 @@ class TokenStore:
         self._ids.write(article.ids.tobytes())
         self._types.write(article.types.tobytes())
         self.total += len(article.ids)
+        return counts
 
     def seal(self) -> None:
         self._ids.close()
         self._types.close()
+        self._readers = (open(self.ids_path, "rb"), open(self.types_path, "rb"))
 
     def read(self, start: int, end: int) -> tuple[np.ndarray, np.ndarray]:
         """Token ids and types of global token positions [start, end)."""
-        n = end - start
-        ids = np.fromfile(self.ids_path, dtype=np.int32, count=n, offset=4 * start)
-        types = np.fromfile(self.types_path, dtype=np.int8, count=n, offset=start)
-        return ids, types
+        fi, ft = self._readers
+        fi.seek(4 * start)
+        ft.seek(start)
+        return (np.frombuffer(fi.read(4 * (end - start)), dtype=np.int32),
+                np.frombuffer(ft.read(end - start), dtype=np.int8))
+
+    def range_counts(self, a: int, s: int, e: int) -> np.ndarray:
+        """Tokens per type in range [s, e) of article a (no disk read for a whole article)."""
+        if s == 0 and e == self.lengths[a]:
+            return np.asarray(self.type_counts[4 * a:4 * a + 4])
+        base = self.offsets[a]
+        return np.bincount(self.read(base + s, base + e)[1], minlength=4)[:4]
 
     def cleanup(self) -> None:
+        if self._readers:
+            for fh in self._readers:
+                fh.close()
+            self._readers = None
         for p in (self.ids_path, self.types_path):
             if p.exists():
                 os.unlink(p)
@@ -84,11 +105,7 @@ def materialize(store: TokenStore, seq: list[tuple[int, int, int]], max_len: int
 
 
 def has_completion(store: TokenStore, seq: list[tuple[int, int, int]]) -> bool:
-    for a, s, e in seq:
-        base = store.offsets[a]
-        if (store.read(base + s, base + e)[1] == COMPLETION).any():
-            return True
-    return False
+    return any(store.range_counts(a, s, e)[COMPLETION] for a, s, e in seq)
 
 
 def write_hdf5(path: Path, store: TokenStore, seqs: list[list[tuple[int, int, int]]], max_len: int,

@@ -7,6 +7,7 @@ go to a skipped-lines log and are counted.
 
 from __future__ import annotations
 
+from array import array
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,8 +37,8 @@ class SplitMetrics:
     tokens: Counter = field(default_factory=Counter)  # by type name, after packing (padding included)
     dropped: Counter = field(default_factory=Counter)  # tokens dropped, by reason
     by_source: dict = field(default_factory=lambda: defaultdict(Counter))  # source -> type -> tokens (input)
-    article_lengths: list = field(default_factory=list)
-    fill: list = field(default_factory=list)  # non-padding fraction per sequence
+    article_lengths: array = field(default_factory=lambda: array("i"))
+    fill: array = field(default_factory=lambda: array("f"))  # non-padding fraction per sequence
 
     def as_dict(self) -> dict:
         return {"lines": self.lines, "skipped_lines": self.skipped_lines, "articles": self.articles,
@@ -53,10 +54,9 @@ def tokenize_into(lines: Iterable[tuple[str, int, bytes]], atok: ArticleTokenize
     def flush():
         for articles in atok(batch):
             for art in articles:
-                store.add(art)
+                counts = store.add(art)
                 metrics.articles += 1
                 metrics.article_lengths.append(len(art.ids))
-                counts = np.bincount(art.types, minlength=4)
                 src = metrics.by_source[art.source or "-"]
                 for t, name in TYPE_NAMES.items():
                     src[name] += int(counts[t])
@@ -114,8 +114,7 @@ def record_sequences(store: TokenStore, seqs, max_len: int, metrics: SplitMetric
         metrics.fill.append(used / max_len)
         metrics.tokens["padding"] += max_len - used
         for a, s, e in seq:
-            base = store.offsets[a]
-            counts = np.bincount(store.read(base + s, base + e)[1], minlength=4)
+            counts = store.range_counts(a, s, e)
             for t, name in TYPE_NAMES.items():
                 metrics.tokens[name] += int(counts[t])
 

@@ -1,0 +1,93 @@
+"""Benchmark tokenization_prep: end-to-end tokens/s against raw ``encode_batch``, and peak RSS at 1x and 10x.
+
+- raw: ``tokenizers`` ``encode_batch`` (both cores) on exactly the prompt/completion strings the
+  pipeline encodes, in batches of 1,024 lines' strings;
+- e2e: ``python -m tokenization_prep pipeline`` (JSONL in, HDF5 out, greedy::drop, 2048) on the
+  bundled Dolly+OASST data_prep output, and on a 10x copy (each in a fresh process for its RSS).
+Also prints the bfd::drop vs greedy::drop packing figures on the 1x input.
+
+    .venv/bin/python benchmarks/bench_tokenization.py
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+TOKENIZER = ROOT / "data/tokenizers/gpt-neox-20b"
+
+
+def raw_rate(src: Path) -> tuple[float, int]:
+    from tokenization_prep.articles import ArticleSettings, parse_line, strings_to_encode
+    from tokenization_prep.tokenizer_io import load_tokenizer
+
+    tok = load_tokenizer(str(TOKENIZER)).backend_tokenizer
+    settings = ArticleSettings()
+    batches, cur = [], []
+    for i, raw in enumerate(src.read_bytes().splitlines()):
+        cur += strings_to_encode(parse_line(raw, settings))
+        if i % 1024 == 1023:
+            batches.append(cur)
+            cur = []
+    batches.append(cur)
+    best = 0.0
+    for _ in range(3):
+        t0 = time.perf_counter()
+        n = sum(len(e.ids) for b in batches for e in tok.encode_batch(b, add_special_tokens=True))
+        best = max(best, n / (time.perf_counter() - t0))
+    return best, n
+
+
+def e2e(src: Path, out: Path, packing: str = "greedy::drop") -> dict:
+    code = (
+        "import json,resource,sys,time; sys.argv=sys.argv[:1]; from tokenization_prep.__main__ import main;"
+        f"t=time.perf_counter(); rc=main(['pipeline','--input_path','{src}','--output_path','{out}',"
+        f"'--pretrained_tokenizer','{TOKENIZER}','--max_seq_length','2048','--input_packing_config','{packing}',"
+        "'--shuffle','on_RAM','--num_training_splits','8','--overwrite_output_path']);"
+        "print(json.dumps({'rc':rc,'s':time.perf_counter()-t,"
+        "'rss':resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/1024}))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    report = json.loads((out / "data_report.json").read_text())["splits"]["train"]
+    res["tokens"] = report["tokens"]
+    res["sequences"] = report["sequences"]
+    return res
+
+
+def main() -> None:
+    from data_prep.pipeline import prepare_oa_dolly
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        src = tmp / "oa.jsonl"
+        prepare_oa_dolly(src, str(ROOT / "data/samples/dolly/databricks-dolly-15k.jsonl.gz"),
+                         str(ROOT / "data/samples/oasst1/oasst1_validation_en.jsonl"))
+        big = tmp / "oa10.jsonl"
+        big.write_bytes(src.read_bytes() * 10)
+        rate, n_tokens = raw_rate(src)
+        one = e2e(src, tmp / "out1")
+        ten = e2e(big, tmp / "out10")
+        bfd = e2e(src, tmp / "bfd", "bfd::drop")
+        e2e_rate = n_tokens / one["s"]
+        print(f"raw encode_batch: {rate:,.0f} tokens/s ({n_tokens:,} tokens)")
+        print(f"end to end 1x : {one['s']:.2f} s, {e2e_rate:,.0f} tokens/s, ratio {e2e_rate / rate:.2f}, "
+              f"peak RSS {one['rss']:,.0f} MB")
+        print(f"end to end 10x: {ten['s']:.2f} s, {10 * n_tokens / ten['s']:,.0f} tokens/s, "
+              f"peak RSS {ten['rss']:,.0f} MB ({ten['rss'] / one['rss']:.2f} x the 1x RSS)")
+        for name, r in (("greedy::drop", one), ("bfd::drop", bfd)):
+            real = sum(v for k, v in r["tokens"].items() if k != "padding")
+            lower = -(-real // 2048)
+            print(f"{name:<13} sequences {r['sequences']:,} (ceil(tokens/2048) = {lower:,}, "
+                  f"x{r['sequences'] / lower:.4f}), non-padding {100 * real / (real + r['tokens']['padding']):.2f}%")
+
+
+if __name__ == "__main__":
+    main()
