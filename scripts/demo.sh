@@ -11,3 +11,11 @@ $PY data_prep/prepare_oa_dolly.py \
   --oasst data/samples/oasst1/oasst1_validation_en.jsonl
 echo "== data_prep: OIG -> data_prep/bloom_ock_100K_each.jsonl"
 $PY data_prep/subsample_openchatkit.py --oig data/samples/oig
+echo "== tokenization_prep: both files -> packed HDF5 splits (Pythia tokenizer, bundled)"
+bash tokenization_prep/tokenization_oa_dolly.sh data/tokenizers/gpt-neox-20b "" "" --overwrite_output_path
+bash tokenization_prep/tokenization_openchatkit.sh data/tokenizers/gpt-neox-20b "" "" --overwrite_output_path
+echo "== artifacts"
+echo "  data_prep/oasst1_dolly.jsonl (+ .rejects.jsonl, .summary.json)"
+echo "  data_prep/bloom_ock_100K_each.jsonl (+ .rejects.jsonl, .summary.json)"
+echo "  tokenization_prep/oasst1_dolly_out/   (train_*_of_8.hdf5, metadata.yaml, data_report.md, *.png, tokenizer/)"
+echo "  tokenization_prep/bloom_ock_100k_out/ (same layout)"
