@@ -146,3 +146,18 @@ def test_bfd_on_bundled_dolly_oasst_meets_the_packing_target(tmp_path):
     real = sum(v for k, v in m.tokens.items() if k != "padding")
     assert real / (real + m.tokens["padding"]) >= 0.995
     assert m.sequences <= 1.001 * math.ceil(real / 2048)
+
+
+def test_bloomchat_script_runs_with_bundled_tokenizer(tmp_path):
+    from data_prep.pipeline import subsample_openchatkit
+    from tests.conftest import OIG_JOKES
+
+    src = tmp_path / "ock.jsonl"
+    subsample_openchatkit(src, str(OIG_JOKES), sample_size=200)
+    out = tmp_path / "ock_out"
+    r = subprocess.run(["bash", "tokenization_prep/tokenization_openchatkit.sh", str(PYTHIA_TOKENIZER), str(src),
+                        str(out)], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    meta = yaml.safe_load((out / "metadata.yaml").read_text())
+    assert meta["number_of_training_files"] == 8 and meta["input_packing_config"] == "greedy::drop"
+    assert meta["max_seq_length"] == 2048 and len(list(out.glob("train_*_of_8.hdf5"))) == 8
