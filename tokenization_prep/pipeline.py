@@ -154,8 +154,7 @@ def run_split(name, order, files, index, tok, cfg, pconf, out, n_files, categori
         if len(seqs) < n_files:
             raise DataError(f"{name} split has {len(seqs)} sequences but {n_files} files were asked for; "
                             f"lower --num_{'training' if name == 'train' else name}_splits")
-        if seqs and metrics.tokens is not None:
-            record_sequences(store, seqs, cfg.max_seq_length, metrics)
+        record_sequences(store, seqs, cfg.max_seq_length, metrics)
         if seqs and metrics.tokens["completion"] == 0:
             raise DataError(f"{name} split has no completion tokens: nothing would be trained; check "
                             "--prompt_keyword/--completion_keyword or the packing settings")
