@@ -23,7 +23,8 @@ from data_prep.readers import DataError
 from tokenization_prep.articles import ArticleSettings, ArticleTokenizer
 from tokenization_prep.hdf5_io import TokenStore, write_hdf5
 from tokenization_prep.packing import PackingConfig
-from tokenization_prep.prep import SplitMetrics, category_table, pack_store, record_sequences, tokenize_into
+from tokenization_prep.prep import (SplitMetrics, category_table, clean_line, pack_store, record_sequences,
+                                   tokenize_into)
 from tokenization_prep.report import write_report
 from tokenization_prep.tokenizer_io import load_tokenizer, tokenizer_model_type
 
@@ -72,7 +73,7 @@ def index_lines(files: list[Path]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         with open(path, "rb") as fh:
             pos = 0
             for lineno, raw in enumerate(fh, start=1):
-                if raw.strip(b"\xef\xbb\xbf \t\r\n"):
+                if clean_line(raw, pos == 0).strip():
                     fidx.append(i)
                     offs.append(pos)
                     nums.append(lineno)
@@ -86,9 +87,7 @@ def read_lines(files, fidx, offs, nums, order) -> Iterator[tuple[str, int, bytes
         for k in order:
             fh = handles[fidx[k]]
             fh.seek(offs[k])
-            raw = fh.readline().rstrip(b"\r\n")
-            if offs[k] == 0 and raw.startswith(b"\xef\xbb\xbf"):
-                raw = raw[3:]
+            raw = clean_line(fh.readline(), offs[k] == 0)
             yield str(files[fidx[k]]), int(nums[k]), raw
     finally:
         for fh in handles:

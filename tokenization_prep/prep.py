@@ -16,6 +16,7 @@ from typing import Iterable, Iterator
 import numpy as np
 import orjson
 
+from data_prep.atomic import atomic_write
 from data_prep.readers import DataError
 from tokenization_prep.articles import (COMPLETION, PROMPT, SEP, ArticleSettings, ArticleTokenizer, InputFormatError,
                                         LineParts, parse_line)
@@ -119,13 +120,18 @@ def record_sequences(store: TokenStore, seqs, max_len: int, metrics: SplitMetric
                 metrics.tokens[name] += int(counts[t])
 
 
+def clean_line(raw: bytes, at_file_start: bool) -> bytes:
+    """A raw line without its end of line (LF or CRLF) and, at the start of a file, without a BOM."""
+    if at_file_start and raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]
+    return raw.rstrip(b"\r\n")
+
+
 def jsonl_lines(path: Path) -> Iterator[tuple[str, int, bytes]]:
-    """(file, line number, raw line) for every non-blank line; a BOM and CRLF are tolerated."""
+    """(file, line number, line) for every non-blank line, in file order."""
     with open(path, "rb") as fh:
         for lineno, raw in enumerate(fh, start=1):
-            if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
-                raw = raw[3:]
-            raw = raw.rstrip(b"\r\n")
+            raw = clean_line(raw, lineno == 1)
             if raw.strip():
                 yield str(path), lineno, raw
 
@@ -157,5 +163,6 @@ def data_prep_file(input_path: Path, output_path: Path, tokenizer, max_len: int,
     finally:
         store.cleanup()
     if skipped:
-        output_path.with_name(output_path.stem + ".skipped_lines.jsonl").write_bytes(b"\n".join(skipped) + b"\n")
+        with atomic_write(output_path.with_name(output_path.stem + ".skipped_lines.jsonl")) as fh:
+            fh.write(b"\n".join(skipped) + b"\n")
     return metrics

@@ -63,7 +63,6 @@ def load_tokenizer(spec: str):
     if tok.pad_token is None and "<|padding|>" in vocab:
         tok.pad_token = "<|padding|>"
     tok.chat_template = CHAT_TEMPLATE
-    tok.model_max_length = max(tok.model_max_length if tok.model_max_length < 1e9 else 0, 2048)
     return tok
 
 

@@ -81,6 +81,7 @@ def test_same_bytes_whatever_num_workers_and_after_kill(tmp_path, chat_jsonl):
     elapsed = time.time() - t0
     assert cli(*pipe_args(chat_jsonl, other, "--num_workers", "2")).returncode == 0
     assert (ref / "manifest.sha256").read_text() == (other / "manifest.sha256").read_text()
+    interrupted = 0
     for frac in (0.3, 0.6, 0.9):
         proc = subprocess.Popen([sys.executable, "-m", "tokenization_prep", *pipe_args(chat_jsonl, killed)],
                                 cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -90,11 +91,13 @@ def test_same_bytes_whatever_num_workers_and_after_kill(tmp_path, chat_jsonl):
         if not (killed / "manifest.sha256").exists():
             # an interrupted output never looks complete, and a plain rerun finishes it
             assert verify_manifest(killed) == ["manifest.sha256 missing"]
+            interrupted += 1
         else:
             assert cli(*pipe_args(chat_jsonl, killed)).returncode == 2  # finished: needs --overwrite
             continue
         assert cli(*pipe_args(chat_jsonl, killed)).returncode == 0
         assert (killed / "manifest.sha256").read_text() == (ref / "manifest.sha256").read_text()
+    assert interrupted >= 1  # at least one kill landed mid-run
 
 
 def test_bad_input_is_one_clear_line(tmp_path, chat_jsonl):
