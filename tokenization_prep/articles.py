@@ -138,23 +138,28 @@ def strings_to_encode(parts: LineParts) -> list[str]:
 
 
 class ArticleTokenizer:
-    """Turns batches of raw lines into articles with one ``encode_batch`` call per batch."""
+    """Turns batches of parsed lines into articles: ``encode`` (Rust, releases the GIL) then ``assemble``.
+
+    ``encode_batch_fast`` (no character offsets, same ids) is used where the tokenizers version has it.
+    """
 
     def __init__(self, tokenizer, settings: ArticleSettings):
         self.backend = tokenizer.backend_tokenizer
         self.eos = tokenizer.eos_token_id
         self.settings = settings
+        self._encode = getattr(self.backend, "encode_batch_fast", self.backend.encode_batch)
 
-    def __call__(self, parts_list: list[LineParts]) -> list[list[Article]]:
-        texts: list[str] = []
-        counts = []
-        for parts in parts_list:
-            strings = strings_to_encode(parts)
-            texts += strings
-            counts.append(len(strings))
-        encoded = [e.ids for e in self.backend.encode_batch(texts, add_special_tokens=True)] if texts else []
+    def encode(self, parts_list: list[LineParts]) -> list[list[int]]:
+        texts = [t for parts in parts_list for t in strings_to_encode(parts)]
+        return [e.ids for e in self._encode(texts, add_special_tokens=True)] if texts else []
+
+    def assemble(self, parts_list: list[LineParts], encoded: list[list[int]]) -> list[list[Article]]:
         out, pos = [], 0
-        for parts, n in zip(parts_list, counts):
+        for parts in parts_list:
+            n = sum(bool(p) + bool(c) for p, c, _ in parts.pairs)
             out.append(build_articles(parts, encoded[pos:pos + n], self.eos, self.settings))
             pos += n
         return out
+
+    def __call__(self, parts_list: list[LineParts]) -> list[list[Article]]:
+        return self.assemble(parts_list, self.encode(parts_list))

@@ -15,7 +15,7 @@ import numpy as np
 
 from tokenization_prep.articles import COMPLETION, PADDING, Article
 
-BLOCK_ROWS = 512
+BLOCK_ROWS = 64
 
 
 class TokenStore:
@@ -29,10 +29,10 @@ class TokenStore:
         self._types = open(self.types_path, "wb")
         # compact arrays (8 or 4 bytes an article) so memory stays small on big inputs
         self.offsets = array("q")
-        self.lengths = array("q")
+        self.lengths = array("i")
         self.categories = array("i")
         self.sources = array("i")
-        self.type_counts = array("q")  # 4 per article: tokens of type 0..3
+        self.type_counts = array("i")  # 4 per article: tokens of type 0..3
         self._readers = None
         self.category_names: dict[str, int] = {}
         self.source_names: dict[str, int] = {}
@@ -86,12 +86,13 @@ class TokenStore:
                 os.unlink(p)
 
 
-def materialize(store: TokenStore, seq: list[tuple[int, int, int]], max_len: int, pad_id: int,
-                category_ids: dict[int, int] | None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """One sequence's (input_ids, token_type_ids, category_ids) rows, padded with ``pad_id`` / type 2."""
-    ids = np.full(max_len, pad_id, dtype=np.int32)
-    types = np.full(max_len, PADDING, dtype=np.int32)
-    cats = np.full(max_len, -1, dtype=np.int32) if category_ids is not None else None
+def materialize(store: TokenStore, seq: list[tuple[int, int, int]], pad_id: int, category_ids: dict[int, int] | None,
+                ids: np.ndarray, types: np.ndarray, cats: np.ndarray | None) -> None:
+    """Fill one row (ids, types, cats views of length L) with a sequence, padded with ``pad_id`` / type 2."""
+    ids.fill(pad_id)
+    types.fill(PADDING)
+    if cats is not None:
+        cats.fill(-1)
     pos = 0
     for a, s, e in seq:
         base = store.offsets[a]
@@ -101,14 +102,13 @@ def materialize(store: TokenStore, seq: list[tuple[int, int, int]], max_len: int
         if cats is not None:
             cats[pos:pos + e - s] = category_ids.get(store.categories[a], -1)
         pos += e - s
-    return ids, types, cats
 
 
 def has_completion(store: TokenStore, seq: list[tuple[int, int, int]]) -> bool:
     return any(store.range_counts(a, s, e)[COMPLETION] for a, s, e in seq)
 
 
-def write_hdf5(path: Path, store: TokenStore, seqs: list[list[tuple[int, int, int]]], max_len: int,
+def write_hdf5(path: Path, store: TokenStore, seqs, max_len: int,
                pad_id: int, category_ids: dict[int, int] | None) -> None:
     """Write sequences to ``path`` atomically (temp name, then rename), in blocks of rows."""
     import h5py
@@ -121,11 +121,16 @@ def write_hdf5(path: Path, store: TokenStore, seqs: list[list[tuple[int, int, in
         d_types = f.create_dataset("token_type_ids", (n, max_len), dtype="i4", chunks=chunk if n else None)
         d_cats = (f.create_dataset("category_ids", (n, max_len), dtype="i4", chunks=chunk if n else None)
                   if category_ids is not None else None)
+        block_ids = np.empty((BLOCK_ROWS, max_len), dtype=np.int32)  # reused: memory flat in n
+        block_types = np.empty_like(block_ids)
+        block_cats = np.empty_like(block_ids) if d_cats is not None else None
         for lo in range(0, n, BLOCK_ROWS):
             hi = min(n, lo + BLOCK_ROWS)
-            rows = [materialize(store, seqs[k], max_len, pad_id, category_ids) for k in range(lo, hi)]
-            d_ids[lo:hi] = np.stack([r[0] for r in rows])
-            d_types[lo:hi] = np.stack([r[1] for r in rows])
+            for r, k in enumerate(range(lo, hi)):
+                materialize(store, seqs[k], pad_id, category_ids, block_ids[r], block_types[r],
+                            block_cats[r] if block_cats is not None else None)
+            d_ids[lo:hi] = block_ids[:hi - lo]
+            d_types[lo:hi] = block_types[:hi - lo]
             if d_cats is not None:
-                d_cats[lo:hi] = np.stack([r[2] for r in rows])
+                d_cats[lo:hi] = block_cats[:hi - lo]
     os.replace(tmp, path)

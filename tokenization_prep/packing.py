@@ -15,12 +15,52 @@ Example, max_seq_length 4, lengths [3, 2, 2, 1]: greedy -> [0], [1, 2], [3]; bfd
 
 from __future__ import annotations
 
+from array import array
 from dataclasses import dataclass
+from typing import Iterable, Iterator
 
 OVERFLOWS = ("drop", "truncate_left", "truncate_right")
 STYLES = ("full", "greedy", "single", "bfd")
 
 Range = tuple[int, int, int]  # (article index, start, end) within the article's tokens
+
+
+class Plan:
+    """Sequences as flat arrays of ranges (12 bytes a range, 8 a sequence) instead of lists of tuples.
+
+    Indexing gives one sequence as a list of ``(article, start, end)``; ``select`` keeps or reorders.
+    """
+
+    def __init__(self):
+        self.art, self.start, self.end = array("i"), array("i"), array("i")
+        self.bounds = array("q", [0])
+
+    def add(self, ranges: Iterable[Range]) -> None:
+        for a, s, e in ranges:
+            self.art.append(a)
+            self.start.append(s)
+            self.end.append(e)
+        self.bounds.append(len(self.art))
+
+    def __len__(self) -> int:
+        return len(self.bounds) - 1
+
+    def __getitem__(self, k: int) -> list[Range]:
+        k = k + len(self) if k < 0 else k
+        lo, hi = self.bounds[k], self.bounds[k + 1]
+        return list(zip(self.art[lo:hi], self.start[lo:hi], self.end[lo:hi]))
+
+    def __iter__(self) -> Iterator[list[Range]]:
+        return (self[k] for k in range(len(self)))
+
+    def __eq__(self, other) -> bool:
+        return list(self) == list(other)
+
+    def select(self, indices: Iterable[int]) -> "Plan":
+        out = Plan()
+        for k in indices:
+            out.add(self[int(k)])
+        return out
 
 
 @dataclass(frozen=True)
@@ -96,9 +136,9 @@ class _CapacityIndex:
         return left if left >= 0 else self._find(2 * node + 1, mid + 1, hi, need)
 
 
-def plan(lengths: list[int], max_len: int, config: PackingConfig) -> list[list[Range]]:
+def plan(lengths, max_len: int, config: PackingConfig) -> Plan:
     """Plan sequences for articles of the given lengths (in their order)."""
-    seqs: list[list[Range]] = []
+    seqs = Plan()
     if config.style == "full":
         cur, free = [], max_len
         for a, n in enumerate(lengths):
@@ -109,15 +149,15 @@ def plan(lengths: list[int], max_len: int, config: PackingConfig) -> list[list[R
                 start += take
                 free -= take
                 if free == 0:
-                    seqs.append(cur)
+                    seqs.add(cur)
                     cur, free = [], max_len
         if cur:
-            seqs.append(cur)
+            seqs.add(cur)
     elif config.style == "single":
         for a, n in enumerate(lengths):
             s, e = fit(n, max_len, config.overflow)
             if e > s:
-                seqs.append([(a, s, e)])
+                seqs.add([(a, s, e)])
     elif config.style == "greedy":
         cur, used = [], 0
         for a, n in enumerate(lengths):
@@ -127,13 +167,14 @@ def plan(lengths: list[int], max_len: int, config: PackingConfig) -> list[list[R
                 used += n
                 continue
             if cur:
-                seqs.append(cur)
+                seqs.add(cur)
             s, e = fit(n, max_len, config.overflow)
             cur, used = ([(a, s, e)] if e > s else []), e - s
         if cur:
-            seqs.append(cur)
+            seqs.add(cur)
     else:
-        seqs = _bfd(lengths, max_len, config.overflow)
+        for seq in _bfd(lengths, max_len, config.overflow):
+            seqs.add(seq)
     return seqs
 
 

@@ -9,6 +9,7 @@ is incomplete and a rerun replaces it with identical bytes.
 from __future__ import annotations
 
 import hashlib
+from array import array
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -68,7 +69,7 @@ def input_files(spec: str) -> list[Path]:
 
 def index_lines(files: list[Path]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(file index, byte offset, line number) of every non-blank line: 20 bytes a line, not the text."""
-    fidx, offs, nums = [], [], []
+    fidx, offs, nums = array("i"), array("q"), array("q")
     for i, path in enumerate(files):
         with open(path, "rb") as fh:
             pos = 0
@@ -78,7 +79,7 @@ def index_lines(files: list[Path]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
                     offs.append(pos)
                     nums.append(lineno)
                 pos += len(raw)
-    return np.asarray(fidx, np.int32), np.asarray(offs, np.int64), np.asarray(nums, np.int64)
+    return (np.frombuffer(fidx, np.int32), np.frombuffer(offs, np.int64), np.frombuffer(nums, np.int64))
 
 
 def read_lines(files, fidx, offs, nums, order) -> Iterator[tuple[str, int, bytes]]:
@@ -149,7 +150,7 @@ def run_split(name, order, files, index, tok, cfg, pconf, out, n_files, categori
         seqs = pack_store(store, cfg.max_seq_length, pconf, cfg.article.keep_prompt_only_sequences, metrics)
         if pconf.style == "bfd":  # bfd sorts by length: restore a random order of sequences
             perm = np.random.default_rng(cfg.seed + 1).permutation(len(seqs))
-            seqs = [seqs[i] for i in perm]
+            seqs = seqs.select(perm)
         if len(seqs) < n_files:
             raise DataError(f"{name} split has {len(seqs)} sequences but {n_files} files were asked for; "
                             f"lower --num_{'training' if name == 'train' else name}_splits")
@@ -160,7 +161,7 @@ def run_split(name, order, files, index, tok, cfg, pconf, out, n_files, categori
         cat_ids = category_table(store, categories)
         sizes = []
         for i, (lo, hi) in enumerate(chunks(len(seqs), n_files)):
-            write_hdf5(out / f"{name}_{i + 1}_of_{n_files}.hdf5", store, seqs[lo:hi], cfg.max_seq_length,
+            write_hdf5(out / f"{name}_{i + 1}_of_{n_files}.hdf5", store, seqs.select(range(lo, hi)), cfg.max_seq_length,
                        tok.eos_token_id, cat_ids)
             sizes.append(hi - lo)
         return metrics, sizes

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import orjson
 
 from data_prep.atomic import atomic_write
@@ -47,8 +48,8 @@ def plot_histograms(splits: dict, max_len: int, out_dir: Path) -> list[Path]:
                                 ("sequence_fill.png", "fill", "non-padding fraction of a sequence")):
         fig, ax = plt.subplots(figsize=(7, 4))
         for name, m in splits.items():
-            values = getattr(m, attr)
-            if values:
+            values = np.asarray(getattr(m, attr))  # buffer view: no Python objects per value
+            if len(values):
                 ax.hist(values, bins=50, alpha=0.6, label=f"{name} ({len(values):,})")
         if attr == "article_lengths":
             ax.axvline(max_len, color="k", linestyle="--", label=f"max_seq_length {max_len}")
