@@ -164,3 +164,34 @@ def test_bloomchat_script_runs_with_bundled_tokenizer(tmp_path):
     meta = yaml.safe_load((out / "metadata.yaml").read_text())
     assert meta["number_of_training_files"] == 8 and meta["input_packing_config"] == "greedy::drop"
     assert meta["max_seq_length"] == 2048 and len(list(out.glob("train_*_of_8.hdf5"))) == 8
+
+
+def test_category_ids_from_categories_path(tmp_path, chat_jsonl):
+    cats = sorted({p.get("category") for line in chat_jsonl.open() for p in json.loads(line) if p.get("category")})
+    cat_file = tmp_path / "cats.json"
+    cat_file.write_text(json.dumps(cats))
+    out = tmp_path / "o"
+    assert cli(*pipe_args(chat_jsonl, out, "--categories_path", str(cat_file))).returncode == 0
+    with h5py.File(out / "train_1_of_3.hdf5") as f:
+        c, t = f["category_ids"][:], f["token_type_ids"][:]
+    assert c.shape == t.shape and (c[t == 2] == -1).all()
+    assert set(np.unique(c[t != 2])) <= set(range(len(cats))) | {-1} and (c >= 0).any()
+    r = cli(*pipe_args(chat_jsonl, tmp_path / "o2", "--categories_path", str(tmp_path / "cats_short.json")))
+    assert r.returncode == 2 and "cats_short.json" in r.stderr
+    cat_file.write_text(json.dumps(cats[:1]))
+    r = cli(*pipe_args(chat_jsonl, tmp_path / "o3", "--categories_path", str(cat_file)))
+    assert r.returncode == 2 and "not in --categories_path" in r.stderr
+
+
+def test_data_prep_command_on_text_lines(tmp_path):
+    src = tmp_path / "plain.txt"
+    src.write_text("The first line of plain text.\nA second, longer line of plain text here.\n")
+    out = tmp_path / "plain.hdf5"
+    r = cli("data_prep", "--input_path", str(src), "--output_path", str(out), "--pretrained_tokenizer",
+            str(PYTHIA_TOKENIZER), "--max_seq_length", "16", "--input_packing_config", "single::truncate_right")
+    assert r.returncode == 0, r.stderr
+    with h5py.File(out) as f:
+        t = f["token_type_ids"][:]
+    assert t.shape == (2, 16) and (t[:, 0] == 1).all() and (t == 3).sum() == 2  # all completion, one SEP each
+    assert cli("data_prep", "--input_path", str(src), "--output_path", str(out), "--pretrained_tokenizer",
+               str(PYTHIA_TOKENIZER)).returncode == 2  # exists: needs --overwrite_output_path
