@@ -1,0 +1,112 @@
+"""Training data: the packed HDF5 splits of tokenization_prep (or generative_data_prep), checked on load.
+
+Each row yields ``input_ids``, ``position_ids`` (restarting at every article), ``segment_ids`` (one per
+article; an article ends at token type 3) and per-token loss ``weights`` for predicting the NEXT token:
+completion and end-of-article targets 1, prompt targets ``prompt_loss_weight``, padding 0, and never a
+target in another article. Example row (P prompt, C completion, S end-of-article, _ padding)::
+
+    types     P  P  C  C  S  P  C  S  _  _
+    segment   0  0  0  0  0  1  1  1  2  2
+    position  0  1  2  3  4  0  1  2  0  1
+    weight    w  1  1  1  0  1  1  0  0  -     (weight[i] is for predicting token i+1)
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+import yaml
+
+from training.config import ConfigError
+
+PROMPT, COMPLETION, PADDING, SEP = 0, 1, 2, 3
+
+
+def read_metadata(data_dir: Path) -> dict:
+    meta_path = data_dir / "metadata.yaml"
+    if not meta_path.is_file():
+        raise ConfigError(f"{data_dir}: no metadata.yaml; point data_dir at a tokenization_prep output directory")
+    meta = yaml.safe_load(meta_path.read_text())
+    for key in ("max_seq_length", "vocab_size"):
+        if not isinstance(meta.get(key), int):
+            raise ConfigError(f"{meta_path}: missing integer field '{key}'")
+    return meta
+
+
+def split_files(data_dir: Path, split: str) -> list[Path]:
+    """``{split}_{i}_of_{N}.hdf5`` in index order."""
+    pat = re.compile(rf"{split}_(\d+)_of_(\d+)\.hdf5$")
+    found = [(int(m.group(1)), p) for p in data_dir.iterdir() if (m := pat.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+class PackedDataset(torch.utils.data.Dataset):
+    """All rows of a split's HDF5 files; each file checked against metadata.yaml's sequence length."""
+
+    def __init__(self, data_dir: Path, split: str, prompt_loss_weight: float):
+        self.meta = read_metadata(data_dir)
+        self.seq_len = self.meta["max_seq_length"]
+        self.files = split_files(data_dir, split)
+        self.plw = prompt_loss_weight
+        self.index: list[tuple[int, int]] = []
+        for i, path in enumerate(self.files):
+            with h5py.File(path, "r") as f:
+                if "input_ids" not in f or "token_type_ids" not in f:
+                    raise ConfigError(f"{path}: needs datasets input_ids and token_type_ids")
+                shape = f["input_ids"].shape
+                if len(shape) != 2 or shape[1] != self.seq_len or f["token_type_ids"].shape != shape:
+                    raise ConfigError(f"{path}: rows of length {shape[1:]} but metadata.yaml says max_seq_length "
+                                      f"{self.seq_len}; re-run tokenization_prep")
+                self.index += [(i, r) for r in range(shape[0])]
+        self._handles: dict[int, h5py.File] = {}
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def _file(self, i: int) -> h5py.File:
+        if i not in self._handles:
+            self._handles[i] = h5py.File(self.files[i], "r")
+        return self._handles[i]
+
+    def __getitem__(self, k: int) -> dict:
+        i, r = self.index[k]
+        f = self._file(i)
+        return row_features(f["input_ids"][r], f["token_type_ids"][r], self.plw)
+
+
+def row_features(ids: np.ndarray, types: np.ndarray, plw: float) -> dict:
+    """Position ids, segment ids and next-token loss weights of one packed row."""
+    ids = np.asarray(ids, dtype=np.int64)
+    types = np.asarray(types)
+    n = len(ids)
+    ends = types == SEP
+    segment = np.concatenate([[0], np.cumsum(ends)[:-1]])
+    pad = types == PADDING
+    # padding is its own segment (also after a truncated article that lost its end token)
+    segment[pad] = (segment[~pad].max() if (~pad).any() else -1) + 1
+    starts = np.flatnonzero(np.concatenate([[True], segment[1:] != segment[:-1]]))
+    seg_start = starts[np.searchsorted(starts, np.arange(n), side="right") - 1]
+    position = np.arange(n) - seg_start
+    target_w = np.select([types == COMPLETION, types == SEP, types == PROMPT], [1.0, 1.0, plw], 0.0)
+    weights = np.zeros(n, dtype=np.float32)
+    same = segment[1:] == segment[:-1]
+    weights[:-1] = np.where(same, target_w[1:], 0.0)
+    return {"input_ids": torch.from_numpy(ids), "position_ids": torch.from_numpy(position),
+            "segment_ids": torch.from_numpy(segment.astype(np.int64)), "weights": torch.from_numpy(weights)}
+
+
+def dynamic_batch(examples: list[dict], pad_id: int) -> dict:
+    """Dolly-style batch for the benchmark: one article per row, right-padded to the batch's longest."""
+    width = max(len(e["input_ids"]) for e in examples)
+    out = {k: [] for k in examples[0]}
+    for e in examples:
+        n = width - len(e["input_ids"])
+        out["input_ids"].append(torch.nn.functional.pad(e["input_ids"], (0, n), value=pad_id))
+        out["position_ids"].append(torch.nn.functional.pad(e["position_ids"], (0, n)))
+        out["segment_ids"].append(torch.nn.functional.pad(e["segment_ids"], (0, n), value=1))
+        out["weights"].append(torch.nn.functional.pad(e["weights"], (0, n)))
+    return {k: torch.stack(v) for k, v in out.items()}

@@ -1,0 +1,64 @@
+"""``python -m training.run --config training/configs/stage1_oig.yaml [--resume]``: run one stage.
+
+Launch with ``deepspeed`` (several processes, or nodes with a hostfile) or with plain ``python``
+(one process: the rendezvous variables DeepSpeed needs are set here).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+
+
+def single_process_env() -> None:
+    """Set RANK/WORLD_SIZE/MASTER_* when not launched by deepspeed/torchrun (else DeepSpeed looks for MPI)."""
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        return
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m training.run", description=__doc__.splitlines()[0])
+    ap.add_argument("--config", required=True, help="stage YAML (see training/configs/)")
+    ap.add_argument("--resume", action="store_true", help="continue from the stage's last checkpoint")
+    ap.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by the deepspeed launcher
+    args = ap.parse_args(argv)
+
+    from training.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(args.config)
+        from training.trainer import check_inputs
+
+        check_inputs(cfg)  # fail fast, before DeepSpeed starts
+        single_process_env()
+        os.environ.setdefault("DS_ACCELERATOR", "cpu") if not _has_cuda() else None
+        from training.trainer import StageRunner
+
+        runner = StageRunner(cfg, resume=args.resume)
+        final = runner.run()
+        import deepspeed
+
+        deepspeed.comm.barrier()
+        deepspeed.comm.destroy_process_group()
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"stage {cfg.name}: {runner.engine.global_steps} steps; final model in {final}")
+    return 0
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
