@@ -90,9 +90,13 @@ class StageRunner:
         import deepspeed  # imported late: every data and model check above runs before DeepSpeed starts
 
         ds_config = deepspeed_dict(cfg, self.world)
-        self.engine, _, _, self.scheduler = deepspeed.initialize(
-            model=model, model_parameters=[p for p in model.parameters() if p.requires_grad], config=ds_config,
-            lr_scheduler=make_scheduler(cfg, self.total_steps))
+        try:
+            self.engine, _, _, self.scheduler = deepspeed.initialize(
+                model=model, model_parameters=[p for p in model.parameters() if p.requires_grad], config=ds_config,
+                lr_scheduler=make_scheduler(cfg, self.total_steps))
+        except (ValueError, AssertionError, NotImplementedError) as exc:
+            raise ConfigError(f"deepspeed config {cfg.deepspeed} does not run here ({str(exc).strip()}); on CPU use "
+                              "ds/cpu.json or a bf16 config (fp16 needs a CUDA GPU)") from None
         self.ds_config = ds_config
         self.micro_step = 0  # micro-batches consumed, counted across epochs
         if resume:

@@ -112,3 +112,17 @@ def test_bad_inputs_fail_before_training_in_one_line(token_dirs, stage_config, t
     for cfg, needle in cases:
         r = run_stage(cfg)
         assert r.returncode == 2 and needle in r.stderr and r.stderr.count("\n") == 1, r.stderr[-1000:]
+
+
+@pytest.mark.slow
+def test_zero3_offload_bf16_runs_on_cpu_and_fp16_is_one_line(token_dirs, stage_config, tmp_path):
+    cfg = stage_config("z3", token_dirs[0], max_steps=2, save_every=0, eval_every=0,
+                       deepspeed="training/configs/ds/zero3_offload_bf16.json")
+    r = run_stage(cfg)
+    assert r.returncode == 0, r.stderr[-2000:]
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "ckpt" / "z3" / "final")
+    assert all(p.numel() > 0 for p in model.parameters())  # ZeRO-3 shards gathered before saving
+    r = run_stage(stage_config("fp16", token_dirs[0], deepspeed="training/configs/ds/zero2_fp16.json"))
+    assert r.returncode == 2 and "fp16 needs a CUDA GPU" in r.stderr.strip().splitlines()[-1]
