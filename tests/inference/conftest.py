@@ -1,0 +1,51 @@
+"""A tiny model trained by the training stage on real short Dolly records, so that it replies and stops."""
+
+import gzip
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from data_prep.pipeline import prepare_oa_dolly
+from tests.conftest import DOLLY, PYTHIA_TOKENIZER, ROOT
+from tokenization_prep.pipeline import PipelineConfig, run_pipeline
+
+N_RECORDS = 24
+
+
+def short_dolly_records():
+    """The first real Dolly records whose instruction and response are both short."""
+    out = []
+    with gzip.open(DOLLY, "rt", encoding="utf-8") as fh:
+        for line in fh:
+            r = json.loads(line)
+            if not r["context"] and len(r["response"]) < 40 and len(r["instruction"]) < 60:
+                out.append(r)
+            if len(out) == N_RECORDS:
+                return out
+    return out
+
+
+@pytest.fixture(scope="session")
+def trained_model(tmp_path_factory):
+    """(final model dir, the records it was trained on)."""
+    base = tmp_path_factory.mktemp("chatmodel")
+    records = short_dolly_records()
+    src = base / "dolly_short.jsonl"
+    src.write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    prepare_oa_dolly(base / "chat.jsonl", str(src), None)
+    run_pipeline(PipelineConfig(str(base / "chat.jsonl"), str(base / "tok"), str(PYTHIA_TOKENIZER), 64,
+                                "single::truncate_right", shuffle="on_RAM", num_training_splits=1))
+    cfg = {"name": "chat", "data_dir": str(base / "tok"), "output_dir": str(base / "ckpt"),
+           "model": {"kind": "pythia", "tiny": {"hidden_size": 64, "num_layers": 2, "num_heads": 4}},
+           "deepspeed": "training/configs/ds/cpu.json", "epochs": 100, "max_steps": 150, "micro_batch_size": 8,
+           "gradient_accumulation_steps": 1, "lr": 3e-3, "seed": 1, "log_every": 50}
+    (base / "chat.yaml").write_text(yaml.safe_dump(cfg))
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    r = subprocess.run([sys.executable, "-m", "training.run", "--config", str(base / "chat.yaml")], cwd=ROOT,
+                       capture_output=True, text=True, env={**env, "DS_ACCELERATOR": "cpu"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    return base / "ckpt" / "final", records
