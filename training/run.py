@@ -26,6 +26,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m training.run", description=__doc__.splitlines()[0])
     ap.add_argument("--config", required=True, help="stage YAML (see training/configs/)")
     ap.add_argument("--resume", action="store_true", help="continue from the stage's last checkpoint")
+    ap.add_argument("--max-steps", type=int, default=None, help="override the config's max_steps (quick runs)")
     ap.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by the deepspeed launcher
     args = ap.parse_args(argv)
 
@@ -33,11 +34,16 @@ def main(argv=None) -> int:
 
     try:
         cfg = load_config(args.config)
+        if args.max_steps is not None:
+            if args.max_steps < 1:
+                raise ConfigError("--max-steps must be at least 1")
+            cfg.max_steps = args.max_steps
         from training.trainer import check_inputs
 
         check_inputs(cfg)  # fail fast, before DeepSpeed starts
         single_process_env()
-        os.environ.setdefault("DS_ACCELERATOR", "cpu") if not _has_cuda() else None
+        if not _has_cuda():
+            os.environ.setdefault("DS_ACCELERATOR", "cpu")
         from training.trainer import StageRunner
 
         runner = StageRunner(cfg, resume=args.resume)

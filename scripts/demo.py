@@ -1,0 +1,134 @@
+"""The main job on the bundled real data, end to end, with finished steps skipped on rerun.
+
+data_prep (Dolly+OASST, OIG) -> tokenization of both -> stage 1 on OIG -> stage 2 on Dolly+OASST (tiny
+Pythia-shaped model, real Pythia tokenizer) -> one chat reply from the final model. A step is skipped
+only when its stamp file records the sha256 of its inputs and outputs and they all still match; a
+changed input or a damaged output reruns it (and the steps after it, whose inputs then change).
+
+    .venv/bin/python scripts/demo.py [--quick]     (bash scripts/demo.sh sets up the venv first)
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PY = sys.executable
+STAMPS = ROOT / "demo_out" / "stamps"
+TOKENIZER = "data/tokenizers/gpt-neox-20b"
+CHAT_MESSAGE = "What is the capital of France?"
+
+
+def digest(path: Path) -> str:
+    """sha256 of a file, or of a directory's manifest.sha256 / file list (sorted names and contents)."""
+    path = ROOT / path
+    if path.is_file():
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    if (path / "manifest.sha256").is_file():
+        return hashlib.sha256((path / "manifest.sha256").read_bytes()).hexdigest()
+    if path.is_dir():
+        h = hashlib.sha256()
+        for p in sorted(q for q in path.rglob("*") if q.is_file()):
+            h.update(str(p.relative_to(path)).encode() + hashlib.sha256(p.read_bytes()).digest())
+        return h.hexdigest()
+    return "missing"
+
+
+def outputs_intact(outputs: list[str]) -> bool:
+    """Outputs exist; a tokenization dir also still matches its own manifest."""
+    from tokenization_prep.pipeline import verify_manifest
+
+    for out in outputs:
+        p = ROOT / out
+        if not p.exists():
+            return False
+        if p.is_dir() and (p / "manifest.sha256").exists() and verify_manifest(p):
+            return False
+    return True
+
+
+def step(name: str, cmd: list[str], inputs: list[str], outputs: list[str], extra_key: str = "") -> None:
+    """Run ``cmd`` unless the stamp of ``name`` matches current input and output hashes."""
+    stamp = STAMPS / f"{name}.json"
+    key = {"cmd": cmd, "extra": extra_key, "inputs": {i: digest(Path(i)) for i in inputs}}
+    if stamp.is_file() and outputs_intact(outputs):
+        old = json.loads(stamp.read_text())
+        if old["key"] == key and old["outputs"] == {o: digest(Path(o)) for o in outputs}:
+            print(f"== {name}: up to date (inputs and outputs match their hashes), skipped")
+            return
+    print(f"== {name}: {' '.join(cmd)}", flush=True)
+    t0 = time.time()
+    subprocess.run(cmd, cwd=ROOT, check=True)
+    STAMPS.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(json.dumps({"key": key, "outputs": {o: digest(Path(o)) for o in outputs},
+                                 "seconds": round(time.time() - t0, 1)}, indent=1))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="2 training steps per stage (the CI smoke test)")
+    args = ap.parse_args()
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    steps = ["--max-steps", "2"] if args.quick else []
+    t0 = time.time()
+    oa, ock = "data_prep/oasst1_dolly.jsonl", "data_prep/bloom_ock_100K_each.jsonl"
+    step("data_prep_oa_dolly", [PY, "data_prep/prepare_oa_dolly.py", "--dolly",
+                                "data/samples/dolly/databricks-dolly-15k.jsonl.gz", "--oasst",
+                                "data/samples/oasst1/oasst1_validation_en.jsonl", "--output", oa],
+         ["data/samples/dolly/databricks-dolly-15k.jsonl.gz", "data/samples/oasst1/oasst1_validation_en.jsonl"],
+         [oa])
+    step("data_prep_oig", [PY, "data_prep/subsample_openchatkit.py", "--oig", "data/samples/oig", "--output", ock],
+         ["data/samples/oig"], [ock])
+    tok_oa, tok_ock = "tokenization_prep/oasst1_dolly_out", "tokenization_prep/bloom_ock_100k_out"
+    for name, src, out, script in (("tokenize_oa_dolly", oa, tok_oa, "tokenization_oa_dolly.sh"),
+                                   ("tokenize_oig", ock, tok_ock, "tokenization_openchatkit.sh")):
+        step(name, ["bash", f"tokenization_prep/{script}", TOKENIZER, src, out, "--overwrite_output_path"],
+             [src, f"{TOKENIZER}/tokenizer.json"], [out])
+    s1, s2 = "training/ckpt/stage1_oig/final", "training/ckpt/stage2_oa_dolly/final"
+    step("train_stage1_oig", [PY, "-m", "training.run", "--config", "training/configs/demo/stage1_oig.yaml", *steps],
+         [tok_ock, "training/configs/demo/stage1_oig.yaml"], [s1])
+    step("train_stage2_oa_dolly", [PY, "-m", "training.run", "--config",
+                                   "training/configs/demo/stage2_oa_dolly.yaml", *steps],
+         [tok_oa, s1, "training/configs/demo/stage2_oa_dolly.yaml"], [s2])
+    curves = "training/ckpt/loss_curves.png"
+    subprocess.run([PY, "-m", "training.plot_losses", curves, "training/ckpt/stage1_oig",
+                    "training/ckpt/stage2_oa_dolly"], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+    print(f"== chat: one reply from {s2}")
+    subprocess.run([PY, "inference/chat.py", "--model", s2, "--greedy", "--verbose", "--max-new-tokens", "48",
+                    "--message", CHAT_MESSAGE], cwd=ROOT, check=True, env={**os.environ,
+                                                                           "TRANSFORMERS_VERBOSITY": "error"})
+    summary(t0, [tok_oa, tok_ock], curves)
+    return 0
+
+
+def summary(t0: float, tok_dirs: list[str], curves: str) -> None:
+    print("\n== summary")
+    for label, path in (("Dolly+OASST chat JSONL", "data_prep/oasst1_dolly.jsonl"),
+                        ("OIG chat JSONL", "data_prep/bloom_ock_100K_each.jsonl"),
+                        ("record counts", "data_prep/*.summary.json, rejects in data_prep/*.rejects.jsonl"),
+                        ("Dolly+OASST HDF5 splits", tok_dirs[0]), ("OIG HDF5 splits", tok_dirs[1]),
+                        ("stage 1 model", "training/ckpt/stage1_oig/final"),
+                        ("stage 2 model", "training/ckpt/stage2_oa_dolly/final"),
+                        ("TensorBoard logs", "training/ckpt/*/logs"), ("loss curves", curves)):
+        print(f"  {label:<24} {path}")
+    for d in tok_dirs:
+        print(f"\ndata report of {d} (also data_report.md, article_lengths.png, sequence_fill.png there):")
+        print((ROOT / d / "data_report.md").read_text().split("\n", 2)[2].rstrip())
+    print(f"\ndone in {time.time() - t0:.0f} s")
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
+    try:
+        sys.exit(main())
+    except subprocess.CalledProcessError as exc:
+        print(f"error: a step failed (exit {exc.returncode}): {' '.join(map(str, exc.cmd))}", file=sys.stderr)
+        sys.exit(1)
