@@ -101,7 +101,7 @@ def main() -> int:
     curves = "training/ckpt/loss_curves.png"
     subprocess.run([PY, "-m", "training.plot_losses", curves, "training/ckpt/stage1_oig",
                     "training/ckpt/stage2_oa_dolly"], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
-    print(f"== chat: one reply from {s2}")
+    print(f"== chat: one reply from {s2}", flush=True)
     subprocess.run([PY, "inference/chat.py", "--model", s2, "--greedy", "--verbose", "--max-new-tokens", "48",
                     "--message", CHAT_MESSAGE], cwd=ROOT, check=True, env={**os.environ,
                                                                            "TRANSFORMERS_VERBOSITY": "error"})
@@ -110,7 +110,7 @@ def main() -> int:
 
 
 def summary(t0: float, tok_dirs: list[str], curves: str) -> None:
-    print("\n== summary")
+    print("\n== summary", flush=True)
     for label, path in (("Dolly+OASST chat JSONL", "data_prep/oasst1_dolly.jsonl"),
                         ("OIG chat JSONL", "data_prep/bloom_ock_100K_each.jsonl"),
                         ("record counts", "data_prep/*.summary.json, rejects in data_prep/*.rejects.jsonl"),

@@ -32,4 +32,4 @@ def test_demo_command_on_a_fresh_clone(tmp_path):
     assert "\nbot: " in out and "tokens, stop: " in out and "== summary" in out and "| padding % |" in out
     rerun = subprocess.run(["bash", "scripts/demo.sh", "--quick"], cwd=clone, env=env, capture_output=True,
                            text=True, timeout=600)
-    assert rerun.returncode == 0 and rerun.stdout.count("skipped") == 6
+    assert rerun.returncode == 0 and rerun.stdout.count("up to date (inputs and outputs match their hashes)") == 6
