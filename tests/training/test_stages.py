@@ -126,3 +126,16 @@ def test_zero3_offload_bf16_runs_on_cpu_and_fp16_is_one_line(token_dirs, stage_c
     assert all(p.numel() > 0 for p in model.parameters())  # ZeRO-3 shards gathered before saving
     r = run_stage(stage_config("fp16", token_dirs[0], deepspeed="training/configs/ds/zero2_fp16.json"))
     assert r.returncode == 2 and "fp16 needs a CUDA GPU" in r.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.slow
+def test_two_processes_with_the_deepspeed_launcher(token_dirs, stage_config, tmp_path):
+    cfg = stage_config("two", token_dirs[0], max_steps=2, save_every=0, eval_every=0)
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    launcher = os.path.join(os.path.dirname(sys.executable), "deepspeed")
+    r = subprocess.run([launcher, "--num_accelerators", "2", "training/run.py", "--config", str(cfg)], cwd=ROOT,
+                       capture_output=True, text=True, env={**env, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"},
+                       timeout=600)
+    assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-2000:])
+    lineage = json.loads((tmp_path / "ckpt" / "two" / "final" / "lineage.json").read_text())
+    assert lineage["deepspeed"]["train_batch_size"] == 2 * 2 * 2  # micro 2 x accumulation 2 x 2 processes
