@@ -17,7 +17,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
-from data_prep.chat_format import BOT, HUMAN, HUMAN_TAG, Turn, escape_role_tags, prompt_for_next_bot_turn
+from data_prep.chat_format import (BOT, HUMAN, HUMAN_TAG, Conversation, Turn, escape_role_tags,
+                                   prompt_for_next_bot_turn, to_pairs)
 
 STOP_STRINGS = ("\n" + HUMAN_TAG, HUMAN_TAG)
 DEFAULTS = {"temperature": 0.8, "top_p": 0.9, "top_k": 0, "repetition_penalty": 1.2, "max_new_tokens": 512,
@@ -187,7 +188,5 @@ def generate_response(instruction: str, model, tokenizer, **generate_kwargs) -> 
 
 def as_data_prep_line(history: list[Turn], conv_id: str) -> list[dict]:
     """The conversation as a data_prep pairs line (role tags escaped, as data_prep writes them)."""
-    from data_prep.chat_format import Conversation, to_pairs
-
     turns = [Turn(t.role, escape_role_tags(t.text)[0]) for t in history]
     return to_pairs(Conversation(turns, source="chat", id=conv_id))

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from transformers import (AutoModelForCausalLM, BloomConfig, BloomForCausalLM, GPTNeoXConfig, GPTNeoXForCausalLM)
+from transformers import BloomConfig, BloomForCausalLM, GPTNeoXConfig, GPTNeoXForCausalLM
 from transformers.models.bloom.modeling_bloom import BloomModel, _get_alibi_slopes
 
 from training.config import ConfigError, ModelConfig
@@ -124,8 +124,3 @@ def apply_lora(model, kind: str, lora):
     cfg = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, task_type="CAUSAL_LM",
                      target_modules=lora.target_modules or LORA_TARGETS[kind])
     return get_peft_model(model, cfg)
-
-
-def load_for_inference(path: str):
-    """A save_pretrained model dir or hub id (safetensors, no remote code)."""
-    return AutoModelForCausalLM.from_pretrained(path, use_safetensors=True, trust_remote_code=False)

@@ -38,15 +38,12 @@ def main(argv=None) -> int:
             if args.max_steps < 1:
                 raise ConfigError("--max-steps must be at least 1")
             cfg.max_steps = args.max_steps
-        from training.trainer import check_inputs
-
-        check_inputs(cfg)  # fail fast, before DeepSpeed starts
         single_process_env()
         if not _has_cuda():
             os.environ.setdefault("DS_ACCELERATOR", "cpu")
         from training.trainer import StageRunner
 
-        runner = StageRunner(cfg, resume=args.resume)
+        runner = StageRunner(cfg, resume=args.resume)  # checks data, init_from and model before DeepSpeed starts
         final = runner.run()
         import deepspeed
 
