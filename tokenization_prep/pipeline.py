@@ -146,7 +146,7 @@ def run_split(name, order, files, index, tok, cfg, pconf, out, n_files, categori
     store = TokenStore(out, name)
     try:
         tokenize_into(read_lines(files, *index, order), ArticleTokenizer(tok, cfg.article), store, metrics,
-                      cfg.ignore_input_format_error, skipped)
+                      cfg.ignore_input_format_error, skipped, total=len(order), desc=f"tokenizing {name}")
         seqs = pack_store(store, cfg.max_seq_length, pconf, cfg.article.keep_prompt_only_sequences, metrics)
         if pconf.style == "bfd":  # bfd sorts by length: restore a random order of sequences
             perm = np.random.default_rng(cfg.seed + 1).permutation(len(seqs))

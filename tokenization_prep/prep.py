@@ -8,6 +8,7 @@ go to a skipped-lines log and are counted.
 from __future__ import annotations
 
 from array import array
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 import orjson
+from tqdm import tqdm
 
 from data_prep.atomic import atomic_write
 from data_prep.readers import DataError
@@ -73,7 +75,8 @@ def _parsed_batches(lines, settings, metrics, ignore_errors, skipped_log) -> Ite
 
 
 def tokenize_into(lines: Iterable[tuple[str, int, bytes]], atok: ArticleTokenizer, store: TokenStore,
-                  metrics: SplitMetrics, ignore_errors: bool, skipped_log: list[bytes]) -> None:
+                  metrics: SplitMetrics, ignore_errors: bool, skipped_log: list[bytes], total: int | None = None,
+                  desc: str = "tokenizing") -> None:
     """Parse, encode and store every line's articles, in order.
 
     Pipelined: while the Rust tokenizer encodes batch k on a worker thread (GIL released), this thread
@@ -90,15 +93,19 @@ def tokenize_into(lines: Iterable[tuple[str, int, bytes]], atok: ArticleTokenize
                 for t, name in TYPE_NAMES.items():
                     src[name] += int(counts[t])
 
+    bar = tqdm(total=total, desc=desc, unit="line", mininterval=1.0, file=sys.stderr)
     with ThreadPoolExecutor(max_workers=1) as pool:
         pending = None
         for batch in _parsed_batches(lines, atok.settings, metrics, ignore_errors, skipped_log):
             future = pool.submit(atok.encode, batch)
             if pending is not None:
                 store_batch(pending[0], pending[1].result())
+                bar.update(len(pending[0]))
             pending = (batch, future)
         if pending is not None:
             store_batch(pending[0], pending[1].result())
+            bar.update(len(pending[0]))
+    bar.close()
     store.seal()
 
 

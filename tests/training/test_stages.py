@@ -80,17 +80,48 @@ def test_kill_and_resume_gives_the_same_weights(token_dirs, stage_config, tmp_pa
 
 
 @pytest.mark.slow
-def test_lora_stage_writes_adapter_and_merged_model(token_dirs, stage_config, tmp_path):
-    cfg = stage_config("lora", token_dirs[0], max_steps=2, save_every=0, eval_every=0,
+def test_lora_stage_adapter_merge_command_and_chat_loading(token_dirs, stage_config, tmp_path):
+    assert run_stage(stage_config("base", token_dirs[0], max_steps=1, save_every=0, eval_every=0)).returncode == 0
+    base = tmp_path / "ckpt" / "base" / "final"
+    cfg = stage_config("lora", token_dirs[1], max_steps=2, save_every=0, eval_every=0, init_from=str(base),
                        lora={"r": 4, "alpha": 8, "dropout": 0.0})
     r = run_stage(cfg)
     assert r.returncode == 0, r.stderr[-2000:]
     out = tmp_path / "ckpt" / "lora"
-    assert (out / "adapter" / "adapter_config.json").is_file()
-    from transformers import AutoModelForCausalLM
+    adapter = json.loads((out / "adapter" / "adapter_config.json").read_text())
+    assert adapter["base_model_name_or_path"] == str(base) and adapter["r"] == 4
+    merged_by_stage = weights(out / "final")
+    assert not any("lora" in k for k in merged_by_stage)
+    m = subprocess.run([sys.executable, "-m", "training.merge_lora", "--adapter", str(out / "adapter"), "--output",
+                        str(tmp_path / "merged")], cwd=ROOT, capture_output=True, text=True)
+    assert m.returncode == 0, m.stderr[-2000:]
+    merged = weights(tmp_path / "merged")
+    assert merged.keys() == merged_by_stage.keys()
+    for k in merged:
+        torch.testing.assert_close(merged[k], merged_by_stage[k], rtol=0, atol=1e-6)
+    assert not torch.equal(merged["gpt_neox.layers.0.attention.query_key_value.weight"],
+                           weights(base)["gpt_neox.layers.0.attention.query_key_value.weight"])  # LoRA changed it
+    from inference.generate import load_model_tokenizer_for_generate
 
-    merged = AutoModelForCausalLM.from_pretrained(out / "final")
-    assert not any("lora" in n for n, _ in merged.named_parameters())
+    model, tok = load_model_tokenizer_for_generate(str(out / "adapter"))  # chat loads an adapter dir too
+    assert tok.chat_template and not any("lora" in n for n, _ in model.named_parameters())
+
+
+@pytest.mark.slow
+def test_run_stages_script_runs_both_stages_in_order(token_dirs, stage_config, tmp_path):
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    s1 = stage_config("stage1_oig", token_dirs[0], max_steps=1, save_every=0, eval_every=0)
+    s2 = stage_config("stage2_oa_dolly", token_dirs[1], max_steps=1, save_every=0, eval_every=0,
+                      init_from=str(tmp_path / "ckpt" / "stage1_oig" / "final"))
+    s1.rename(configs / "stage1_oig.yaml")
+    s2.rename(configs / "stage2_oa_dolly.yaml")
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    r = subprocess.run(["bash", "training/run_stages.sh", str(configs)], cwd=ROOT, capture_output=True, text=True,
+                       env={**env, "DS_ACCELERATOR": "cpu", "PYTHON": sys.executable})
+    assert r.returncode == 0, r.stderr[-2000:]
+    lineage = json.loads((tmp_path / "ckpt" / "stage2_oa_dolly" / "final" / "lineage.json").read_text())
+    assert lineage["parent"]["stage"] == "stage1_oig"
 
 
 def test_bad_inputs_fail_before_training_in_one_line(token_dirs, stage_config, tmp_path):
