@@ -53,8 +53,8 @@ def child(layout: str, data_dir: str, steps: int, dyn_batch: int) -> None:
 
     torch.manual_seed(0)
     ds = PackedDataset(Path(data_dir), "train", 0.0)
-    model = build_model(ModelConfig(kind="pythia", tiny=TinyShape(hidden_size=64, num_layers=2, num_heads=4)),
-                        ds.meta["vocab_size"], SEQ, seed=0)
+    model, _ = build_model(ModelConfig(kind="pythia", tiny=TinyShape(hidden_size=64, num_layers=2, num_heads=4)),
+                           ds.meta["vocab_size"], SEQ, seed=0)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     order = np.random.default_rng(0).permutation(len(ds))
     per_step = PACKED_ROWS if layout == "packed" else dyn_batch
@@ -71,9 +71,10 @@ def child(layout: str, data_dir: str, steps: int, dyn_batch: int) -> None:
             trimmed = []
             for r in rows:
                 n = int((r["segment_ids"] == 0).sum())
-                trimmed.append({k: v[:n] for k, v in r.items()})
+                trimmed.append({k: v[:n] if v.ndim else v for k, v in r.items()})
             batch = dynamic_batch(trimmed, pad_id=0)
-        loss, w = weighted_loss(packed_forward(model, batch), batch["input_ids"], batch["weights"])
+        loss_sum, w = weighted_loss(packed_forward(model, batch), batch["input_ids"], batch["weights"])
+        loss = loss_sum / max(w, 1e-8)
         opt.zero_grad()
         loss.backward()
         opt.step()

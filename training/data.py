@@ -1,7 +1,8 @@
 """Training data: the packed HDF5 splits of tokenization_prep (or generative_data_prep), checked on load.
 
 Each row yields ``input_ids``, ``position_ids`` (restarting at every article), ``segment_ids`` (one per
-article; an article ends at token type 3) and per-token loss ``weights`` for predicting the NEXT token:
+article; an article ends at token type 3), ``real_tokens`` (non-padding count, for throughput) and per-token
+loss ``weights`` for predicting the NEXT token:
 completion and end-of-article targets 1, prompt targets ``prompt_loss_weight``, padding 0, and never a
 target in another article. Example row (P prompt, C completion, S end-of-article, _ padding)::
 
@@ -96,13 +97,15 @@ def row_features(ids: np.ndarray, types: np.ndarray, plw: float) -> dict:
     same = segment[1:] == segment[:-1]
     weights[:-1] = np.where(same, target_w[1:], 0.0)
     return {"input_ids": torch.from_numpy(ids), "position_ids": torch.from_numpy(position),
-            "segment_ids": torch.from_numpy(segment.astype(np.int64)), "weights": torch.from_numpy(weights)}
+            "segment_ids": torch.from_numpy(segment.astype(np.int64)), "weights": torch.from_numpy(weights),
+            "real_tokens": torch.tensor(int((~pad).sum()))}
 
 
 def dynamic_batch(examples: list[dict], pad_id: int) -> dict:
     """Dolly-style batch for the benchmark: one article per row, right-padded to the batch's longest."""
     width = max(len(e["input_ids"]) for e in examples)
     out = {k: [] for k in examples[0]}
+    out["real_tokens"] = [e["real_tokens"] for e in examples]
     for e in examples:
         n = width - len(e["input_ids"])
         out["input_ids"].append(torch.nn.functional.pad(e["input_ids"], (0, n), value=pad_id))

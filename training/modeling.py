@@ -14,10 +14,12 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from transformers import BloomConfig, BloomForCausalLM, GPTNeoXConfig, GPTNeoXForCausalLM
-from transformers.models.bloom.modeling_bloom import BloomModel, _get_alibi_slopes
+from transformers.models.bloom.modeling_bloom import BloomModel, BloomPreTrainedModel, _get_alibi_slopes
 
 from training.config import ConfigError, ModelConfig
+from training.loading import DsFacts, check_memory, load_model, model_config
 
 LORA_TARGETS = {"pythia": ["query_key_value"], "bloom": ["query_key_value"]}
 
@@ -38,8 +40,9 @@ class PackedBloomForCausalLM(BloomForCausalLM):
     """BLOOM causal LM whose transformer is ``PackedBloomModel``; saves as a plain BloomForCausalLM."""
 
     def __init__(self, config):
-        super().__init__(config)
+        BloomPreTrainedModel.__init__(self, config)  # not BloomForCausalLM's: build the transformer once
         self.transformer = PackedBloomModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
         self.config.architectures = ["BloomForCausalLM"]
 
@@ -64,30 +67,27 @@ def tiny_config(mc: ModelConfig, vocab_size: int, max_len: int):
                        hidden_dropout=0.0, attention_dropout=0.0, bos_token_id=0, eos_token_id=0)
 
 
-def build_model(mc: ModelConfig, vocab_size: int, max_len: int, init_from: Path | None = None, seed: int = 0):
-    """Load ``init_from`` / ``name_or_path`` (safetensors only, no remote code) or build the tiny shape.
+def build_model(mc: ModelConfig, vocab_size: int, max_len: int, init_from: Path | None = None, seed: int = 0,
+                ds: dict | None = None, ds_name: str = "ds/cpu.json"):
+    """The model to train, checked against the data and the memory here, loaded as ``ds`` will train it.
 
-    Checks the model against the data: embedding rows >= data vocab, positions >= sequence length.
+    ``init_from`` / ``name_or_path`` load safetensors only, with no remote code; otherwise the tiny shape is
+    built from config. Returns (model, keepalive): keep the second alive while training (ZeRO-3's
+    ``HfDeepSpeedConfig``). Without ``ds`` the model is built in fp32 for one process (tests, tools).
     """
     cls = MODEL_CLASSES[mc.kind]
     source = str(init_from) if init_from else mc.name_or_path
-    if source:
-        try:
-            model = cls.from_pretrained(source, use_safetensors=True, trust_remote_code=False, dtype=torch.float32)
-        except Exception as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise ConfigError(f"model {source}: cannot load as {mc.kind} ({first})") from None
-    else:
-        torch.manual_seed(seed)
-        model = cls(tiny_config(mc, vocab_size, max_len))
-    rows = model.get_input_embeddings().num_embeddings
-    if rows < vocab_size:
-        raise ConfigError(f"model has {rows} embedding rows but the data's vocab_size is {vocab_size}; "
+    config = model_config(mc, source, vocab_size, max_len)
+    if config.vocab_size < vocab_size:
+        raise ConfigError(f"model has {config.vocab_size} embedding rows but the data's vocab_size is {vocab_size}; "
                           "tokenize with this model's tokenizer")
-    max_pos = getattr(model.config, "max_position_embeddings", None)
+    max_pos = getattr(config, "max_position_embeddings", None)
     if mc.kind == "pythia" and max_pos is not None and max_pos < max_len:
         raise ConfigError(f"model handles {max_pos} positions but the data's max_seq_length is {max_len}")
-    return model
+    facts = DsFacts.of(ds or {})
+    if ds is not None:
+        check_memory(cls, config, facts, ds_name)
+    return load_model(cls, config, source, facts, ds or {}, seed)
 
 
 def block_causal_mask(segment_ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -109,12 +109,15 @@ def packed_forward(model, batch: dict) -> torch.Tensor:
 
 
 def weighted_loss(logits: torch.Tensor, input_ids: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, float]:
-    """Mean next-token cross-entropy weighted per target token; also returns the supervised weight."""
+    """Summed next-token cross-entropy weighted per target token, and the summed weight.
+
+    Sums, not a mean: the trainer divides by the optimizer step's supervised weight over every micro-batch
+    and rank, so each token counts the same whatever the batch shape.
+    """
     ce = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), input_ids[:, 1:].reshape(-1),
                          reduction="none")
     w = weights[:, :-1].reshape(-1).to(ce.dtype)
-    total = w.sum()
-    return (ce * w).sum() / total.clamp(min=1e-8), float(total)
+    return (ce * w).sum(), float(w.sum())
 
 
 def apply_lora(model, kind: str, lora):

@@ -1,9 +1,13 @@
-"""Run one training stage with DeepSpeed: seeded data order, eval, TensorBoard, checkpoints, exact resume.
+"""Run one training stage with DeepSpeed: global data order, token-weighted loss, sharded eval, exact resume.
 
-The data order is a pure function of (seed, epoch), and checkpoints record the micro-step reached, so
-``--resume`` continues at the exact data position: a stage killed with -9 and resumed ends with the
-same weights as an uninterrupted run. Every stage ends in ``<output>/final``: a save_pretrained dir
-(safetensors, tokenizer with chat template, generation config) plus ``lineage.json``.
+The data order is a pure function of (seed, epoch) over the whole world: optimizer step s trains rows
+``perm[s*R:(s+1)*R]`` (R = micro x accumulation x processes), split over ranks and micro-batches. The loss of a
+step is the token-weighted mean over all its rows: every micro-batch contributes its summed weighted loss
+divided by the step's supervised weight all-reduced over ranks, so micro 1 x accum 4, micro 4 x accum 1 and
+two processes give the same gradients. Checkpoints record the step, every RNG of every rank and the topology
+(``training/checkpoint.py``): a stage killed with -9 and resumed ends with the same weights. Every stage ends
+in ``<output>/final``: a save_pretrained dir (safetensors, tokenizer with chat template, generation config)
+plus ``lineage.json``.
 """
 
 from __future__ import annotations
@@ -11,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import time
 from pathlib import Path
 
@@ -19,8 +22,11 @@ import numpy as np
 import torch
 
 from data_prep.atomic import atomic_write
+from training import checkpoint
 from training.config import ConfigError, StageConfig, deepspeed_dict
 from training.data import PackedDataset, split_files
+from training.distributed import global_sum, init_process_group, rank, to_device, world_size
+from training.loading import DsFacts, check_hardware
 from training.modeling import apply_lora, build_model, packed_forward, weighted_loss
 
 
@@ -39,9 +45,9 @@ def check_inputs(cfg: StageConfig) -> tuple[Path, Path | None]:
     return data_dir, init
 
 
-def epoch_order(n: int, seed: int, epoch: int, rank: int, world: int) -> np.ndarray:
-    """This rank's row order for an epoch (the same on every run)."""
-    return np.random.default_rng([seed, epoch]).permutation(n)[rank::world]
+def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
+    """The global row order of an epoch (the same on every run and every rank)."""
+    return np.random.default_rng([seed, epoch]).permutation(n)
 
 
 def make_scheduler(cfg: StageConfig, total_steps: int):
@@ -64,6 +70,7 @@ def sha256_file(path: Path) -> str | None:
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
 
 
+
 class StageRunner:
     """Owns the engine, the data and the bookkeeping of one stage."""
 
@@ -71,112 +78,130 @@ class StageRunner:
         self.cfg, self.resume = cfg, resume
         self.data_dir, self.init = check_inputs(cfg)
         self.out = cfg.out_dir
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank, self.world = rank(), world_size()
         self.train = PackedDataset(self.data_dir, "train", cfg.prompt_loss_weight)
         self.dev = PackedDataset(self.data_dir, "dev", cfg.prompt_loss_weight) if split_files(self.data_dir, "dev") \
             else None
-        meta = self.train.meta
-        model = build_model(cfg.model, meta["vocab_size"], meta["max_seq_length"], self.init, cfg.seed)
-        if cfg.lora:
-            model = apply_lora(model, cfg.model.kind, cfg.lora)
-        rows_per_step = cfg.micro_batch_size * cfg.gradient_accumulation_steps * self.world
-        self.steps_per_epoch = len(self.train) // rows_per_step
+        self.ds_config = deepspeed_dict(cfg, self.world)
+        facts = DsFacts.of(self.ds_config)
+        check_hardware(facts, cfg.deepspeed)
+        self.rows_per_step = cfg.micro_batch_size * cfg.gradient_accumulation_steps * self.world
+        self.steps_per_epoch = len(self.train) // self.rows_per_step
         if self.steps_per_epoch == 0:
-            raise ConfigError(f"{len(self.train)} training rows cannot fill one step of {rows_per_step} rows; "
+            raise ConfigError(f"{len(self.train)} training rows cannot fill one step of {self.rows_per_step} rows; "
                               "lower micro_batch_size or gradient_accumulation_steps")
         total = math.ceil(cfg.epochs * self.steps_per_epoch)
         self.total_steps = min(total, cfg.max_steps) if cfg.max_steps else total
+        self.topology = checkpoint.topology(self.world, cfg.micro_batch_size, cfg.gradient_accumulation_steps,
+                                            facts.stage)
+        self.ckpt = self.out / "checkpoints"
+        saved = checkpoint.check_resume(self.ckpt, self.topology) if resume else None
+        init_process_group()
+        meta = self.train.meta
+        model, self._keep_alive = build_model(cfg.model, meta["vocab_size"], meta["max_seq_length"], self.init,
+                                              cfg.seed, ds=self.ds_config, ds_name=cfg.deepspeed)
+        if cfg.lora:
+            model = apply_lora(model, cfg.model.kind, cfg.lora)
         import deepspeed  # imported late: every data and model check above runs before DeepSpeed starts
 
-        ds_config = deepspeed_dict(cfg, self.world)
         try:
             self.engine, _, _, self.scheduler = deepspeed.initialize(
-                model=model, model_parameters=[p for p in model.parameters() if p.requires_grad], config=ds_config,
-                lr_scheduler=make_scheduler(cfg, self.total_steps))
-        except (ValueError, AssertionError, NotImplementedError) as exc:
-            raise ConfigError(f"deepspeed config {cfg.deepspeed} does not run here ({str(exc).strip()}); on CPU use "
-                              "ds/cpu.json or a bf16 config (fp16 needs a CUDA GPU)") from None
-        self.ds_config = ds_config
-        self.micro_step = 0  # micro-batches consumed, counted across epochs
-        if resume:
-            self._load_checkpoint()
+                model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
+                config=self.ds_config, lr_scheduler=make_scheduler(cfg, self.total_steps))
+        except (ValueError, AssertionError, NotImplementedError, RuntimeError) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ConfigError(f"deepspeed config {cfg.deepspeed} does not run here: {first}") from None
+        self.device = self.engine.device
+        self._perm: tuple[int, np.ndarray] | None = None
+        if saved:
+            checkpoint.load(self.engine, self.ckpt, saved)
 
-    # ---- checkpoints ----
-    def _load_checkpoint(self) -> None:
-        ckpt = self.out / "checkpoints"
-        if not (ckpt / "latest").is_file():
-            raise ConfigError(f"--resume: no checkpoint in {ckpt}; run without --resume to start the stage")
-        _, client = self.engine.load_checkpoint(str(ckpt))
-        self.micro_step = client["micro_step"]
-        torch.set_rng_state(client["torch_rng"])
-
-    def save_checkpoint(self) -> None:
-        step = self.engine.global_steps
-        self.engine.save_checkpoint(str(self.out / "checkpoints"), tag=f"step{step}",
-                                    client_state={"micro_step": self.micro_step, "torch_rng": torch.get_rng_state()})
-
-    # ---- loop ----
-    def micro_batches(self):
-        """(epoch, batch) from the current data position to the end of the stage."""
-        mb = self.cfg.micro_batch_size
-        per_epoch = self.steps_per_epoch * self.cfg.gradient_accumulation_steps
-        total_micro = self.total_steps * self.cfg.gradient_accumulation_steps
-        while self.micro_step < total_micro:
-            epoch, k = divmod(self.micro_step, per_epoch)
-            order = epoch_order(len(self.train), self.cfg.seed, epoch, self.rank, self.world)
-            rows = [self.train[int(i)] for i in order[k * mb:(k + 1) * mb]]
-            yield epoch, collate(rows)
+    # ---- data ----
+    def step_batches(self, step: int) -> list[dict]:
+        """This rank's micro-batches of optimizer step ``step`` (0-based), on the engine's device."""
+        epoch, s = divmod(step, self.steps_per_epoch)
+        if self._perm is None or self._perm[0] != epoch:
+            self._perm = (epoch, epoch_order(len(self.train), self.cfg.seed, epoch))
+        mb, gas = self.cfg.micro_batch_size, self.cfg.gradient_accumulation_steps
+        rows = self._perm[1][s * self.rows_per_step:(s + 1) * self.rows_per_step]
+        mine = rows[self.rank * mb * gas:(self.rank + 1) * mb * gas]
+        return [to_device(collate([self.train[int(i)] for i in mine[m * mb:(m + 1) * mb]]), self.device)
+                for m in range(gas)]
 
     def evaluate(self) -> float | None:
+        """Token-weighted dev loss, rows sharded over ranks (equal counts; fill rows weigh 0), sums all-reduced."""
         if self.dev is None or not len(self.dev):
             return None
+        mb = self.cfg.micro_batch_size
+        mine = list(range(self.rank, len(self.dev), self.world))
+        per_rank = math.ceil(len(self.dev) / self.world)
+        fill = per_rank - len(mine) + (-per_rank) % mb  # every rank runs the same number of same-shape forwards
         self.engine.eval()
-        num = den = 0.0
+        num = torch.zeros((), dtype=torch.float64, device=self.device)
+        den = 0.0
         with torch.no_grad():
-            for lo in range(0, len(self.dev), self.cfg.micro_batch_size):
-                b = collate([self.dev[i] for i in range(lo, min(len(self.dev), lo + self.cfg.micro_batch_size))])
-                loss, w = weighted_loss(packed_forward(self.engine, b), b["input_ids"], b["weights"])
-                num += float(loss) * w
+            rows = [self.dev[i] for i in mine] + [dict(self.dev[0], weights=torch.zeros_like(self.dev[0]["weights"]))
+                                                  for _ in range(fill)]
+            for lo in range(0, len(rows), mb):
+                b = to_device(collate(rows[lo:lo + mb]), self.device)
+                loss_sum, w = weighted_loss(packed_forward(self.engine, b), b["input_ids"], b["weights"])
+                num += loss_sum
                 den += w
         self.engine.train()
+        num, den = global_sum([num, den], self.device)
         return num / max(den, 1e-8)
+
+    # ---- loop ----
+    def train_step(self, step: int) -> tuple[float, float, float]:
+        """One optimizer step; returns the global (loss, supervised weight, real tokens)."""
+        batches = self.step_batches(step)
+        local_w = sum(float(b["weights"][:, :-1].sum()) for b in batches)
+        local_real = sum(float(b["real_tokens"].sum()) for b in batches)
+        total_w, = global_sum([local_w], self.device)
+        scale = self.world / max(total_w, 1e-8)  # DeepSpeed averages gradients over ranks: undo it
+        loss_acc = torch.zeros((), dtype=torch.float64, device=self.device)
+        for b in batches:
+            loss_sum, _ = weighted_loss(packed_forward(self.engine, b), b["input_ids"], b["weights"])
+            self.engine.backward(loss_sum * scale, scale_wrt_gas=False)
+            self.engine.step()
+            loss_acc += loss_sum.detach()
+        loss, real = global_sum([loss_acc, local_real], self.device)
+        return loss / max(total_w, 1e-8), total_w, real
 
     def run(self) -> Path:
         from torch.utils.tensorboard import SummaryWriter
         from tqdm import tqdm
 
         cfg = self.cfg
+        main = self.rank == 0
         self.out.mkdir(parents=True, exist_ok=True)
-        writer = SummaryWriter(str(self.out / "logs")) if self.rank == 0 else None
+        writer = SummaryWriter(str(self.out / "logs")) if main else None
         metrics_path = self.out / "logs" / "metrics.jsonl"
         metrics_path.parent.mkdir(parents=True, exist_ok=True)
-        log = open(metrics_path, "a" if self.resume else "w")
-        bar = tqdm(total=self.total_steps, initial=self.engine.global_steps, desc=cfg.name, disable=self.rank != 0,
+        if main and self.resume and metrics_path.is_file():  # drop records of steps after the checkpoint
+            keep = [x for x in metrics_path.read_text().splitlines() if json.loads(x)["step"] <= self.engine.global_steps]
+            with atomic_write(metrics_path, "w") as fh:
+                fh.write("".join(x + "\n" for x in keep))
+        log = open(metrics_path, "a" if self.resume else "w") if main else None
+        bar = tqdm(total=self.total_steps, initial=self.engine.global_steps, desc=cfg.name, disable=not main,
                    unit="step")
         self.engine.train()
-        t0, tokens, sup = time.perf_counter(), 0, 0.0
+        t0, tokens, sup = time.perf_counter(), 0.0, 0.0
         last_loss = None
-        for epoch, batch in self.micro_batches():
-            loss, w = weighted_loss(packed_forward(self.engine, batch), batch["input_ids"], batch["weights"])
-            self.engine.backward(loss)
-            self.engine.step()
-            self.micro_step += 1
-            tokens += batch["input_ids"].numel()
-            sup += w
-            if self.micro_step % cfg.gradient_accumulation_steps:
-                continue
+        for step0 in range(self.engine.global_steps, self.total_steps):
+            last_loss, w, real = self.train_step(step0)
+            tokens, sup = tokens + real, sup + w
             step = self.engine.global_steps
-            last_loss = float(loss.detach())
             bar.update(1)
-            record = {"step": step, "epoch": epoch, "loss": last_loss, "lr": self.scheduler.get_last_lr()[0]}
+            record = {"step": step, "epoch": step0 // self.steps_per_epoch, "loss": last_loss,
+                      "lr": self.scheduler.get_last_lr()[0]}
             if step % cfg.log_every == 0:
                 secs = time.perf_counter() - t0
                 record.update(tokens_per_s=tokens / secs, supervised_tokens=sup)
-                t0, tokens, sup = time.perf_counter(), 0, 0.0
+                t0, tokens, sup = time.perf_counter(), 0.0, 0.0
             if cfg.eval_every and step % cfg.eval_every == 0:
                 record["eval_loss"] = self.evaluate()
-            if writer:
+            if main:
                 for key in ("loss", "lr", "tokens_per_s", "supervised_tokens", "eval_loss"):
                     if record.get(key) is not None:
                         writer.add_scalar(f"train/{key}" if key != "eval_loss" else "eval/loss", record[key], step)
@@ -184,31 +209,26 @@ class StageRunner:
                 log.flush()
             bar.set_postfix(loss=f"{last_loss:.3f}")
             if cfg.save_every and step % cfg.save_every == 0:
-                self.save_checkpoint()
+                checkpoint.save(self.engine, self.ckpt, step * self.rows_per_step, self.topology)
         bar.close()
         final_eval = self.evaluate()
-        if writer:
+        if main:
             if final_eval is not None:
                 writer.add_scalar("eval/loss", final_eval, self.engine.global_steps)
             writer.close()
-        log.close()
+            log.close()
         return self.save_final(last_loss, final_eval)
 
     def save_final(self, last_loss, final_eval) -> Path:
-        """save_pretrained dir (merged if LoRA) + tokenizer + generation config + lineage.json."""
+        """save_pretrained dir (merged if LoRA) + tokenizer + generation config + lineage.json, by rank 0."""
         from transformers import AutoTokenizer, GenerationConfig
 
+        from training.export import save_model
+
         final = self.out / "final"
-        module = self.engine.module
-        zero3 = self.ds_config.get("zero_optimization", {}).get("stage", 0) == 3
-        state = self.engine._zero3_consolidated_16bit_state_dict() if zero3 else None
+        save_model(self.engine, self.cfg, final, self.out / "adapter")  # every rank: ZeRO-3 gathers collectively
         if self.rank != 0:
             return final
-        if self.cfg.lora:
-            module.save_pretrained(str(self.out / "adapter"), state_dict=state)
-            module = module.merge_and_unload()
-            state = None
-        module.save_pretrained(str(final), state_dict=state, safe_serialization=True)
         tok = AutoTokenizer.from_pretrained(str(self.data_dir / "tokenizer"))
         tok.save_pretrained(str(final))
         GenerationConfig(eos_token_id=tok.eos_token_id, pad_token_id=tok.eos_token_id, do_sample=True,
@@ -217,7 +237,8 @@ class StageRunner:
         parent = self.init / "lineage.json" if self.init else None
         lineage = {
             "stage": self.cfg.name, "config": self.cfg.model_dump(), "deepspeed": self.ds_config,
-            "data_dir": str(self.data_dir), "data_manifest_sha256": sha256_file(self.data_dir / "manifest.sha256"),
+            "topology": self.topology, "data_dir": str(self.data_dir),
+            "data_manifest_sha256": sha256_file(self.data_dir / "manifest.sha256"),
             "init_from": str(self.init) if self.init else None,
             "parent": json.loads(parent.read_text()) if parent and parent.is_file() else None,
             "steps": self.engine.global_steps, "final_train_loss": last_loss, "final_eval_loss": final_eval,

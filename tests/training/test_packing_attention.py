@@ -17,7 +17,7 @@ def test_packed_logits_equal_each_article_alone(kind, token_dirs):
         row = int(np.argmax((types == 3).sum(axis=1)))  # the row holding the most articles
         ids, types = f["input_ids"][row], types[row]
     assert (types == 3).sum() >= 2
-    model = build_model(ModelConfig(kind=kind, tiny=TinyShape()), 50277, 128, seed=0).eval()
+    model = build_model(ModelConfig(kind=kind, tiny=TinyShape()), 50277, 128, seed=0)[0].eval()
     feats = row_features(ids, types, 0.0)
     with torch.no_grad():
         packed = packed_forward(model, {k: v[None] for k, v in feats.items()})[0]

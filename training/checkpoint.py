@@ -1,0 +1,72 @@
+"""Checkpoints that resume exactly: DeepSpeed's engine state, every RNG of every rank, and the topology.
+
+Layout of ``<output>/checkpoints/step{N}/``: DeepSpeed's files, ``rng_state_rank{r}.pt`` per rank (written
+before DeepSpeed moves ``latest``, so a checkpoint named by ``latest`` always has them) and
+``trainer_state.json`` (step, samples consumed, world size, micro batch, accumulation, ZeRO stage).
+A resume is checked against ``trainer_state.json`` before any model is built.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from data_prep.atomic import atomic_write
+from training.config import ConfigError
+from training.distributed import load_rng, rank, save_rng
+
+TOPOLOGY_KEYS = ("world_size", "micro_batch_size", "gradient_accumulation_steps", "zero_stage")
+
+
+def topology(world: int, micro: int, accum: int, zero_stage: int) -> dict:
+    return {"world_size": world, "micro_batch_size": micro, "gradient_accumulation_steps": accum,
+            "zero_stage": zero_stage}
+
+
+def latest_tag(ckpt: Path) -> str:
+    latest = ckpt / "latest"
+    if not latest.is_file():
+        raise ConfigError(f"--resume: no checkpoint in {ckpt}; run without --resume to start the stage")
+    return latest.read_text().strip()
+
+
+def check_resume(ckpt: Path, now: dict) -> dict:
+    """The saved trainer state, if this run's topology matches it; else one line naming what differs."""
+    tag = latest_tag(ckpt)
+    state_path = ckpt / tag / "trainer_state.json"
+    if not state_path.is_file():
+        raise ConfigError(f"--resume: {ckpt / tag} has no trainer_state.json (written by an older version); "
+                          "start the stage again without --resume")
+    state = json.loads(state_path.read_text())
+    saved = state["topology"]
+    diff = [f"{k} {saved[k]} -> {now[k]}" for k in TOPOLOGY_KEYS if saved.get(k) != now[k]]
+    if diff:
+        raise ConfigError(f"--resume: checkpoint {ckpt / tag} was written with another topology ({', '.join(diff)}); "
+                          "resume with the same number of processes, micro_batch_size, gradient_accumulation_steps "
+                          "and DeepSpeed config, or start the stage again without --resume")
+    missing = [r for r in range(now["world_size"]) if not (ckpt / tag / f"rng_state_rank{r}.pt").is_file()]
+    if missing:
+        raise ConfigError(f"--resume: checkpoint {ckpt / tag} lacks the RNG state of rank(s) {missing}; "
+                          "it is incomplete, start the stage again without --resume")
+    return state
+
+
+def save(engine, ckpt: Path, samples: int, topo: dict) -> None:
+    """Every rank writes its RNG file, then DeepSpeed writes its state and finally moves ``latest``."""
+    step = engine.global_steps
+    tag = f"step{step}"
+    save_rng(ckpt / tag / f"rng_state_rank{rank()}.pt")
+    state = {"step": step, "samples": samples, "topology": topo}
+    if rank() == 0:
+        with atomic_write(ckpt / tag / "trainer_state.json", "w") as fh:
+            json.dump(state, fh, indent=2)
+    engine.save_checkpoint(str(ckpt), tag=tag, client_state=state)
+
+
+def load(engine, ckpt: Path, state: dict) -> None:
+    """Restore DeepSpeed's state and this rank's RNGs from the checked checkpoint."""
+    tag = latest_tag(ckpt)
+    path, _ = engine.load_checkpoint(str(ckpt), tag=tag)
+    if path is None or engine.global_steps != state["step"]:
+        raise ConfigError(f"--resume: DeepSpeed could not load {ckpt / tag}; start the stage again without --resume")
+    load_rng(ckpt / tag / f"rng_state_rank{rank()}.pt")

@@ -1,0 +1,58 @@
+"""Write a stage's final model from the engine, on every ZeRO stage, with or without LoRA.
+
+Under ZeRO-3 no rank holds whole tensors, so the 16-bit weights are first gathered (collectively) into one
+state dict on rank 0. With LoRA, rank 0 saves the adapter from that state, then loads the same state into a
+fresh CPU copy of the peft model and merges there: ``merge_and_unload`` never runs on partitioned parameters,
+and the merged ``final/`` loads with plain transformers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from training.config import StageConfig
+from training.distributed import rank
+
+
+def consolidated_state(engine) -> dict | None:
+    """Full state dict on rank 0 (None elsewhere). Collective under ZeRO-3: call it on every rank."""
+    if engine.zero_optimization_stage() == 3:
+        return engine._zero3_consolidated_16bit_state_dict()
+    return engine.module.state_dict() if rank() == 0 else None
+
+
+def merged_copy(peft_module, state: dict):
+    """A CPU copy of the base model with the LoRA weights of ``state`` merged in (peft's own merge)."""
+    from peft import get_peft_model
+
+    base = peft_module.get_base_model()
+    dtype = next(iter(state.values())).dtype
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        plain = type(base)(base.config)
+    finally:
+        torch.set_default_dtype(previous)
+    copy = get_peft_model(plain, peft_module.peft_config["default"])
+    missing, unexpected = copy.load_state_dict(state, strict=False)
+    tied = {k for k in missing if "lm_head" in k or "embed_out" in k}
+    if unexpected or set(missing) - tied:
+        raise RuntimeError(f"LoRA merge: state does not match the model (missing {sorted(missing)[:3]}, "
+                           f"unexpected {sorted(unexpected)[:3]})")
+    plain.tie_weights()
+    return copy.merge_and_unload()
+
+
+def save_model(engine, cfg: StageConfig, final: Path, adapter_dir: Path) -> None:
+    """``final/`` as a plain save_pretrained model (merged when LoRA), ``adapter_dir`` with the adapter."""
+    state = consolidated_state(engine)
+    if rank() != 0:
+        return
+    module = engine.module
+    if cfg.lora:
+        module.save_pretrained(str(adapter_dir), state_dict=state)
+        merged_copy(module, state).save_pretrained(str(final), safe_serialization=True)
+    else:
+        module.save_pretrained(str(final), state_dict=state, safe_serialization=True)

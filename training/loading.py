@@ -1,0 +1,218 @@
+"""Build the stage's model the way its DeepSpeed config will train it, checking first that it can run and fit.
+
+- ``check_hardware``: a DeepSpeed config this machine cannot run (fp16/bf16/offload here) is one line.
+- ``check_memory``: DeepSpeed's model-state estimators, from a parameter count taken on the meta device, against
+  the memory found; refuses in one line before anything is allocated.
+- ``load_model``: weights in the training dtype, built once. Under ZeRO-3 the model is created inside
+  ``deepspeed.zero.Init`` (an ``HfDeepSpeedConfig`` stays alive for transformers) and every rank reads only its
+  own partition of each tensor from the safetensors files: no rank ever holds the whole model.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from training.config import ConfigError, ModelConfig
+from training.distributed import local_world_size, world_size
+
+GiB = 1024**3
+
+
+@dataclass(frozen=True)
+class DsFacts:
+    """What the trainer needs to know about a DeepSpeed config dict."""
+
+    stage: int
+    dtype: torch.dtype
+    offload_optimizer: bool
+    offload_params: bool
+
+    @classmethod
+    def of(cls, ds: dict) -> "DsFacts":
+        zero = ds.get("zero_optimization", {})
+        dtype = torch.bfloat16 if ds.get("bf16", {}).get("enabled") else \
+            torch.float16 if ds.get("fp16", {}).get("enabled") else torch.float32
+        dev = lambda key: (zero.get(key) or {}).get("device", "none") not in ("none", None)  # noqa: E731
+        return cls(int(zero.get("stage", 0)), dtype, dev("offload_optimizer"), dev("offload_param"))
+
+
+def check_hardware(facts: DsFacts, ds_name: str) -> None:
+    """The reasons a DeepSpeed config cannot run on this machine, said before DeepSpeed starts."""
+    cuda = torch.cuda.is_available()
+    if facts.dtype == torch.float16 and not cuda:
+        raise ConfigError(f"deepspeed config {ds_name}: fp16 needs a CUDA GPU and this machine has none; "
+                          "use a bf16 config (ds/zero3_offload_bf16.json) or ds/cpu.json")
+    if facts.dtype == torch.bfloat16 and cuda and not torch.cuda.is_bf16_supported():
+        raise ConfigError(f"deepspeed config {ds_name}: bf16 needs an Ampere or newer GPU "
+                          f"({torch.cuda.get_device_name()} has none); use ds/zero3_fp16.json or ds/zero2_fp16.json")
+    if (facts.offload_optimizer or facts.offload_params) and facts.stage < 2:
+        raise ConfigError(f"deepspeed config {ds_name}: offload needs ZeRO stage 2 or 3 (it says {facts.stage})")
+
+
+# ---- sizes and memory ----
+
+def model_config(mc: ModelConfig, source: str | None, vocab_size: int, max_len: int):
+    """The transformers config of the model to train (from the saved model, or the tiny shape)."""
+    from training.modeling import MODEL_CLASSES, tiny_config
+
+    if not source:
+        return tiny_config(mc, vocab_size, max_len)
+    try:
+        return MODEL_CLASSES[mc.kind].config_class.from_pretrained(source)
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ConfigError(f"model {source}: cannot load as {mc.kind} ({first})") from None
+
+
+def count_params(cls, config) -> tuple[int, int]:
+    """(total parameters with tied ones once, largest single module's own parameters) on the meta device."""
+    with torch.device("meta"):
+        model = cls(config)
+    total = sum(p.numel() for p in model.parameters())  # parameters() yields a tied weight once
+    largest = max(sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules())
+    return total, largest
+
+
+def memory_needs(total: int, largest: int, facts: DsFacts, gpus_per_node: int, nodes: int) -> tuple[int, int]:
+    """(host bytes per node, device bytes per rank) for the model states, by DeepSpeed's own estimators.
+
+    ZeRO-0/1 have no DeepSpeed estimator: they keep every state on every rank (ZeRO-2's formula on one GPU).
+    Host needs assume this stage's loader (zero.Init, no full copy) and exclude activations.
+    """
+    from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
+    from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
+
+    if facts.stage == 3:
+        host, dev, _ = estimate_zero3_model_states_mem_needs(
+            total, largest, gpus_per_node, nodes, cpu_offload=facts.offload_optimizer,
+            cpu_offload_params=facts.offload_params, zero_init=True)
+        if not facts.offload_optimizer:
+            host = 4 * largest * gpus_per_node  # one gathered layer per rank while loading
+        return host, dev
+    parts = (gpus_per_node, nodes) if facts.stage == 2 else (1, 1)
+    host, dev = estimate_zero2_model_states_mem_needs(total, *parts, cpu_offload=facts.offload_optimizer)
+    if facts.dtype == torch.float32:
+        dev = dev * 16 // 20  # no 16-bit copies: 4 params + 4 grads + 8 Adam per parameter
+    if not facts.offload_optimizer:
+        host = total * facts.dtype.itemsize * gpus_per_node  # each rank loads the whole model in the train dtype
+    return host, dev
+
+
+def check_memory(cls, config, facts: DsFacts, ds_name: str) -> dict:
+    """Refuse in one line when the model states cannot fit the memory found here; returns the figures."""
+    import psutil
+
+    total, largest = count_params(cls, config)
+    local = local_world_size()
+    nodes = max(1, world_size() // local)
+    host_need, dev_need = memory_needs(total, largest, facts, local, nodes)
+    host_free = psutil.virtual_memory().available
+    if torch.cuda.is_available():
+        dev_free = torch.cuda.mem_get_info(torch.cuda.current_device())[0]
+        where = f"GPU {torch.cuda.current_device()} has {dev_free / GiB:.1f} GiB free"
+    else:  # the CPU accelerator keeps "device" states in host memory too
+        host_need, dev_free = host_need + dev_need * local, host_free
+        dev_need, where = 0, ""
+    figures = {"parameters": total, "host_need": host_need, "host_free": host_free, "device_need": dev_need}
+    fix = ("use an offload config (ds/zero3_offload_bf16.json), more GPUs or nodes, LoRA (lora: in the stage YAML), "
+           "or a smaller model")
+    head = (f"model of {total / 1e9:.2f}B parameters under ZeRO-{facts.stage} ({ds_name}, {local} process(es) "
+            f"per node) needs about")
+    if dev_need > dev_free:
+        raise ConfigError(f"{head} {dev_need / GiB:.1f} GiB per GPU for model states (DeepSpeed's estimate, before "
+                          f"activations) but {where}; {fix}")
+    if host_need > host_free:
+        raise ConfigError(f"{head} {host_need / GiB:.1f} GiB of host memory but {host_free / GiB:.1f} GiB is "
+                          f"available; {fix}")
+    return figures
+
+
+# ---- loading ----
+
+def _resolve_files(source: str) -> list[Path]:
+    """The safetensors files of a local dir or hub id (weights only; never pickle)."""
+    path = Path(source)
+    if not path.is_dir():
+        from huggingface_hub import snapshot_download
+
+        path = Path(snapshot_download(source, allow_patterns=["*.json", "*.safetensors"]))
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        return sorted({path / f for f in json.loads(index.read_text())["weight_map"].values()})
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise ConfigError(f"model {source}: no .safetensors weights (pickle checkpoints are not loaded)")
+    return files
+
+
+def load_zero3_partitions(model, source: str) -> int:
+    """Copy into each ZeRO-3 parameter's local partition (``ds_tensor``) only this rank's slice of the weights.
+
+    ZeRO-3 keeps, per parameter, elements [r*P, (r+1)*P) of the flattened tensor on rank r. Each slice is read
+    by whole leading rows through safetensors' lazy slicing, with the file opened per tensor so no mapping
+    outlives its read. Returns the number of tensors loaded.
+    """
+    from safetensors import safe_open
+
+    where: dict[str, Path] = {}
+    for f in _resolve_files(source):
+        with safe_open(str(f), "pt") as st:
+            where.update({k: f for k in st.keys()})
+    prefix = getattr(model, "base_model_prefix", "") + "."
+    loaded = 0
+    for name, param in model.named_parameters():
+        key = name if name in where else name[len(prefix):] if name.startswith(prefix) else None
+        if key not in where:
+            raise ConfigError(f"model {source}: weights have no tensor for {name}; is it a {type(model).__name__}?")
+        part = param.ds_tensor
+        size = part.ds_numel if hasattr(part, "ds_numel") else part.numel()
+        start = size * torch.distributed.get_rank()
+        stop = min(start + size, param.ds_numel)
+        with torch.no_grad():
+            if stop > start:
+                part.view(-1)[: stop - start].copy_(_read_flat(where[key], key, start, stop))
+        loaded += 1
+    return loaded
+
+
+def _read_flat(path: Path, key: str, start: int, stop: int) -> torch.Tensor:
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as st:
+        sl = st.get_slice(key)
+        shape = sl.get_shape()
+        if len(shape) == 0:
+            return st.get_tensor(key).reshape(-1)[start:stop]
+        row = math.prod(shape[1:])
+        lo, hi = start // row, -(-stop // row)
+        return sl[lo:hi].reshape(-1)[start - lo * row: stop - lo * row]
+
+
+def load_model(cls, config, source: str | None, facts: DsFacts, ds: dict, seed: int):
+    """The model in the training dtype; under ZeRO-3 partitioned from the start. Returns (model, keepalive)."""
+    if facts.stage == 3:
+        import deepspeed
+        from transformers.integrations import HfDeepSpeedConfig
+
+        keep = HfDeepSpeedConfig(ds)  # transformers sees ZeRO-3 while this object lives
+        torch.manual_seed(seed)
+        with deepspeed.zero.Init(config_dict_or_path=ds, dtype=facts.dtype):
+            model = cls(config)
+        if source:
+            load_zero3_partitions(model, source)
+        return model, keep
+    if source:
+        try:
+            model = cls.from_pretrained(source, use_safetensors=True, trust_remote_code=False, dtype=facts.dtype)
+        except Exception as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ConfigError(f"model {source}: cannot load as {cls.__name__} ({first})") from None
+    else:
+        torch.manual_seed(seed)
+        model = cls(config).to(facts.dtype)
+    return model, None
