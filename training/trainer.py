@@ -197,7 +197,9 @@ class StageRunner:
                       "lr": self.scheduler.get_last_lr()[0]}
             if step % cfg.log_every == 0:
                 secs = time.perf_counter() - t0
-                record.update(tokens_per_s=tokens / secs, supervised_tokens=sup)
+                record.update(tokens_per_s=tokens / secs, supervised_tokens=sup, step_s=secs / cfg.log_every)
+                if self.device.type == "cuda":
+                    record["peak_gpu_mem_gb"] = torch.cuda.max_memory_allocated(self.device) / 1024**3
                 t0, tokens, sup = time.perf_counter(), 0.0, 0.0
             if cfg.eval_every and step % cfg.eval_every == 0:
                 record["eval_loss"] = self.evaluate()
