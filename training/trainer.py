@@ -62,6 +62,15 @@ def make_scheduler(cfg: StageConfig, total_steps: int):
     return lambda optimizer: torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def reason(exc: Exception) -> str:
+    """One line saying why DeepSpeed refused: every field of a pydantic error, else the message's first line."""
+    from pydantic import ValidationError
+
+    if isinstance(exc, ValidationError):
+        return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
 def collate(rows: list[dict]) -> dict:
     return {k: torch.stack([r[k] for r in rows]) for k in rows[0]}
 
@@ -109,8 +118,7 @@ class StageRunner:
                 model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
                 config=self.ds_config, lr_scheduler=make_scheduler(cfg, self.total_steps))
         except (ValueError, AssertionError, NotImplementedError, RuntimeError) as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise ConfigError(f"deepspeed config {cfg.deepspeed} does not run here: {first}") from None
+            raise ConfigError(f"deepspeed config {cfg.deepspeed} does not run here: {reason(exc)}") from None
         self.device = self.engine.device
         self._perm: tuple[int, np.ndarray] | None = None
         if saved:

@@ -1,12 +1,15 @@
 """Fixtures for training tests: real data_prep output tokenized by tokenization_prep at a short length."""
 
 import os
+import socket
+import subprocess
+import sys
 
 import pytest
 import yaml
 
 from data_prep.pipeline import prepare_oa_dolly, subsample_openchatkit
-from tests.conftest import OASST_TREES, OIG_JOKES, PYTHIA_TOKENIZER
+from tests.conftest import OASST_TREES, OIG_JOKES, PYTHIA_TOKENIZER, ROOT
 from tokenization_prep.pipeline import PipelineConfig, run_pipeline
 
 SEQ = 128
@@ -44,3 +47,41 @@ def stage_config(tmp_path):
         return path
 
     return make
+
+
+def stage_env() -> dict:
+    """The environment for a stage subprocess: CPU DeepSpeed, no rendezvous variables from outside."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
+                                                               "MASTER_PORT")}
+    return {**env, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
+
+
+def stage_command(config, *extra, procs: int = 1) -> list[str]:
+    """``python -m training.run`` for one process, the deepspeed launcher (as the README shows) for several."""
+    if procs == 1:
+        return [sys.executable, "-m", "training.run", "--config", str(config), *extra]
+    launcher = os.path.join(os.path.dirname(sys.executable), "deepspeed")
+    return [launcher, "--num_accelerators", str(procs), "--master_port", str(free_port()), "training/run.py",
+            "--config", str(config), *extra]
+
+
+def run_stage(config, *extra, procs: int = 1, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(stage_command(config, *extra, procs=procs), cwd=ROOT, capture_output=True, text=True,
+                          env=stage_env(), timeout=timeout)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def final_weights(final) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(final / "model.safetensors"))
+
+
+def max_abs_diff(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max((a[k].float() - b[k].float()).abs().max().item() for k in a)
