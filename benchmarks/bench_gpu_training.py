@@ -218,8 +218,8 @@ def main() -> int:
     from training.data import PackedDataset
 
     train = PackedDataset(data, "train", 0.0)
-    vocab, fill = train.meta["vocab_size"], train.meta["max_seq_length"]
-    log(f"data: {len(train)} packed rows of {fill} tokens ({args.packing}), tokenizer vocab {vocab}")
+    vocab, seq_len = train.meta["vocab_size"], train.meta["max_seq_length"]
+    log(f"data: {len(train)} packed rows of {seq_len} tokens ({args.packing}), tokenizer vocab {vocab}")
     shapes = {k: (TINY if args.tiny else SHAPES[k]) for k in kinds}
     params = {k: param_count(k, shapes[k], vocab, seq) for k in kinds}
     for k in kinds:
@@ -262,20 +262,26 @@ def main() -> int:
         mode = f"{device_name}, bf16 peak {peak / 1e12:.0f} TFLOPS" if peak else \
             f"{device_name} (unknown peak: give --peak-tflops for MFU)"
     log(f"\n{mode}; {args.steps} steps/run, micro-batch {args.micro_batch} x {seq} tokens, 1 process")
-    log(f"{'run':<22}{'deepspeed':<26}{'params':>9}{'step s':>9}{'tokens/s':>11}{'MFU':>7}{'peak GB':>9}"
+    log(f"{'run':<24}{'deepspeed':<26}{'params':>9}{'step s':>9}{'tokens/s':>11}{'MFU':>7}{'peak GB':>9}"
         f"{'loss first->last':>19}")
     for r in results:
         if "error" in r:
-            log(f"{r['run']:<22}{Path(r['deepspeed']).name:<26}{r['params'] / 1e6:>8.1f}M  FAILED ({r['error']}, "
+            log(f"{r['run']:<24}{Path(r['deepspeed']).name:<26}{r['params'] / 1e6:>8.1f}M  FAILED ({r['error']}, "
                 f"see {r['log']})")
             continue
         mfu = f"{r['mfu']:.1%}" if "mfu" in r else "n/a"
         mem = f"{r['peak_gpu_mem_gb']:.1f}" if r["peak_gpu_mem_gb"] is not None else "n/a"
-        log(f"{r['run']:<22}{Path(r['deepspeed']).name + (' +LoRA' if r['lora'] else ''):<26}"
+        log(f"{r['run']:<24}{Path(r['deepspeed']).name + (' +LoRA' if r['lora'] else ''):<26}"
             f"{r['params'] / 1e6:>8.1f}M{r['step_s']:>9.3f}{r['tokens_per_s']:>11,.0f}{mfu:>7}{mem:>9}"
             f"{r['first_loss']:>10.3f} ->{r['last_loss']:>6.3f}")
     log("MFU = 6 x params x tokens/s / peak (LoRA rows: same formula; hardware work is ~4N/token, so x2/3); "
         "peak GB = torch.cuda.max_memory_allocated")
+    first = {(r["kind"], r["config"]): r["first_loss"] for r in results if "first_loss" in r}
+    for (kind, conf), loss in first.items():  # same data and seed: another step-1 loss means another init
+        base = first.get((kind, "zero2"))
+        if conf != "zero2" and base is not None and abs(loss - base) > 1:
+            log(f"note: {kind} {conf} starts at loss {loss:.1f}, zero2 at {base:.1f}: the random init under "
+                "deepspeed.zero.Init is not the model's _init_weights")
     for kind, c in checks.items():
         if "error" in c:
             log(f"packed vs alone, {kind}: FAILED {c['error']}")

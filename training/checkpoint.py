@@ -31,7 +31,13 @@ def latest_tag(ckpt: Path) -> str:
 
 
 def check_resume(ckpt: Path, now: dict) -> dict:
-    """The saved trainer state, if this run's topology matches it; else one line naming what differs."""
+    """The saved trainer state, if this run can continue it at the exact sample position; else one line.
+
+    The step's loss does not depend on how its rows are split (see trainer.py), so a resume continues exactly
+    when the global batch (micro x accumulation x processes) and the ZeRO stage are unchanged and DeepSpeed's
+    files are not partitioned differently: any split on ZeRO-0, another micro/accumulation split on the same
+    number of processes otherwise. Ranks new to the run keep their seeded RNG.
+    """
     tag = latest_tag(ckpt)
     state_path = ckpt / tag / "trainer_state.json"
     if not state_path.is_file():
@@ -39,12 +45,19 @@ def check_resume(ckpt: Path, now: dict) -> dict:
                           "start the stage again without --resume")
     state = json.loads(state_path.read_text())
     saved = state["topology"]
-    diff = [f"{k} {saved[k]} -> {now[k]}" for k in TOPOLOGY_KEYS if saved.get(k) != now[k]]
-    if diff:
-        raise ConfigError(f"--resume: checkpoint {ckpt / tag} was written with another topology ({', '.join(diff)}); "
-                          "resume with the same number of processes, micro_batch_size, gradient_accumulation_steps "
-                          "and DeepSpeed config, or start the stage again without --resume")
-    missing = [r for r in range(now["world_size"]) if not (ckpt / tag / f"rng_state_rank{r}.pt").is_file()]
+    diff = ", ".join(f"{k} {saved[k]} -> {now[k]}" for k in TOPOLOGY_KEYS if saved.get(k) != now[k])
+    batch = lambda t: t["world_size"] * t["micro_batch_size"] * t["gradient_accumulation_steps"]  # noqa: E731
+    why = ("the global batch changes" if batch(saved) != batch(now) else
+           "the ZeRO stage changes" if saved["zero_stage"] != now["zero_stage"] else
+           "ZeRO-{} files are partitioned per process".format(now["zero_stage"])
+           if saved["world_size"] != now["world_size"] and now["zero_stage"] > 0 else None)
+    if why:
+        raise ConfigError(f"--resume: checkpoint {ckpt / tag} was written with another topology ({diff}) and {why}; "
+                          f"resume with a global batch of {batch(saved)} rows (micro x accumulation x processes)"
+                          f"{'' if saved['zero_stage'] == 0 else ' on ' + str(saved['world_size']) + ' processes'} "
+                          "and the same DeepSpeed config, or start the stage again without --resume")
+    kept = min(saved["world_size"], now["world_size"])
+    missing = [r for r in range(kept) if not (ckpt / tag / f"rng_state_rank{r}.pt").is_file()]
     if missing:
         raise ConfigError(f"--resume: checkpoint {ckpt / tag} lacks the RNG state of rank(s) {missing}; "
                           "it is incomplete, start the stage again without --resume")
@@ -69,4 +82,6 @@ def load(engine, ckpt: Path, state: dict) -> None:
     path, _ = engine.load_checkpoint(str(ckpt), tag=tag)
     if path is None or engine.global_steps != state["step"]:
         raise ConfigError(f"--resume: DeepSpeed could not load {ckpt / tag}; start the stage again without --resume")
-    load_rng(ckpt / tag / f"rng_state_rank{rank()}.pt")
+    rng = ckpt / tag / f"rng_state_rank{rank()}.pt"
+    if rng.is_file():
+        load_rng(rng)

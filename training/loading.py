@@ -3,9 +3,9 @@
 - ``check_hardware``: a DeepSpeed config this machine cannot run (fp16/bf16/offload here) is one line.
 - ``check_memory``: DeepSpeed's model-state estimators, from a parameter count taken on the meta device, against
   the memory found; refuses in one line before anything is allocated.
-- ``load_model``: weights in the training dtype, built once. Under ZeRO-3 the model is created inside
-  ``deepspeed.zero.Init`` (an ``HfDeepSpeedConfig`` stays alive for transformers) and every rank reads only its
-  own partition of each tensor from the safetensors files: no rank ever holds the whole model.
+- ``load_model``: weights in the training dtype, built once. Under ZeRO-3 the model is created by transformers
+  inside ``deepspeed.zero.Init`` (an ``HfDeepSpeedConfig`` stays alive) and every rank reads only its own
+  partition of each tensor from the safetensors files: no rank ever holds the whole model.
 """
 
 from __future__ import annotations
@@ -196,13 +196,13 @@ def _read_flat(path: Path, key: str, start: int, stop: int) -> torch.Tensor:
 def load_model(cls, config, source: str | None, facts: DsFacts, ds: dict, seed: int):
     """The model in the training dtype; under ZeRO-3 partitioned from the start. Returns (model, keepalive)."""
     if facts.stage == 3:
-        import deepspeed
         from transformers.integrations import HfDeepSpeedConfig
 
         keep = HfDeepSpeedConfig(ds)  # transformers sees ZeRO-3 while this object lives
         torch.manual_seed(seed)
-        with deepspeed.zero.Init(config_dict_or_path=ds, dtype=facts.dtype):
-            model = cls(config)
+        # transformers' own zero.Init path: the model's _init_weights on gathered modules (a plain cls(config)
+        # inside zero.Init would leave embeddings at std 1.0) and RoPE buffers kept in fp32
+        model = cls._from_config(config, dtype=facts.dtype)
         if source:
             load_zero3_partitions(model, source)
         return model, keep

@@ -187,7 +187,8 @@ class StageRunner:
         metrics_path = self.out / "logs" / "metrics.jsonl"
         metrics_path.parent.mkdir(parents=True, exist_ok=True)
         if main and self.resume and metrics_path.is_file():  # drop records of steps after the checkpoint
-            keep = [x for x in metrics_path.read_text().splitlines() if json.loads(x)["step"] <= self.engine.global_steps]
+            done = self.engine.global_steps
+            keep = [x for x in metrics_path.read_text().splitlines() if json.loads(x)["step"] <= done]
             with atomic_write(metrics_path, "w") as fh:
                 fh.write("".join(x + "\n" for x in keep))
         log = open(metrics_path, "a" if self.resume else "w") if main else None

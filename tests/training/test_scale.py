@@ -27,7 +27,7 @@ def test_topologies_and_process_counts_train_the_same_step(token_dirs, stage_con
     results = {}
     for name, (micro, accum, procs) in runs.items():
         cfg = stage_config(name, token_dirs[0], max_steps=3, micro_batch_size=micro, gradient_accumulation_steps=accum,
-                           lr=LR, save_every=0, eval_every=3)
+                           lr=LR, save_every=2, eval_every=3)
         r = run_stage(cfg, procs=procs)
         assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-2000:])
         out = tmp_path / "ckpt" / name
@@ -42,6 +42,15 @@ def test_topologies_and_process_counts_train_the_same_step(token_dirs, stage_con
         assert m[-1]["eval_loss"] == pytest.approx(ref_m[-1]["eval_loss"], rel=1e-5), name  # sharded eval
     lineage = json.loads((tmp_path / "ckpt" / "m1a2x2" / "final" / "lineage.json").read_text())
     assert lineage["topology"]["world_size"] == 2 and lineage["deepspeed"]["train_batch_size"] == 4
+    # resume the two-process run's step-2 checkpoint in one process with the same global batch: exact
+    cfg = stage_config("m1a2x2", token_dirs[0], max_steps=3, micro_batch_size=1, gradient_accumulation_steps=4, lr=LR,
+                       save_every=2, eval_every=3)
+    r = run_stage(cfg, "--resume")
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = tmp_path / "ckpt" / "m1a2x2"
+    assert max_abs_diff(ref_w, final_weights(out / "final")) < LR * 1e-2
+    assert [r["step"] for r in metrics(out)] == [1, 2, 3]
+    assert json.loads((out / "final" / "lineage.json").read_text())["topology"]["world_size"] == 1
 
 
 @pytest.mark.slow
@@ -64,8 +73,9 @@ def test_two_process_kill_and_resume_ends_with_the_same_weights(token_dirs, stag
     os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both ranks
     proc.wait()
     assert not (out / "final").exists(), "the run ended before it was killed"
-    one = run_stage(cfg, "--resume")  # another topology: refused in one line, before the first step
-    assert one.returncode == 2 and one.stderr.count("\n") == 1 and "world_size 2 -> 1" in one.stderr, one.stderr[-999:]
+    one = run_stage(cfg, "--resume")  # another global batch: refused in one line, before the first step
+    assert one.returncode == 2 and one.stderr.count("\n") == 1, one.stderr[-999:]
+    assert "world_size 2 -> 1" in one.stderr and "global batch of 4 rows" in one.stderr, one.stderr[-999:]
     res = run_stage(cfg, "--resume", procs=2)
     assert res.returncode == 0, res.stderr[-2000:]
     assert [r["step"] for r in metrics(out)] == list(range(1, 11))  # no step logged twice
