@@ -117,6 +117,9 @@ class StageRunner:
             self.engine, _, _, self.scheduler = deepspeed.initialize(
                 model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
                 config=self.ds_config, lr_scheduler=make_scheduler(cfg, self.total_steps))
+        except torch.OutOfMemoryError as exc:
+            raise ConfigError(f"out of memory while DeepSpeed set up the model ({reason(exc)}); lower the model size, "
+                              "use an offload config (ds/zero3_offload_bf16.json) or more GPUs") from None
         except (ValueError, AssertionError, NotImplementedError, RuntimeError) as exc:
             raise ConfigError(f"deepspeed config {cfg.deepspeed} does not run here: {reason(exc)}") from None
         self.device = self.engine.device

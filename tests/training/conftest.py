@@ -49,11 +49,11 @@ def stage_config(tmp_path):
     return make
 
 
-def stage_env() -> dict:
+def stage_env(procs: int = 1) -> dict:
     """The environment for a stage subprocess: CPU DeepSpeed, no rendezvous variables from outside."""
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
                                                                "MASTER_PORT")}
-    return {**env, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
+    return {**env, "DS_ACCELERATOR": "cpu", **({"OMP_NUM_THREADS": "1"} if procs > 1 else {})}
 
 
 def stage_command(config, *extra, procs: int = 1) -> list[str]:
@@ -67,7 +67,7 @@ def stage_command(config, *extra, procs: int = 1) -> list[str]:
 
 def run_stage(config, *extra, procs: int = 1, timeout: int = 600) -> subprocess.CompletedProcess:
     return subprocess.run(stage_command(config, *extra, procs=procs), cwd=ROOT, capture_output=True, text=True,
-                          env=stage_env(), timeout=timeout)
+                          env=stage_env(procs), timeout=timeout)
 
 
 def free_port() -> int:

@@ -62,7 +62,7 @@ def test_two_process_kill_and_resume_ends_with_the_same_weights(token_dirs, stag
     assert ref.returncode == 0, ref.stderr[-2000:]
     cfg = stage_config("killed", token_dirs[0], **over)
     out = tmp_path / "ckpt" / "killed"
-    proc = subprocess.Popen(stage_command(cfg, procs=2), cwd=ROOT, env=stage_env(), start_new_session=True,
+    proc = subprocess.Popen(stage_command(cfg, procs=2), cwd=ROOT, env=stage_env(2), start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 400
     while time.time() < deadline and proc.poll() is None:

@@ -1,7 +1,6 @@
 """Stages on real tokenized data with DeepSpeed on CPU: outputs, exact resume after kill -9, LoRA, bad input."""
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -10,21 +9,9 @@ import time
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from tests.conftest import ROOT
-
-
-def run_stage(config, *extra, timeout=600):
-    env = {**os.environ, "DS_ACCELERATOR": "cpu"}
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(key, None)
-    return subprocess.run([sys.executable, "-m", "training.run", "--config", str(config), *extra], cwd=ROOT,
-                          capture_output=True, text=True, env=env, timeout=timeout)
-
-
-def weights(final):
-    return load_file(str(final / "model.safetensors"))
+from tests.training.conftest import final_weights, run_stage, stage_command, stage_env
 
 
 @pytest.mark.slow
@@ -59,8 +46,7 @@ def test_kill_and_resume_gives_the_same_weights(token_dirs, stage_config, tmp_pa
     assert ref.returncode == 0, ref.stderr[-2000:]
     cfg = stage_config("killed", oig, max_steps=30, save_every=5, eval_every=0)
     metrics = tmp_path / "ckpt" / "killed" / "logs" / "metrics.jsonl"
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    proc = subprocess.Popen([sys.executable, "-m", "training.run", "--config", str(cfg)], cwd=ROOT, env=env,
+    proc = subprocess.Popen(stage_command(cfg), cwd=ROOT, env=stage_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while time.time() < deadline:
@@ -73,7 +59,7 @@ def test_kill_and_resume_gives_the_same_weights(token_dirs, stage_config, tmp_pa
     assert not (tmp_path / "ckpt" / "killed" / "final").exists()  # killed mid-stage
     res = run_stage(cfg, "--resume")
     assert res.returncode == 0, res.stderr[-2000:]
-    a, b = weights(tmp_path / "ckpt" / "ref" / "final"), weights(tmp_path / "ckpt" / "killed" / "final")
+    a, b = final_weights(tmp_path / "ckpt" / "ref" / "final"), final_weights(tmp_path / "ckpt" / "killed" / "final")
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
@@ -90,17 +76,17 @@ def test_lora_stage_adapter_merge_command_and_chat_loading(token_dirs, stage_con
     out = tmp_path / "ckpt" / "lora"
     adapter = json.loads((out / "adapter" / "adapter_config.json").read_text())
     assert adapter["base_model_name_or_path"] == str(base) and adapter["r"] == 4
-    merged_by_stage = weights(out / "final")
+    merged_by_stage = final_weights(out / "final")
     assert not any("lora" in k for k in merged_by_stage)
     m = subprocess.run([sys.executable, "-m", "training.merge_lora", "--adapter", str(out / "adapter"), "--output",
                         str(tmp_path / "merged")], cwd=ROOT, capture_output=True, text=True)
     assert m.returncode == 0, m.stderr[-2000:]
-    merged = weights(tmp_path / "merged")
+    merged = final_weights(tmp_path / "merged")
     assert merged.keys() == merged_by_stage.keys()
     for k in merged:
         torch.testing.assert_close(merged[k], merged_by_stage[k], rtol=0, atol=1e-6)
     assert not torch.equal(merged["gpt_neox.layers.0.attention.query_key_value.weight"],
-                           weights(base)["gpt_neox.layers.0.attention.query_key_value.weight"])  # LoRA changed it
+                           final_weights(base)["gpt_neox.layers.0.attention.query_key_value.weight"])  # LoRA changed it
     from inference.generate import load_model_tokenizer_for_generate
 
     model, tok = load_model_tokenizer_for_generate(str(out / "adapter"))  # chat loads an adapter dir too
@@ -116,9 +102,8 @@ def test_run_stages_script_runs_both_stages_in_order(token_dirs, stage_config, t
                       init_from=str(tmp_path / "ckpt" / "stage1_oig" / "final"))
     s1.rename(configs / "stage1_oig.yaml")
     s2.rename(configs / "stage2_oa_dolly.yaml")
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     r = subprocess.run(["bash", "training/run_stages.sh", str(configs)], cwd=ROOT, capture_output=True, text=True,
-                       env={**env, "DS_ACCELERATOR": "cpu", "PYTHON": sys.executable})
+                       env={**stage_env(), "PYTHON": sys.executable})
     assert r.returncode == 0, r.stderr[-2000:]
     lineage = json.loads((tmp_path / "ckpt" / "stage2_oa_dolly" / "final" / "lineage.json").read_text())
     assert lineage["parent"]["stage"] == "stage1_oig"
@@ -161,12 +146,7 @@ def test_zero3_offload_bf16_runs_on_cpu_and_fp16_is_one_line(token_dirs, stage_c
 
 @pytest.mark.slow
 def test_two_processes_with_the_deepspeed_launcher(token_dirs, stage_config, tmp_path):
-    cfg = stage_config("two", token_dirs[0], max_steps=2, save_every=0, eval_every=0)
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    launcher = os.path.join(os.path.dirname(sys.executable), "deepspeed")
-    r = subprocess.run([launcher, "--num_accelerators", "2", "training/run.py", "--config", str(cfg)], cwd=ROOT,
-                       capture_output=True, text=True, env={**env, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"},
-                       timeout=600)
+    r = run_stage(stage_config("two", token_dirs[0], max_steps=2, save_every=0, eval_every=0), procs=2)
     assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-2000:])
     lineage = json.loads((tmp_path / "ckpt" / "two" / "final" / "lineage.json").read_text())
     assert lineage["deepspeed"]["train_batch_size"] == 2 * 2 * 2  # micro 2 x accumulation 2 x 2 processes
