@@ -42,7 +42,10 @@ class PackedBloomForCausalLM(BloomForCausalLM):
     def __init__(self, config):
         BloomPreTrainedModel.__init__(self, config)  # not BloomForCausalLM's: build the transformer once
         self.transformer = PackedBloomModel(config)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        # a tied head takes the embedding's weight in post_init: never build (or partition) a full one first
+        tied = config.tie_word_embeddings
+        self.lm_head = nn.Linear(config.hidden_size, 0 if tied else config.vocab_size, bias=False)
+        self.lm_head.out_features = config.vocab_size
         self.post_init()
         self.config.architectures = ["BloomForCausalLM"]
 
