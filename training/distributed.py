@@ -40,6 +40,13 @@ def init_process_group() -> None:
         deepspeed.init_distributed()
 
 
+def comm_device() -> torch.device:
+    """The device collectives run on here (the accelerator's current device: cuda:N, or cpu)."""
+    from deepspeed.accelerator import get_accelerator
+
+    return torch.device(get_accelerator().current_device_name())
+
+
 def global_sum(values: list[float], device: torch.device) -> list[float]:
     """Sum a few numbers over all ranks in one all-reduce (float64 on the engine's device)."""
     t = torch.tensor(values, dtype=torch.float64, device=device)

@@ -106,6 +106,12 @@ class StageRunner:
         self.ckpt = self.out / "checkpoints"
         saved = checkpoint.check_resume(self.ckpt, self.topology) if resume else None
         init_process_group()
+        load_tag = None
+        if saved:
+            load_tag = checkpoint.latest_tag(self.ckpt)
+            if saved["universal"]:
+                load_tag = checkpoint.to_universal(self.ckpt, load_tag)
+                self.ds_config["checkpoint"] = {"load_universal": True}
         meta = self.train.meta
         model, self._keep_alive = build_model(cfg.model, meta["vocab_size"], meta["max_seq_length"], self.init,
                                               cfg.seed, ds=self.ds_config, ds_name=cfg.deepspeed)
@@ -125,7 +131,7 @@ class StageRunner:
         self.device = self.engine.device
         self._perm: tuple[int, np.ndarray] | None = None
         if saved:
-            checkpoint.load(self.engine, self.ckpt, saved)
+            checkpoint.load(self.engine, self.ckpt, saved, load_tag)
 
     # ---- data ----
     def step_batches(self, step: int) -> list[dict]:

@@ -83,6 +83,25 @@ def test_two_process_kill_and_resume_ends_with_the_same_weights(token_dirs, stag
 
 
 @pytest.mark.slow
+def test_zero3_checkpoint_of_two_processes_resumes_in_one_through_a_universal_checkpoint(token_dirs, stage_config,
+                                                                                         tmp_path):
+    """ZeRO-3 partitions its files per process: DeepSpeed's ds_to_universal converts them, the run continues."""
+    ds = tmp_path / "zero3_fp32.json"  # fp32, so the comparison is not lost in bf16 rounding
+    ds.write_text(json.dumps({"zero_optimization": {"stage": 3}, "optimizer": {"type": "AdamW", "params": {}}}))
+    over = dict(deepspeed=str(ds), max_steps=4, micro_batch_size=1, lr=1e-2, save_every=2, eval_every=0)
+    r = run_stage(stage_config("z3", token_dirs[0], gradient_accumulation_steps=2, **over), procs=2)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = tmp_path / "ckpt" / "z3"
+    ref = final_weights(out / "final")
+    (out / "checkpoints" / "latest").write_text("step2")  # as if killed after step 3
+    r = run_stage(stage_config("z3", token_dirs[0], gradient_accumulation_steps=4, **over), "--resume")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (out / "checkpoints" / "step2_universal" / "zero").is_dir()
+    assert max_abs_diff(ref, final_weights(out / "final")) < 1e-2 / 100  # optimizer moments carried over
+    assert [r["step"] for r in metrics(out)] == [1, 2, 3, 4]
+
+
+@pytest.mark.slow
 def test_lora_under_zero3_on_two_processes_merges_like_peft(token_dirs, stage_config, tmp_path):
     """A BLOOM base loaded partitioned under ZeRO-3 by two ranks; the merged final equals peft's merge."""
     from peft import PeftModel
