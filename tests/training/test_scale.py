@@ -36,7 +36,8 @@ def test_topologies_and_process_counts_train_the_same_step(token_dirs, stage_con
     assert [r["step"] for r in ref_m] == [1, 2, 3]
     for name, (w, m) in results.items():
         assert max_abs_diff(ref_w, w) < LR * 1e-2, name  # far below one step's change (~lr per weight)
-        for a, b in zip(ref_m, m):
+        assert len(m) == len(ref_m), name
+        for a, b in zip(ref_m, m, strict=True):
             assert b["loss"] == pytest.approx(a["loss"], rel=1e-5), name  # global, token-weighted
             assert b["supervised_tokens"] == a["supervised_tokens"], name  # all ranks counted
         assert m[-1]["eval_loss"] == pytest.approx(ref_m[-1]["eval_loss"], rel=1e-5), name  # sharded eval
