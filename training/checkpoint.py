@@ -1,7 +1,7 @@
 """Checkpoints that resume exactly: DeepSpeed's engine state, every RNG of every rank, and the topology.
 
-Layout of ``<output>/checkpoints/step{N}/``: DeepSpeed's files, ``rng_state_rank{r}.pt`` per rank (written
-before DeepSpeed moves ``latest``, so a checkpoint named by ``latest`` always has them) and
+Layout of ``<output>/checkpoints/step{N}/``: DeepSpeed's files, ``rng_state_rank{r}.pt`` per rank (``latest``
+is replaced atomically only after every rank finished writing, so it never names an incomplete checkpoint) and
 ``trainer_state.json`` (step, samples consumed, world size, micro batch, accumulation, ZeRO stage).
 A resume is checked against ``trainer_state.json`` before any model is built; another number of processes
 under ZeRO-1/2/3 goes through DeepSpeed's universal checkpoint (``{tag}_universal``, made once).
@@ -10,11 +10,13 @@ under ZeRO-1/2/3 goes through DeepSpeed's universal checkpoint (``{tag}_universa
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import torch
 from deepspeed.checkpoint.constants import (UNIVERSAL_CHECKPOINT_INFO, UNIVERSAL_CHECKPOINT_VERSION_KEY,
                                             UNIVERSAL_CHECKPOINT_VERSION_VALUE)
 
@@ -77,9 +79,10 @@ def to_universal(ckpt: Path, tag: str) -> str:
     if rank() == 0 and not out.is_dir():
         tmp = ckpt / f".{tag}_universal.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
+        workers = max(1, min(8, (os.cpu_count() or 2) // 2))
         r = subprocess.run([sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder",
-                            str(ckpt / tag), "--output_folder", str(tmp), "--num_extract_workers", "1",
-                            "--num_merge_workers", "1"], capture_output=True, text=True)
+                            str(ckpt / tag), "--output_folder", str(tmp), "--num_extract_workers", str(workers),
+                            "--num_merge_workers", str(max(1, workers // 4))], capture_output=True, text=True)
         if r.returncode:
             last = (r.stderr.strip().splitlines() or ["no output"])[-1]
         else:
@@ -92,7 +95,7 @@ def to_universal(ckpt: Path, tag: str) -> str:
 
 
 def save(engine, ckpt: Path, samples: int, topo: dict) -> None:
-    """Every rank writes its RNG file, then DeepSpeed writes its state and finally moves ``latest``."""
+    """Every rank writes its RNG file and DeepSpeed's files; once all are done, rank 0 moves ``latest``."""
     step = engine.global_steps
     tag = f"step{step}"
     save_rng(ckpt / tag / f"rng_state_rank{rank()}.pt")
@@ -102,7 +105,11 @@ def save(engine, ckpt: Path, samples: int, topo: dict) -> None:
             json.dump(state, fh, indent=2)
     # what DeepSpeed's ds_to_universal needs to convert this checkpoint for another number of processes
     universal = {UNIVERSAL_CHECKPOINT_INFO: {UNIVERSAL_CHECKPOINT_VERSION_KEY: UNIVERSAL_CHECKPOINT_VERSION_VALUE}}
-    engine.save_checkpoint(str(ckpt), tag=tag, client_state={**state, **universal})
+    engine.save_checkpoint(str(ckpt), tag=tag, client_state={**state, **universal}, save_latest=False)
+    torch.distributed.barrier()  # every rank's files are complete before ``latest`` names them
+    if rank() == 0:
+        with atomic_write(ckpt / "latest", "w") as fh:
+            fh.write(tag)
 
 
 def load(engine, ckpt: Path, state: dict, tag: str) -> None:

@@ -33,11 +33,22 @@ def local_world_size() -> int:
 
 
 def init_process_group() -> None:
-    """Start torch.distributed through DeepSpeed (gloo on CPU, nccl on CUDA) if not started yet."""
-    import deepspeed
+    """Start torch.distributed through DeepSpeed (gloo on CPU, nccl on CUDA) and bind this rank to its device.
 
+    The device is set first thing, so every collective and memory query afterwards runs on cuda:LOCAL_RANK (not
+    cuda:0 on every rank). The timeout is DeepSpeed's (``DEEPSPEED_TIMEOUT`` minutes) but at least 60 minutes:
+    ranks wait in a collective while rank 0 converts a large checkpoint for another number of processes.
+    """
+    import datetime
+
+    import deepspeed
+    from deepspeed.accelerator import get_accelerator
+
+    if torch.cuda.is_available():
+        get_accelerator().set_device(int(os.environ.get("LOCAL_RANK", "0")))
     if not torch.distributed.is_initialized():
-        deepspeed.init_distributed()
+        minutes = max(60, int(os.environ.get("DEEPSPEED_TIMEOUT", "60")))
+        deepspeed.init_distributed(timeout=datetime.timedelta(minutes=minutes))
 
 
 def comm_device() -> torch.device:
@@ -47,9 +58,9 @@ def comm_device() -> torch.device:
     return torch.device(get_accelerator().current_device_name())
 
 
-def global_sum(values: list[float], device: torch.device) -> list[float]:
-    """Sum a few numbers over all ranks in one all-reduce (float64 on the engine's device)."""
-    t = torch.tensor(values, dtype=torch.float64, device=device)
+def global_sum(values: list, device: torch.device) -> list[float]:
+    """Sum a few numbers (floats or 0-d tensors) over all ranks in one all-reduce, in float64 on ``device``."""
+    t = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=device) for v in values])
     if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
         torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.SUM)
     return t.tolist()
@@ -70,7 +81,7 @@ def rng_state() -> dict:
     py_version, py_state, py_gauss = random.getstate()
     return {
         "torch_cpu": torch.get_rng_state(),
-        "torch_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "torch_cuda": [torch.cuda.get_rng_state()] if torch.cuda.is_available() else [],  # this rank's device
         "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]), int(np_state[3]),
                   float(np_state[4])],
         "python": [py_version, list(py_state), py_gauss],
@@ -80,7 +91,7 @@ def rng_state() -> dict:
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch_cpu"])
     if torch.cuda.is_available() and state["torch_cuda"]:
-        torch.cuda.set_rng_state_all(state["torch_cuda"])
+        torch.cuda.set_rng_state(state["torch_cuda"][0])
     name, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     version, py_state, gauss = state["python"]

@@ -26,22 +26,24 @@ def consolidated_state(engine) -> dict | None:
 def merged_copy(peft_module, state: dict):
     """A CPU copy of the base model with the LoRA weights of ``state`` merged in (peft's own merge)."""
     from peft import get_peft_model
+    from transformers.initialization import no_init_weights
 
     base = peft_module.get_base_model()
     dtype = next(iter(state.values())).dtype
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
-        plain = type(base)(base.config)
+        with no_init_weights():  # every weight comes from ``state``: skip the random init
+            plain = type(base)(base.config)
     finally:
         torch.set_default_dtype(previous)
+    plain.tie_weights()  # no_init_weights skips tying too; a tied head must share the embedding before loading
     copy = get_peft_model(plain, peft_module.peft_config["default"])
     missing, unexpected = copy.load_state_dict(state, strict=False)
     tied = {k for k in missing if "lm_head" in k or "embed_out" in k}
     if unexpected or set(missing) - tied:
         raise RuntimeError(f"LoRA merge: state does not match the model (missing {sorted(missing)[:3]}, "
                            f"unexpected {sorted(unexpected)[:3]})")
-    plain.tie_weights()
     return copy.merge_and_unload()
 
 

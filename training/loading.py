@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from training.config import ConfigError, ModelConfig
-from training.distributed import local_world_size, world_size
+from training.distributed import comm_device, global_sum, local_world_size, world_size
 
 GiB = 1024**3
 
@@ -34,6 +34,7 @@ class DsFacts:
     dtype: torch.dtype
     offload_optimizer: bool
     offload_params: bool
+    nvme_params: bool = False
 
     @classmethod
     def of(cls, ds: dict) -> "DsFacts":
@@ -41,7 +42,8 @@ class DsFacts:
         dtype = torch.bfloat16 if ds.get("bf16", {}).get("enabled") else \
             torch.float16 if ds.get("fp16", {}).get("enabled") else torch.float32
         dev = lambda key: (zero.get(key) or {}).get("device", "none") not in ("none", None)  # noqa: E731
-        return cls(int(zero.get("stage", 0)), dtype, dev("offload_optimizer"), dev("offload_param"))
+        nvme = (zero.get("offload_param") or {}).get("device") == "nvme"
+        return cls(int(zero.get("stage", 0)), dtype, dev("offload_optimizer"), dev("offload_param"), nvme)
 
 
 def check_hardware(facts: DsFacts, ds_name: str) -> None:
@@ -50,11 +52,14 @@ def check_hardware(facts: DsFacts, ds_name: str) -> None:
     if facts.dtype == torch.float16 and not cuda:
         raise ConfigError(f"deepspeed config {ds_name}: fp16 needs a CUDA GPU and this machine has none; "
                           "use a bf16 config (ds/zero3_offload_bf16.json) or ds/cpu.json")
-    if facts.dtype == torch.bfloat16 and cuda and not torch.cuda.is_bf16_supported():
+    if facts.dtype == torch.bfloat16 and cuda and not torch.cuda.is_bf16_supported(including_emulation=False):
         raise ConfigError(f"deepspeed config {ds_name}: bf16 needs an Ampere or newer GPU "
                           f"({torch.cuda.get_device_name()} has none); use ds/zero3_fp16.json or ds/zero2_fp16.json")
     if (facts.offload_optimizer or facts.offload_params) and facts.stage < 2:
         raise ConfigError(f"deepspeed config {ds_name}: offload needs ZeRO stage 2 or 3 (it says {facts.stage})")
+    if facts.nvme_params:
+        raise ConfigError(f"deepspeed config {ds_name}: offload_param to nvme is not supported by this trainer's "
+                          "partitioned loader; offload parameters to cpu")
 
 
 # ---- sizes and memory ----
@@ -81,15 +86,22 @@ def count_params(cls, config) -> tuple[int, int]:
     return total, largest
 
 
-def memory_needs(total: int, largest: int, facts: DsFacts, gpus_per_node: int, nodes: int) -> tuple[int, int]:
+def memory_needs(total: int, largest: int, facts: DsFacts, gpus_per_node: int, nodes: int,
+                 lora: bool = False) -> tuple[int, int]:
     """(host bytes per node, device bytes per rank) for the model states, by DeepSpeed's own estimators.
 
-    ZeRO-0/1 have no DeepSpeed estimator: they keep every state on every rank (ZeRO-2's formula on one GPU).
-    Host needs assume this stage's loader (zero.Init, no full copy) and exclude activations.
+    ZeRO-0 has no estimator: every state on every rank (ZeRO-2's formula on one GPU); ZeRO-1 is ZeRO-2's plus
+    unpartitioned 16-bit gradients. With LoRA the frozen base needs only its weights (the adapter's states are
+    negligible). Host needs assume this stage's loader (zero.Init, no full copy) and exclude activations.
     """
     from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
     from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
 
+    size = facts.dtype.itemsize
+    if lora:
+        dev = size * total // (gpus_per_node * nodes) + 4 * largest if facts.stage == 3 else size * total
+        host = 4 * largest * gpus_per_node if facts.stage == 3 else size * total * gpus_per_node
+        return host, dev
     if facts.stage == 3:
         host, dev, _ = estimate_zero3_model_states_mem_needs(
             total, largest, gpus_per_node, nodes, cpu_offload=facts.offload_optimizer,
@@ -97,23 +109,27 @@ def memory_needs(total: int, largest: int, facts: DsFacts, gpus_per_node: int, n
         if not facts.offload_optimizer:
             host = 4 * largest * gpus_per_node  # one gathered layer per rank while loading
         return host, dev
-    parts = (gpus_per_node, nodes) if facts.stage == 2 else (1, 1)
+    parts = (gpus_per_node, nodes) if facts.stage >= 1 else (1, 1)
     host, dev = estimate_zero2_model_states_mem_needs(total, *parts, cpu_offload=facts.offload_optimizer)
+    if facts.stage == 1:
+        dev += 2 * total  # ZeRO-1 keeps whole 16-bit gradients
     if facts.dtype == torch.float32:
         dev = dev * 16 // 20  # no 16-bit copies: 4 params + 4 grads + 8 Adam per parameter
     if not facts.offload_optimizer:
-        host = total * facts.dtype.itemsize * gpus_per_node  # each rank loads the whole model in the train dtype
+        host = total * size * gpus_per_node  # each rank loads the whole model in the train dtype
     return host, dev
 
 
-def check_memory(cls, config, facts: DsFacts, ds_name: str) -> dict:
-    """Refuse in one line when the model states cannot fit the memory found here; returns the figures."""
+def check_memory(cls, config, facts: DsFacts, ds_name: str, lora: bool = False) -> dict:
+    """Refuse in one line when the model states cannot fit the memory found here; returns the figures.
+
+    The ranks decide together (one all-reduce), so a refusal on one rank never leaves the others waiting."""
     import psutil
 
     total, largest = count_params(cls, config)
     local = local_world_size()
     nodes = max(1, world_size() // local)
-    host_need, dev_need = memory_needs(total, largest, facts, local, nodes)
+    host_need, dev_need = memory_needs(total, largest, facts, local, nodes, lora)
     host_free = psutil.virtual_memory().available
     if torch.cuda.is_available():
         dev_free = torch.cuda.mem_get_info(torch.cuda.current_device())[0]
@@ -126,12 +142,15 @@ def check_memory(cls, config, facts: DsFacts, ds_name: str) -> dict:
            "or a smaller model")
     head = (f"model of {total / 1e9:.2f}B parameters under ZeRO-{facts.stage} ({ds_name}, {local} process(es) "
             f"per node) needs about")
+    problem = None
     if dev_need > dev_free:
-        raise ConfigError(f"{head} {dev_need / GiB:.1f} GiB per GPU for model states (DeepSpeed's estimate, before "
-                          f"activations) but {where}; {fix}")
-    if host_need > host_free:
-        raise ConfigError(f"{head} {host_need / GiB:.1f} GiB of host memory but {host_free / GiB:.1f} GiB is "
-                          f"available; {fix}")
+        problem = (f"{head} {dev_need / GiB:.1f} GiB per GPU for model states (DeepSpeed's estimate, before "
+                   f"activations) but {where}; {fix}")
+    elif host_need > host_free:
+        problem = f"{head} {host_need / GiB:.1f} GiB of host memory but {host_free / GiB:.1f} GiB is available; {fix}"
+    refusals, = global_sum([1.0 if problem else 0.0], comm_device())
+    if refusals:
+        raise ConfigError(problem or f"{head} more memory than another rank of this run found; {fix}")
     return figures
 
 
@@ -172,9 +191,14 @@ def load_zero3_partitions(model, source: str) -> int:
         key = name if name in where else name[len(prefix):] if name.startswith(prefix) else None
         if key not in where:
             raise ConfigError(f"model {source}: weights have no tensor for {name}; is it a {type(model).__name__}?")
+        with safe_open(str(where[key]), "pt") as st:
+            shape = st.get_slice(key).get_shape()
+        if math.prod(shape) != param.ds_numel:
+            raise ConfigError(f"model {source}: {key} has shape {shape} but the model expects {tuple(param.ds_shape)}; "
+                              "the config does not match the weights")
         part = param.ds_tensor
         size = part.ds_numel if hasattr(part, "ds_numel") else part.numel()
-        start = size * torch.distributed.get_rank()
+        start = size * param.ds_zero_partition_rank  # the rank within the parameter's partition group
         stop = min(start + size, param.ds_numel)
         with torch.no_grad():
             flat = part.view(-1)

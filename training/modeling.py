@@ -71,7 +71,7 @@ def tiny_config(mc: ModelConfig, vocab_size: int, max_len: int):
 
 
 def build_model(mc: ModelConfig, vocab_size: int, max_len: int, init_from: Path | None = None, seed: int = 0,
-                ds: dict | None = None, ds_name: str = "ds/cpu.json"):
+                ds: dict | None = None, ds_name: str = "ds/cpu.json", lora: bool = False):
     """The model to train, checked against the data and the memory here, loaded as ``ds`` will train it.
 
     ``init_from`` / ``name_or_path`` load safetensors only, with no remote code; otherwise the tiny shape is
@@ -89,7 +89,7 @@ def build_model(mc: ModelConfig, vocab_size: int, max_len: int, init_from: Path 
         raise ConfigError(f"model handles {max_pos} positions but the data's max_seq_length is {max_len}")
     facts = DsFacts.of(ds or {})
     if ds is not None:
-        check_memory(cls, config, facts, ds_name)
+        check_memory(cls, config, facts, ds_name, lora)
     return load_model(cls, config, source, facts, ds or {}, seed)
 
 

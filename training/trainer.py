@@ -62,6 +62,14 @@ def make_scheduler(cfg: StageConfig, total_steps: int):
     return lambda optimizer: torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def logged_step(line: str) -> float:
+    """The step of a metrics.jsonl line; a line torn by a kill counts as after any checkpoint."""
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return math.inf
+
+
 def reason(exc: Exception) -> str:
     """One line saying why DeepSpeed refused: every field of a pydantic error, else the message's first line."""
     from pydantic import ValidationError
@@ -114,7 +122,8 @@ class StageRunner:
                 self.ds_config["checkpoint"] = {"load_universal": True}
         meta = self.train.meta
         model, self._keep_alive = build_model(cfg.model, meta["vocab_size"], meta["max_seq_length"], self.init,
-                                              cfg.seed, ds=self.ds_config, ds_name=cfg.deepspeed)
+                                              cfg.seed, ds=self.ds_config, ds_name=cfg.deepspeed,
+                                              lora=cfg.lora is not None)
         if cfg.lora:
             model = apply_lora(model, cfg.model.kind, cfg.lora)
         import deepspeed  # imported late: every data and model check above runs before DeepSpeed starts
@@ -197,7 +206,7 @@ class StageRunner:
         metrics_path.parent.mkdir(parents=True, exist_ok=True)
         if main and self.resume and metrics_path.is_file():  # drop records of steps after the checkpoint
             done = self.engine.global_steps
-            keep = [x for x in metrics_path.read_text().splitlines() if json.loads(x)["step"] <= done]
+            keep = [x for x in metrics_path.read_text().splitlines() if logged_step(x) <= done]
             with atomic_write(metrics_path, "w") as fh:
                 fh.write("".join(x + "\n" for x in keep))
         log = open(metrics_path, "a" if self.resume else "w") if main else None
@@ -218,7 +227,7 @@ class StageRunner:
                 record.update(tokens_per_s=tokens / secs, supervised_tokens=sup, step_s=secs / cfg.log_every)
                 if self.device.type == "cuda":
                     record["peak_gpu_mem_gb"] = torch.cuda.max_memory_allocated(self.device) / 1024**3
-                t0, tokens, sup = time.perf_counter(), 0.0, 0.0
+                tokens, sup = 0.0, 0.0
             if cfg.eval_every and step % cfg.eval_every == 0:
                 record["eval_loss"] = self.evaluate()
             if main:
@@ -230,6 +239,8 @@ class StageRunner:
             bar.set_postfix(loss=f"{last_loss:.3f}")
             if cfg.save_every and step % cfg.save_every == 0:
                 checkpoint.save(self.engine, self.ckpt, step * self.rows_per_step, self.topology)
+            if step % cfg.log_every == 0:
+                t0 = time.perf_counter()  # throughput windows hold training only, not eval or saving
         bar.close()
         final_eval = self.evaluate()
         if main:
