@@ -24,6 +24,7 @@ TRL lives in its own venv under the work dir, never in the project's lock; it is
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import random
@@ -50,8 +51,10 @@ def ensure_trl_venv(venv: Path) -> dict:
              "for m in (torch, transformers, trl, datasets, accelerate)}))")
 
     def versions():
-        out = subprocess.run([str(py), "-c", probe], capture_output=True, text=True) if py.exists() else None
-        return json.loads(out.stdout) if out and out.returncode == 0 else None
+        if not py.exists():
+            return None
+        out = subprocess.run([str(py), "-c", probe], capture_output=True, text=True, check=False)
+        return json.loads(out.stdout) if out.returncode == 0 else None
 
     found = versions()
     if found and found["torch"] == torch_v:
@@ -59,7 +62,8 @@ def ensure_trl_venv(venv: Path) -> dict:
     print(f"building the TRL venv in {venv} (torch=={torch_v}, the project's build) ...", flush=True)
     subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
     pip = [str(venv / "bin" / "pip"), "install", "-q", f"torch=={torch_v}", "trl", "datasets"]
-    if subprocess.run(pip + [f"transformers=={tf_v}"]).returncode:  # the project's transformers if TRL allows it
+    # the project's transformers where TRL allows it, else the one pip picks
+    if subprocess.run(pip + [f"transformers=={tf_v}"], check=False).returncode:
         subprocess.run(pip + ["transformers"], check=True)
     found = versions()
     if not found or found["torch"] != torch_v:
@@ -141,6 +145,12 @@ def spawn(cmd: list[str], log: Path, env: dict, first_line: Path | None = None) 
     return {"t_spawn": t_spawn, "t_first": t_first, "rss_mb": usage.ru_maxrss / 1024, "wall_s": time.time() - t_spawn}
 
 
+def ds_ops() -> dict:
+    """mtime of every JIT-built torch extension (DeepSpeed's CPU ops): a rebuild lands in our start-up."""
+    base = Path(os.environ.get("TORCH_EXTENSIONS_DIR", Path.home() / ".cache" / "torch_extensions"))
+    return {str(p): p.stat().st_mtime for p in base.rglob("*.so")} if base.is_dir() else {}
+
+
 def summarize(step_s: list[float], sup: list[float], real: list[float], warmup: int) -> dict:
     s, u, r = sum(step_s[warmup:]), sum(sup[warmup:]), sum(real[warmup:])
     n = len(step_s) - warmup
@@ -160,6 +170,7 @@ def run_ours(work: Path, data_dir: Path, steps: int, warmup: int, env: dict) -> 
     metrics = out / "logs" / "metrics.jsonl"
     metrics.unlink(missing_ok=True)
     py = ROOT / ".venv" / "bin" / "python"
+    before = ds_ops()
     run = spawn([str(py if py.exists() else sys.executable), "-m", "training.run", "--config", str(work / "ours.yaml")],
                 work / "ours.log", {**env, "DS_ACCELERATOR": "cpu"}, first_line=metrics)
     recs = [json.loads(x) for x in metrics.read_text().splitlines()]
@@ -167,7 +178,8 @@ def run_ours(work: Path, data_dir: Path, steps: int, warmup: int, env: dict) -> 
     res = summarize(step_s, [r["supervised_tokens"] for r in recs], [r["tokens_per_s"] * r["step_s"] for r in recs],
                     warmup)
     return {**res, "rss_mb": run["rss_mb"], "startup_s": run["t_first"] - step_s[0] - run["t_spawn"],
-            "wall_s": run["wall_s"], "losses": [r["loss"] for r in recs]}
+            "wall_s": run["wall_s"], "losses": [r["loss"] for r in recs],
+            "ds_ops_built": sorted(Path(p).stem for p, m in ds_ops().items() if before.get(p) != m)}
 
 
 def run_trl(name: str, work: Path, venv: Path, data_dir: Path, steps: int, warmup: int, env: dict) -> dict:
@@ -178,7 +190,7 @@ def run_trl(name: str, work: Path, venv: Path, data_dir: Path, steps: int, warmu
     run = spawn([str(venv / "bin" / "python"), __file__, "--trl-child", json.dumps(args)], work / f"{name}.log", env)
     child = json.loads(out.read_text())
     ends = [child["t_begin"]] + child["t_end"]
-    step_s = [b - a for a, b in zip(ends, ends[1:])]
+    step_s = [b - a for a, b in itertools.pairwise(ends)]
     res = summarize(step_s, child["sup"], child["real"], warmup)
     return {**res, "rss_mb": run["rss_mb"], "startup_s": child["t_begin"] - run["t_spawn"], "wall_s": run["wall_s"],
             **{k: child[k] for k in ("isolation_diff", "losses", "settings")}}
@@ -216,7 +228,7 @@ def main() -> None:
     print(f"\nPythia-shaped model from config (hidden {HIDDEN}, {LAYERS} layers, {HEADS} heads), {data['articles']:,} "
           f"Dolly+OASST articles at {SEQ}, {ROWS * SEQ:,} token slots/step, {args.steps} timed steps after "
           f"{args.warmup} warm-up, CPU ({os.cpu_count()} cores)")
-    print(f"TRL venv: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
+    print("TRL venv: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
     print(f"{'trainer':<13}{'rows x acc':>11}{'real tok/step':>14}{'sup tok/step':>13}{'s/step':>8}"
           f"{'sup tok/s':>11}{'peak RSS MB':>13}{'start-up s':>12}{'isolated':>10}")
     for name, r in res.items():
@@ -229,6 +241,9 @@ def main() -> None:
         o, t = res["ours"], res[name]
         print(f"ours / {name}: supervised tok/s {o['supervised_per_s'] / t['supervised_per_s']:.2f}x, "
               f"peak RSS {o['rss_mb'] / t['rss_mb']:.2f}x, start-up {o['startup_s'] / t['startup_s']:.2f}x")
+    if res["ours"]["ds_ops_built"]:
+        print(f"note: ours' start-up includes DeepSpeed JIT-building {', '.join(res['ours']['ds_ops_built'])} "
+              "(torch_extensions cache cold or invalidated); a warm run starts in a few seconds")
     print(f"results in {work / 'results.json'}; total {total:.0f} s")
 
 
@@ -240,7 +255,8 @@ def trl_child(a: dict) -> None:
     from trl import SFTConfig, SFTTrainer
 
     batch, accum, extra = TRL_CONFIGS[a["name"]]
-    rows = [json.loads(x) for x in open(a["articles"])]
+    with open(a["articles"]) as fh:
+        rows = [json.loads(x) for x in fh]
     tok = AutoTokenizer.from_pretrained(a["tokenizer"])
     torch.manual_seed(0)
     config = GPTNeoXConfig(vocab_size=-(-a["vocab"] // 64) * 64, hidden_size=HIDDEN, num_hidden_layers=LAYERS,

@@ -85,6 +85,7 @@ class StageConfig(Strict):
     log_every: int = Field(1, ge=1)
     seed: int = 42
     lora: LoraConfig | None = None
+    gradient_checkpointing: bool = False  # recompute each layer's activations in backward (non-reentrant)
 
     def resolve(self, path: str | None) -> Path | None:
         if path is None:

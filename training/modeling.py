@@ -123,6 +123,16 @@ def weighted_loss(logits: torch.Tensor, input_ids: torch.Tensor, weights: torch.
     return (ce * w).sum(), float(w.sum())
 
 
+def enable_checkpointing(model) -> None:
+    """Activation (gradient) checkpointing per layer, non-reentrant: same loss and gradients, less memory.
+
+    Non-reentrant checkpointing needs no input that requires grad, so it also works under a frozen LoRA base."""
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise ConfigError(f"gradient_checkpointing: {type(model).__name__} does not support it; set it to false")
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    model.config.use_cache = False
+
+
 def apply_lora(model, kind: str, lora):
     """Wrap the model with a peft LoRA adapter."""
     from peft import LoraConfig, get_peft_model

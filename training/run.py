@@ -52,9 +52,24 @@ def main(argv=None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        release_shm_buffer()
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"stage {cfg.name}: {runner.engine.global_steps} steps; final model in {final}")
     return 0
+
+
+def release_shm_buffer() -> None:
+    """Remove this rank's shared-memory all-reduce buffer: DeepSpeed's CPU comm op creates one per rank and run
+    (``/dev/shm/deepspeed_allreduce_buffer_{uid}_{addr}_{port}_{rank}``, 66 MB) and never unlinks it."""
+    if "MASTER_PORT" not in os.environ:
+        return
+    name = (f"deepspeed_allreduce_buffer_{os.getuid()}_{os.environ.get('MASTER_ADDR', '')}_"
+            f"{os.environ['MASTER_PORT']}_{os.environ.get('RANK', '0')}")
+    try:
+        os.unlink(os.path.join("/dev/shm", name))
+    except OSError:
+        pass  # not created (one process, CUDA) or already gone
 
 
 def _has_cuda() -> bool:

@@ -27,7 +27,7 @@ from training.config import ConfigError, StageConfig, deepspeed_dict
 from training.data import PackedDataset, split_files
 from training.distributed import global_sum, init_process_group, rank, to_device, world_size
 from training.loading import DsFacts, check_hardware
-from training.modeling import apply_lora, build_model, packed_forward, weighted_loss
+from training.modeling import apply_lora, build_model, enable_checkpointing, packed_forward, weighted_loss
 
 
 def check_inputs(cfg: StageConfig) -> tuple[Path, Path | None]:
@@ -124,6 +124,8 @@ class StageRunner:
         model, self._keep_alive = build_model(cfg.model, meta["vocab_size"], meta["max_seq_length"], self.init,
                                               cfg.seed, ds=self.ds_config, ds_name=cfg.deepspeed,
                                               lora=cfg.lora is not None)
+        if cfg.gradient_checkpointing:
+            enable_checkpointing(model)
         if cfg.lora:
             model = apply_lora(model, cfg.model.kind, cfg.lora)
         import deepspeed  # imported late: every data and model check above runs before DeepSpeed starts

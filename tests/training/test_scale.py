@@ -104,7 +104,8 @@ def test_zero3_checkpoint_of_two_processes_resumes_in_one_through_a_universal_ch
 
 @pytest.mark.slow
 def test_lora_under_zero3_on_two_processes_merges_like_peft(token_dirs, stage_config, tmp_path):
-    """A BLOOM base loaded partitioned under ZeRO-3 by two ranks; the merged final equals peft's merge."""
+    """A BLOOM base loaded partitioned under ZeRO-3 by two ranks (with gradient checkpointing); the merged final
+    equals peft's merge."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
@@ -116,7 +117,7 @@ def test_lora_under_zero3_on_two_processes_merges_like_peft(token_dirs, stage_co
     build_model(ModelConfig(kind="bloom", tiny=TinyShape(**shape)), 50277, 128, seed=1)[0].save_pretrained(base)
     cfg = stage_config("lz3", token_dirs[1], model={"kind": "bloom", "name_or_path": str(base)}, init_from=str(base),
                        deepspeed="training/configs/ds/zero3_bf16.json", max_steps=2, lr=1e-2, save_every=0,
-                       eval_every=0, lora={"r": 4, "alpha": 8, "dropout": 0.0})
+                       eval_every=0, lora={"r": 4, "alpha": 8, "dropout": 0.0}, gradient_checkpointing=True)
     r = run_stage(cfg, procs=2)
     assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-2000:])
     out = tmp_path / "ckpt" / "lz3"

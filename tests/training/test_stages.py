@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -150,3 +151,5 @@ def test_two_processes_with_the_deepspeed_launcher(token_dirs, stage_config, tmp
     assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-2000:])
     lineage = json.loads((tmp_path / "ckpt" / "two" / "final" / "lineage.json").read_text())
     assert lineage["deepspeed"]["train_batch_size"] == 2 * 2 * 2  # micro 2 x accumulation 2 x 2 processes
+    port = r.args[r.args.index("--master_port") + 1]  # DeepSpeed's CPU all-reduce buffers are not left behind
+    assert not list(Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_{port}_*"))

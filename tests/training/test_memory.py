@@ -1,0 +1,58 @@
+"""Memory options keep the math: gradient checkpointing gives the same loss and gradients as without."""
+
+import h5py
+import pytest
+import torch
+
+from training.config import LoraConfig, ModelConfig, TinyShape
+from training.data import row_features
+from training.modeling import apply_lora, build_model, enable_checkpointing, packed_forward, weighted_loss
+from training.trainer import collate
+
+
+def packed_batch(token_dir, rows=2) -> dict:
+    with h5py.File(token_dir / "train_1_of_2.hdf5") as f:
+        return collate([row_features(f["input_ids"][r], f["token_type_ids"][r], 0.0) for r in range(rows)])
+
+
+def loss_and_grads(kind: str, batch: dict, checkpointing: bool, lora: bool) -> tuple[float, dict, int]:
+    """Loss, gradients, and the activation elements autograd saved for backward during the forward."""
+    model = build_model(ModelConfig(kind=kind, tiny=TinyShape(hidden_size=64, num_layers=3, num_heads=4)), 50277, 128,
+                        seed=0)[0]
+    if checkpointing:
+        enable_checkpointing(model)
+    if lora:
+        model = apply_lora(model, kind, LoraConfig(r=4, alpha=8, dropout=0.0))
+    model.train()
+    saved = []
+
+    def pack(t):
+        if t.shape[-1:] != (model.config.vocab_size,):  # the layers' activations, not the logits' (unchanged)
+            saved.append(t.numel())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):  # checkpointed layers save only their inputs
+        loss_sum, w = weighted_loss(packed_forward(model, batch), batch["input_ids"], batch["weights"])
+    (loss_sum / w).backward()
+    return float(loss_sum / w), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}, sum(saved)
+
+
+@pytest.mark.parametrize("kind", ["pythia", "bloom"])
+@pytest.mark.parametrize("lora", [False, True])
+def test_gradient_checkpointing_keeps_loss_and_gradients(kind, lora, token_dirs):
+    batch = packed_batch(token_dirs[1])
+    loss, grads, saved = loss_and_grads(kind, batch, checkpointing=False, lora=lora)
+    loss_ck, grads_ck, saved_ck = loss_and_grads(kind, batch, checkpointing=True, lora=lora)
+    assert saved_ck < 0.6 * saved  # checkpointing is really on: far fewer activations kept for backward
+    assert loss_ck == pytest.approx(loss, rel=1e-6)
+    assert grads.keys() == grads_ck.keys() and len(grads) > 0
+    for name in grads:
+        torch.testing.assert_close(grads_ck[name], grads[name], rtol=1e-5, atol=1e-7, msg=name)
+    assert any(g.abs().max() > 0 for g in grads.values())
+
+
+def test_checkpointing_on_a_model_without_support_is_one_line():
+    from training.config import ConfigError
+
+    with pytest.raises(ConfigError, match="does not support it"):
+        enable_checkpointing(torch.nn.Linear(2, 2))
