@@ -7,7 +7,7 @@ divided by the step's supervised weight all-reduced over ranks, so micro 1 x acc
 two processes give the same gradients. Checkpoints record the step, every RNG of every rank and the topology
 (``training/checkpoint.py``): a stage killed with -9 and resumed ends with the same weights. Every stage ends
 in ``<output>/final``: a save_pretrained dir (safetensors, tokenizer with chat template, generation config)
-plus ``lineage.json``.
+plus ``lineage.json``, written in ``.final.tmp`` and renamed when complete.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import shutil
 import time
 from pathlib import Path
 
@@ -258,15 +259,19 @@ class StageRunner:
 
         from training.export import save_model
 
-        final = self.out / "final"
-        save_model(self.engine, self.cfg, final, self.out / "adapter")  # every rank: ZeRO-3 gathers collectively
+        final, adapter = self.out / "final", self.out / "adapter"
+        staged = {final: self.out / ".final.tmp", adapter: self.out / ".adapter.tmp"}  # renamed once complete
+        if self.rank == 0:
+            for tmp in staged.values():
+                shutil.rmtree(tmp, ignore_errors=True)
+        save_model(self.engine, self.cfg, staged[final], staged[adapter])  # every rank: ZeRO-3 gathers collectively
         if self.rank != 0:
             return final
         tok = AutoTokenizer.from_pretrained(str(self.data_dir / "tokenizer"))
-        tok.save_pretrained(str(final))
+        tok.save_pretrained(str(staged[final]))
         GenerationConfig(eos_token_id=tok.eos_token_id, pad_token_id=tok.eos_token_id, do_sample=True,
                          temperature=0.8, top_p=0.9, repetition_penalty=1.2, max_new_tokens=512).save_pretrained(
-            str(final))
+            str(staged[final]))
         parent = self.init / "lineage.json" if self.init else None
         lineage = {
             "stage": self.cfg.name, "config": self.cfg.model_dump(), "deepspeed": self.ds_config,
@@ -276,6 +281,10 @@ class StageRunner:
             "parent": json.loads(parent.read_text()) if parent and parent.is_file() else None,
             "steps": self.engine.global_steps, "final_train_loss": last_loss, "final_eval_loss": final_eval,
         }
-        with atomic_write(final / "lineage.json", "w") as fh:
+        with atomic_write(staged[final] / "lineage.json", "w") as fh:
             json.dump(lineage, fh, indent=2)
+        for done, tmp in staged.items():  # a killed save leaves only a .tmp dir, never a partial final/ or adapter/
+            if tmp.is_dir():
+                shutil.rmtree(done, ignore_errors=True)
+                tmp.rename(done)
         return final

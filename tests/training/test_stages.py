@@ -35,6 +35,7 @@ def test_two_stages_outputs_and_lineage(token_dirs, stage_config, tmp_path):
     # stage 2 starts from stage 1's weights (init_from), not a resume
     r2 = run_stage(stage_config("s2", oa, init_from=str(final1)))
     assert r2.returncode == 0, r2.stderr[-2000:]
+    assert not list((tmp_path / "ckpt" / "s2").glob(".*.tmp"))  # staged final renamed into place
     lineage = json.loads((tmp_path / "ckpt" / "s2" / "final" / "lineage.json").read_text())
     assert lineage["init_from"] == str(final1) and lineage["parent"]["stage"] == "s1"
     assert lineage["data_manifest_sha256"] and lineage["steps"] == 6
