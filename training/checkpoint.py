@@ -115,9 +115,8 @@ def save(engine, ckpt: Path, samples: int, topo: dict) -> None:
 def load(engine, ckpt: Path, state: dict, tag: str) -> None:
     """Restore DeepSpeed's state (from ``tag``: the checkpoint or its universal form) and this rank's RNGs."""
     path, _ = engine.load_checkpoint(str(ckpt), tag=tag)
-    tag = latest_tag(ckpt)
     if path is None or engine.global_steps != state["step"]:
         raise ConfigError(f"--resume: DeepSpeed could not load {ckpt / tag}; start the stage again without --resume")
-    rng = ckpt / tag / f"rng_state_rank{rank()}.pt"
+    rng = ckpt / latest_tag(ckpt) / f"rng_state_rank{rank()}.pt"  # beside the original, not the universal copy
     if rng.is_file():
         load_rng(rng)

@@ -19,6 +19,13 @@ class ConfigError(Exception):
     """A config problem, said in one line: the file, the field, what is wrong."""
 
 
+def first_line(exc: BaseException) -> str:
+    """One line saying why a library refused: every field of a pydantic error, else the message's first line."""
+    if isinstance(exc, ValidationError):
+        return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in exc.errors())
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -112,8 +119,7 @@ def load_config(path: str | Path) -> StageConfig:
     try:
         cfg = StageConfig(**raw)
     except ValidationError as exc:
-        errs = [f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in exc.errors()]
-        raise ConfigError(f"{path}: " + "; ".join(errs)) from None
+        raise ConfigError(f"{path}: {first_line(exc)}") from None
     ds = cfg.resolve(cfg.deepspeed)
     if not ds.is_file():
         raise ConfigError(f"{path}: deepspeed config {cfg.deepspeed} not found (see training/configs/ds/)")

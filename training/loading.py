@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from training.config import ConfigError, ModelConfig
+from training.config import ConfigError, ModelConfig, first_line
 from training.distributed import comm_device, global_sum, local_world_size, world_size
 
 GiB = 1024**3
@@ -73,8 +73,7 @@ def model_config(mc: ModelConfig, source: str | None, vocab_size: int, max_len: 
     try:
         return MODEL_CLASSES[mc.kind].config_class.from_pretrained(source)
     except Exception as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ConfigError(f"model {source}: cannot load as {mc.kind} ({first})") from None
+        raise ConfigError(f"model {source}: cannot load as {mc.kind} ({first_line(exc)})") from None
 
 
 def count_params(cls, config) -> tuple[int, int]:
@@ -120,8 +119,8 @@ def memory_needs(total: int, largest: int, facts: DsFacts, gpus_per_node: int, n
     return host, dev
 
 
-def check_memory(cls, config, facts: DsFacts, ds_name: str, lora: bool = False) -> dict:
-    """Refuse in one line when the model states cannot fit the memory found here; returns the figures.
+def check_memory(cls, config, facts: DsFacts, ds_name: str, lora: bool = False) -> None:
+    """Refuse in one line when the model states cannot fit the memory found here.
 
     The ranks decide together (one all-reduce), so a refusal on one rank never leaves the others waiting."""
     import psutil
@@ -137,7 +136,6 @@ def check_memory(cls, config, facts: DsFacts, ds_name: str, lora: bool = False) 
     else:  # the CPU accelerator keeps "device" states in host memory too
         host_need, dev_free = host_need + dev_need * local, host_free
         dev_need, where = 0, ""
-    figures = {"parameters": total, "host_need": host_need, "host_free": host_free, "device_need": dev_need}
     fix = ("use an offload config (ds/zero3_offload_bf16.json), more GPUs or nodes, LoRA (lora: in the stage YAML), "
            "or a smaller model")
     head = (f"model of {total / 1e9:.2f}B parameters under ZeRO-{facts.stage} ({ds_name}, {local} process(es) "
@@ -151,7 +149,6 @@ def check_memory(cls, config, facts: DsFacts, ds_name: str, lora: bool = False) 
     refusals, = global_sum([1.0 if problem else 0.0], comm_device())
     if refusals:
         raise ConfigError(problem or f"{head} more memory than another rank of this run found; {fix}")
-    return figures
 
 
 # ---- loading ----
@@ -172,27 +169,25 @@ def _resolve_files(source: str) -> list[Path]:
     return files
 
 
-def load_zero3_partitions(model, source: str) -> int:
+def load_zero3_partitions(model, source: str) -> None:
     """Copy into each ZeRO-3 parameter's local partition (``ds_tensor``) only this rank's slice of the weights.
 
     ZeRO-3 keeps, per parameter, elements [r*P, (r+1)*P) of the flattened tensor on rank r. Each slice is read
     by whole leading rows through safetensors' lazy slicing, with the file opened per tensor so no mapping
-    outlives its read. Returns the number of tensors loaded.
+    outlives its read.
     """
     from safetensors import safe_open
 
-    where: dict[str, Path] = {}
+    where: dict[str, tuple[Path, list[int]]] = {}  # tensor name -> (file, shape), from the headers
     for f in _resolve_files(source):
         with safe_open(str(f), "pt") as st:
-            where.update({k: f for k in st.keys()})
+            where.update({k: (f, st.get_slice(k).get_shape()) for k in st.keys()})
     prefix = getattr(model, "base_model_prefix", "") + "."
-    loaded = 0
     for name, param in model.named_parameters():
         key = name if name in where else name[len(prefix):] if name.startswith(prefix) else None
         if key not in where:
             raise ConfigError(f"model {source}: weights have no tensor for {name}; is it a {type(model).__name__}?")
-        with safe_open(str(where[key]), "pt") as st:
-            shape = st.get_slice(key).get_shape()
+        path, shape = where[key]
         if math.prod(shape) != param.ds_numel:
             raise ConfigError(f"model {source}: {key} has shape {shape} but the model expects {tuple(param.ds_shape)}; "
                               "the config does not match the weights")
@@ -202,10 +197,8 @@ def load_zero3_partitions(model, source: str) -> int:
         stop = min(start + size, param.ds_numel)
         with torch.no_grad():
             flat = part.view(-1)
-            for lo, chunk in _read_flat(where[key], key, start, stop):
+            for lo, chunk in _read_flat(path, key, start, stop):
                 flat[lo - start: lo - start + chunk.numel()].copy_(chunk)
-        loaded += 1
-    return loaded
 
 
 def _read_flat(path: Path, key: str, start: int, stop: int, chunk_bytes: int = 16 * 1024**2):
@@ -285,8 +278,7 @@ def load_model(cls, config, source: str | None, facts: DsFacts, ds: dict, seed: 
         try:
             model = cls.from_pretrained(source, use_safetensors=True, trust_remote_code=False, dtype=facts.dtype)
         except Exception as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise ConfigError(f"model {source}: cannot load as {cls.__name__} ({first})") from None
+            raise ConfigError(f"model {source}: cannot load as {cls.__name__} ({first_line(exc)})") from None
     else:
         torch.manual_seed(seed)
         model = cls(config).to(facts.dtype)

@@ -62,7 +62,8 @@ def tiny_config(mc: ModelConfig, vocab_size: int, max_len: int):
     t = mc.tiny
     if mc.kind == "pythia":
         return GPTNeoXConfig(vocab_size=vocab, hidden_size=t.hidden_size, num_hidden_layers=t.num_layers,
-                             num_attention_heads=t.num_heads, intermediate_size=t.intermediate_size or 4 * t.hidden_size,
+                             num_attention_heads=t.num_heads,
+                             intermediate_size=t.intermediate_size or 4 * t.hidden_size,
                              max_position_embeddings=max(max_len, 2048), rotary_pct=0.25, use_parallel_residual=True,
                              hidden_dropout=0.0, attention_dropout=0.0, tie_word_embeddings=False,
                              bos_token_id=0, eos_token_id=0)

@@ -24,7 +24,7 @@ import torch
 
 from data_prep.atomic import atomic_write
 from training import checkpoint
-from training.config import ConfigError, StageConfig, deepspeed_dict
+from training.config import ConfigError, StageConfig, deepspeed_dict, first_line
 from training.data import PackedDataset, split_files
 from training.distributed import global_sum, init_process_group, rank, to_device, world_size
 from training.loading import DsFacts, check_hardware
@@ -69,15 +69,6 @@ def logged_step(line: str) -> float:
         return json.loads(line)["step"]
     except (ValueError, KeyError, TypeError):
         return math.inf
-
-
-def reason(exc: Exception) -> str:
-    """One line saying why DeepSpeed refused: every field of a pydantic error, else the message's first line."""
-    from pydantic import ValidationError
-
-    if isinstance(exc, ValidationError):
-        return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def collate(rows: list[dict]) -> dict:
@@ -136,10 +127,10 @@ class StageRunner:
                 model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
                 config=self.ds_config, lr_scheduler=make_scheduler(cfg, self.total_steps))
         except torch.OutOfMemoryError as exc:
-            raise ConfigError(f"out of memory while DeepSpeed set up the model ({reason(exc)}); lower the model size, "
-                              "use an offload config (ds/zero3_offload_bf16.json) or more GPUs") from None
+            raise ConfigError(f"out of memory while DeepSpeed set up the model ({first_line(exc)}); lower the model "
+                              "size, use an offload config (ds/zero3_offload_bf16.json) or more GPUs") from None
         except (ValueError, AssertionError, NotImplementedError, RuntimeError) as exc:
-            raise ConfigError(f"deepspeed config {cfg.deepspeed} does not run here: {reason(exc)}") from None
+            raise ConfigError(f"deepspeed config {cfg.deepspeed} does not run here: {first_line(exc)}") from None
         self.device = self.engine.device
         self._perm: tuple[int, np.ndarray] | None = None
         if saved:
@@ -147,15 +138,14 @@ class StageRunner:
 
     # ---- data ----
     def step_batches(self, step: int) -> list[dict]:
-        """This rank's micro-batches of optimizer step ``step`` (0-based), on the engine's device."""
+        """This rank's micro-batches of optimizer step ``step`` (0-based), on the CPU."""
         epoch, s = divmod(step, self.steps_per_epoch)
         if self._perm is None or self._perm[0] != epoch:
             self._perm = (epoch, epoch_order(len(self.train), self.cfg.seed, epoch))
         mb, gas = self.cfg.micro_batch_size, self.cfg.gradient_accumulation_steps
         rows = self._perm[1][s * self.rows_per_step:(s + 1) * self.rows_per_step]
         mine = rows[self.rank * mb * gas:(self.rank + 1) * mb * gas]
-        return [to_device(collate([self.train[int(i)] for i in mine[m * mb:(m + 1) * mb]]), self.device)
-                for m in range(gas)]
+        return [collate([self.train[int(i)] for i in mine[m * mb:(m + 1) * mb]]) for m in range(gas)]
 
     def evaluate(self) -> float | None:
         """Token-weighted dev loss, rows sharded over ranks (equal counts; fill rows weigh 0), sums all-reduced."""
@@ -184,8 +174,9 @@ class StageRunner:
     def train_step(self, step: int) -> tuple[float, float, float]:
         """One optimizer step; returns the global (loss, supervised weight, real tokens)."""
         batches = self.step_batches(step)
-        local_w = sum(float(b["weights"][:, :-1].sum()) for b in batches)
+        local_w = sum(float(b["weights"][:, :-1].sum()) for b in batches)  # on the CPU: no device sync
         local_real = sum(float(b["real_tokens"].sum()) for b in batches)
+        batches = [to_device(b, self.device) for b in batches]
         total_w, = global_sum([local_w], self.device)
         scale = self.world / max(total_w, 1e-8)  # DeepSpeed averages gradients over ranks: undo it
         loss_acc = torch.zeros((), dtype=torch.float64, device=self.device)
