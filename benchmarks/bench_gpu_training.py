@@ -7,7 +7,8 @@ steps, the median step time, mean tokens/s (real, non-padding tokens), MFU and p
 The tokenized data is cached in the work dir. Results: a table on stdout and ``<work>/results.json``.
 
     .venv/bin/python benchmarks/bench_gpu_training.py [--steps 30] [--work DIR] [--kinds pythia,bloom]
-        [--configs zero2,zero3,zero3_lora] [--micro-batch 4] [--peak-tflops 989]
+        [--configs zero2,zero3,zero3_lora] [--attn sdpa,eager,flash_attention_2,flex_attention]
+        [--micro-batch 4] [--peak-tflops 989] [--gradient-checkpointing]
     .venv/bin/python benchmarks/bench_gpu_training.py --tiny     # CPU smoke run of every code path (minutes)
 
 Vocab: models built from config take the data tokenizer's vocab (gpt-neox-20b, 50277 rounded to 50304), so the
@@ -99,14 +100,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_one(name: str, kind: str, shape: dict, ds: str, lora: bool, data: Path, work: Path, args) -> dict:
+def run_one(name: str, kind: str, shape: dict, ds: str, lora: bool, attn: str, data: Path, work: Path, args) -> dict:
     """Write the stage YAML, train it in a subprocess, return the summary of its metrics.jsonl."""
     import yaml
 
     run_dir = work / "runs" / name
     stage = {"name": name, "data_dir": str(data), "output_dir": str(run_dir), "model": {"kind": kind, "tiny": shape},
              "deepspeed": ds, "epochs": 1000, "max_steps": args.steps, "micro_batch_size": args.micro_batch,
-             "gradient_accumulation_steps": 1, "lr": 1e-4, "log_every": 1, "save_every": 0, "eval_every": 0}
+             "gradient_accumulation_steps": 1, "lr": 1e-4, "log_every": 1, "save_every": 0, "eval_every": 0,
+             "attn_implementation": attn, "gradient_checkpointing": args.gradient_checkpointing}
     if lora:
         stage["lora"] = LORA
     cfg = work / "runs" / f"{name}.yaml"
@@ -189,6 +191,9 @@ def main() -> int:
     ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "bench_gpu_training")
     ap.add_argument("--kinds", default="pythia,bloom")
     ap.add_argument("--configs", default="zero2,zero3,zero3_lora")
+    ap.add_argument("--attn", default="sdpa", help="attention implementations to run, comma-separated "
+                    "(one that is not installed, or cannot isolate articles on a kind, is reported and skipped)")
+    ap.add_argument("--gradient-checkpointing", action="store_true")
     ap.add_argument("--micro-batch", type=int, default=4, help="rows of --seq tokens per step (no accumulation)")
     ap.add_argument("--packing", default="bfd::drop")
     ap.add_argument("--peak-tflops", type=float, default=None, help="bf16 dense peak per GPU (default: detected)")
@@ -229,23 +234,32 @@ def main() -> int:
         log(f"note: real BLOOM-560M has vocab 250880 ({real / 1e6:.1f}M parameters); 'bloom' here uses the data's "
             f"tokenizer vocab, so its embedding (and MFU's N) is {(real - params['bloom']) / 1e6:.0f}M smaller")
 
+    from training.attention import check_attention
+    from training.config import ConfigError
+
     results = []
     for kind in kinds:
         for conf in confs:
-            ds, lora = table[conf]
-            name = f"{kind}_{conf}" + ("_tiny" if args.tiny else "")
-            r = run_one(name, kind, shapes[kind], ds, lora, data, args.work, args)
-            r.update(run=name, kind=kind, config=conf, deepspeed=ds, lora=LORA if lora else None,
-                     params=params[kind], seq=seq, micro_batch=args.micro_batch)
-            # MFU = 6 N tokens/s / peak, N = every parameter of the model (embeddings included). 6N per token is
-            # forward 2N + backward 4N; it leaves out attention's score/value matmuls (~12 x layers x hidden x seq
-            # per token, all computed: the block mask is dense) and counts the embedding lookup as a matmul. LoRA
-            # runs use the same 6N (full-training-equivalent throughput): the frozen base skips weight gradients,
-            # so the hardware does ~4N per token and its real utilization is ~2/3 of the MFU shown.
-            # tokens/s counts real tokens only, so padding left by packing is not credited.
-            if "tokens_per_s" in r and peak:
-                r["mfu"] = 6 * params[kind] * r["tokens_per_s"] / peak
-            results.append(r)
+            for attn in args.attn.split(","):
+                try:
+                    check_attention(kind, attn)
+                except ConfigError as exc:
+                    log(f"[{kind} {attn}] skipped: {exc}")
+                    continue
+                ds, lora = table[conf]
+                name = f"{kind}_{conf}_{attn}" + ("_tiny" if args.tiny else "")
+                r = run_one(name, kind, shapes[kind], ds, lora, attn, data, args.work, args)
+                r.update(run=name, kind=kind, config=conf, attn=attn, deepspeed=ds, lora=LORA if lora else None,
+                         params=params[kind], seq=seq, micro_batch=args.micro_batch)
+                # MFU = 6 N tokens/s / peak, N = every parameter of the model (embeddings included). 6N per token
+                # is forward 2N + backward 4N; it leaves out attention's score/value matmuls (~12 x layers x hidden x
+                # seq per token; flash kernels skip cross-article blocks) and counts the embedding lookup as a
+                # matmul. LoRA runs use the same 6N (full-training-equivalent throughput): the frozen base skips
+                # weight gradients, so the hardware does ~4N per token and its real utilization is ~2/3 of the MFU.
+                # tokens/s counts real tokens only, so padding left by packing is not credited.
+                if "tokens_per_s" in r and peak:
+                    r["mfu"] = 6 * params[kind] * r["tokens_per_s"] / peak
+                results.append(r)
 
     checks = {}
     if not args.no_check:
@@ -262,23 +276,23 @@ def main() -> int:
         mode = f"{device_name}, bf16 peak {peak / 1e12:.0f} TFLOPS" if peak else \
             f"{device_name} (unknown peak: give --peak-tflops for MFU)"
     log(f"\n{mode}; {args.steps} steps/run, micro-batch {args.micro_batch} x {seq} tokens, 1 process")
-    log(f"{'run':<24}{'deepspeed':<26}{'params':>9}{'step s':>9}{'tokens/s':>11}{'MFU':>7}{'peak GB':>9}"
+    log(f"{'run':<40}{'deepspeed':<26}{'params':>9}{'step s':>9}{'tokens/s':>11}{'MFU':>7}{'peak GB':>9}"
         f"{'loss first->last':>19}")
     for r in results:
         if "error" in r:
-            log(f"{r['run']:<24}{Path(r['deepspeed']).name:<26}{r['params'] / 1e6:>8.1f}M  FAILED ({r['error']}, "
+            log(f"{r['run']:<40}{Path(r['deepspeed']).name:<26}{r['params'] / 1e6:>8.1f}M  FAILED ({r['error']}, "
                 f"see {r['log']})")
             continue
         mfu = f"{r['mfu']:.1%}" if "mfu" in r else "n/a"
         mem = f"{r['peak_gpu_mem_gb']:.1f}" if r["peak_gpu_mem_gb"] is not None else "n/a"
-        log(f"{r['run']:<24}{Path(r['deepspeed']).name + (' +LoRA' if r['lora'] else ''):<26}"
+        log(f"{r['run']:<40}{Path(r['deepspeed']).name + (' +LoRA' if r['lora'] else ''):<26}"
             f"{r['params'] / 1e6:>8.1f}M{r['step_s']:>9.3f}{r['tokens_per_s']:>11,.0f}{mfu:>7}{mem:>9}"
             f"{r['first_loss']:>10.3f} ->{r['last_loss']:>6.3f}")
     log("MFU = 6 x params x tokens/s / peak (LoRA rows: same formula; hardware work is ~4N/token, so x2/3); "
         "peak GB = torch.cuda.max_memory_allocated")
-    first = {(r["kind"], r["config"]): r["first_loss"] for r in results if "first_loss" in r}
-    for (kind, conf), loss in first.items():  # same data and seed: another step-1 loss means another init
-        base = first.get((kind, "zero2"))
+    first = {(r["kind"], r["config"], r["attn"]): r["first_loss"] for r in results if "first_loss" in r}
+    for (kind, conf, attn), loss in first.items():  # same data and seed: another step-1 loss means another init
+        base = first.get((kind, "zero2", attn))
         if conf != "zero2" and base is not None and abs(loss - base) > 1:
             log(f"note: {kind} {conf} starts at loss {loss:.1f}, zero2 at {base:.1f}: the random init under "
                 "deepspeed.zero.Init is not the model's _init_weights")

@@ -49,7 +49,7 @@ def child(layout: str, data_dir: str, steps: int, dyn_batch: int) -> None:
     from training.config import ModelConfig, TinyShape
     from training.data import PackedDataset, dynamic_batch
     from training.modeling import build_model, packed_forward, weighted_loss
-    from training.trainer import collate
+    from training.data import collate
 
     torch.manual_seed(0)
     ds = PackedDataset(Path(data_dir), "train", 0.0)

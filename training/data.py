@@ -14,6 +14,7 @@ target in another article. Example row (P prompt, C completion, S end-of-article
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -64,11 +65,14 @@ class PackedDataset(torch.utils.data.Dataset):
                                       f"{self.seq_len}; re-run tokenization_prep")
                 self.index += [(i, r) for r in range(shape[0])]
         self._handles: dict[int, h5py.File] = {}
+        self._pid = os.getpid()
 
     def __len__(self) -> int:
         return len(self.index)
 
     def _file(self, i: int) -> h5py.File:
+        if self._pid != os.getpid():  # a DataLoader worker: never share the parent's HDF5 handles across fork
+            self._handles, self._pid = {}, os.getpid()
         if i not in self._handles:
             self._handles[i] = h5py.File(self.files[i], "r")
         return self._handles[i]
@@ -77,6 +81,67 @@ class PackedDataset(torch.utils.data.Dataset):
         i, r = self.index[k]
         f = self._file(i)
         return row_features(f["input_ids"][r], f["token_type_ids"][r], self.plw)
+
+    def __getitems__(self, ks: list[int]) -> list[dict]:
+        """A micro-batch of rows, read with one sorted selection per file (what the DataLoader calls)."""
+        out: list[dict | None] = [None] * len(ks)
+        by_file: dict[int, list[tuple[int, int]]] = {}
+        for j, k in enumerate(ks):
+            i, r = self.index[k]
+            by_file.setdefault(i, []).append((r, j))
+        for i, pairs in by_file.items():
+            rows, inverse = np.unique([r for r, _ in pairs], return_inverse=True)
+            f = self._file(i)
+            ids, types = f["input_ids"][rows], f["token_type_ids"][rows]
+            for (_, j), u in zip(pairs, inverse, strict=True):
+                out[j] = row_features(ids[u], types[u], self.plw)
+        return out
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
+    """The global row order of an epoch (the same on every run and every rank)."""
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+class StepSampler(torch.utils.data.Sampler):
+    """This rank's micro-batches of row indices for optimizer steps ``start`` .. ``stop`` - 1.
+
+    Step s of epoch e trains rows ``perm_e[s*R:(s+1)*R]`` (R = micro x accumulation x ranks), split by rank, then
+    by micro-batch: a pure function of (seed, step), so a resumed run continues the same sequence and any
+    topology with the same global batch trains the same rows. The permutation is computed once per epoch.
+    """
+
+    def __init__(self, n_rows: int, seed: int, micro: int, accumulation: int, world: int, rank: int,
+                 steps_per_epoch: int, start: int, stop: int):
+        self.n, self.seed, self.mb, self.gas = n_rows, seed, micro, accumulation
+        self.world, self.rank, self.spe, self.start, self.stop = world, rank, steps_per_epoch, start, stop
+
+    def __len__(self) -> int:
+        return max(0, self.stop - self.start) * self.gas
+
+    def __iter__(self):
+        per_rank, perm, perm_epoch = self.mb * self.gas, None, None
+        for step in range(self.start, self.stop):
+            epoch, s = divmod(step, self.spe)
+            if epoch != perm_epoch:
+                perm, perm_epoch = epoch_order(self.n, self.seed, epoch), epoch
+            rows = perm[s * per_rank * self.world:(s + 1) * per_rank * self.world]
+            mine = rows[self.rank * per_rank:(self.rank + 1) * per_rank]
+            for m in range(self.gas):
+                yield mine[m * self.mb:(m + 1) * self.mb].tolist()
+
+
+def collate(rows: list[dict]) -> dict:
+    return {k: torch.stack([r[k] for r in rows]) for k in rows[0]}
+
+
+def step_loader(dataset: PackedDataset, sampler: StepSampler, workers: int, prefetch: int, pin: bool):
+    """Micro-batches in ``sampler``'s order, read and collated by ``workers`` processes (0: this one), ``prefetch``
+    batches ahead per worker, in pinned memory for asynchronous copies to the GPU. The loader draws its worker seed
+    from a generator of its own: from the global one it would shift the RNG stream (dropout) of a resumed run."""
+    return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=workers,
+                                       prefetch_factor=prefetch if workers else None, pin_memory=pin,
+                                       generator=torch.Generator().manual_seed(0))
 
 
 def row_features(ids: np.ndarray, types: np.ndarray, plw: float) -> dict:

@@ -276,7 +276,8 @@ def load_model(cls, config, source: str | None, facts: DsFacts, ds: dict, seed: 
         return model, keep
     if source:
         try:
-            model = cls.from_pretrained(source, use_safetensors=True, trust_remote_code=False, dtype=facts.dtype)
+            model = cls.from_pretrained(source, config=config, use_safetensors=True, trust_remote_code=False,
+                                        dtype=facts.dtype)
         except Exception as exc:
             raise ConfigError(f"model {source}: cannot load as {cls.__name__} ({first_line(exc)})") from None
     else:

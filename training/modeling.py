@@ -1,11 +1,10 @@
-"""Models by config (Pythia / GPT-NeoX and BLOOM) and the packed forward pass with per-article attention.
+"""Models by config (Pythia / GPT-NeoX and BLOOM) and the packed forward pass: per-article attention, fused loss.
 
-A packed row holds several articles. ``packed_forward`` builds a block-diagonal causal mask from the
-segment ids (no token attends across articles) and passes position ids that restart per article:
-GPT-NeoX's rotary embeddings then see each article from position 0. BLOOM's ALiBi bias is
-``slope * key_position``; within one article block it differs from the article-alone bias by a
-constant per query row, which softmax ignores, so absolute positions are exact. ``PackedBloomModel``
-only teaches BLOOM to build that bias when given a 4D mask (its stock code expects a 2D one).
+A packed row holds several articles. ``packed_loss`` passes position ids that restart per article
+(``training/attention.py`` isolates the articles for each attention implementation) and the per-token loss
+weights; the model returns the summed weighted next-token loss from its hidden states through a
+``LinearCEHead`` (``training/loss.py``), without ever making the full-vocabulary fp32 logits. Everything runs
+inside the model's own forward, so DeepSpeed (ZeRO-3 parameter gathering included) sees one ordinary call.
 """
 
 from __future__ import annotations
@@ -14,29 +13,51 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from transformers import BloomConfig, BloomForCausalLM, GPTNeoXConfig, GPTNeoXForCausalLM
-from transformers.models.bloom.modeling_bloom import BloomModel, BloomPreTrainedModel, _get_alibi_slopes
+from transformers.modeling_outputs import CausalLMOutput
+from transformers.models.bloom.modeling_bloom import BloomPreTrainedModel
 
+from training.attention import PackedBloomModel, check_attention
 from training.config import ConfigError, ModelConfig
 from training.loading import DsFacts, check_memory, load_model, model_config
+from training.loss import LinearCEHead, as_loss_head
 
 LORA_TARGETS = {"pythia": ["query_key_value"], "bloom": ["query_key_value"]}
 
 
-class PackedBloomModel(BloomModel):
-    """BloomModel that accepts a prepared 4D attention mask (ALiBi from absolute key positions)."""
+class PackedLM:
+    """Mixin: ``forward(input_ids, position_ids, loss_weights=...)`` returns the summed weighted loss (``.loss``),
+    ``packed=True`` the logits; any other call is the stock forward (generation)."""
 
-    def build_alibi_tensor(self, attention_mask: torch.Tensor, num_heads: int, dtype: torch.dtype) -> torch.Tensor:
-        if attention_mask.ndim != 4:
-            return super().build_alibi_tensor(attention_mask, num_heads, dtype)
-        batch, length = attention_mask.shape[0], attention_mask.shape[-1]
-        slopes = _get_alibi_slopes(num_heads, attention_mask.device)
-        alibi = slopes[:, None, None] * torch.arange(length, device=attention_mask.device)
-        return alibi.repeat(batch, 1, 1).to(dtype)
+    def forward(self, input_ids=None, position_ids=None, loss_weights=None, packed=False, **kwargs):
+        if loss_weights is None and not packed:
+            if position_ids is not None:
+                kwargs["position_ids"] = position_ids
+            return super().forward(input_ids=input_ids, **kwargs)
+        hidden = self.packed_hidden(input_ids, position_ids)
+        head = self.get_output_embeddings()
+        if loss_weights is None:
+            return CausalLMOutput(logits=head(hidden))
+        return CausalLMOutput(loss=head(hidden, input_ids, loss_weights))
 
 
-class PackedBloomForCausalLM(BloomForCausalLM):
+class PackedGPTNeoXForCausalLM(PackedLM, GPTNeoXForCausalLM):
+    """GPT-NeoX (Pythia) with the packed forward; saves as a plain GPTNeoXForCausalLM."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        as_loss_head(self.get_output_embeddings())
+        self.config.architectures = ["GPTNeoXForCausalLM"]
+
+    def packed_hidden(self, input_ids, position_ids):
+        batch, length = input_ids.shape
+        if self.config._attn_implementation == "flash_attention_2":  # padding-free: rows flattened into one
+            input_ids, position_ids = input_ids.reshape(1, -1), position_ids.reshape(1, -1)
+        out = self.gpt_neox(input_ids=input_ids, position_ids=position_ids, use_cache=False)  # no mask, no cache:
+        return out.last_hidden_state.reshape(batch, length, -1)  # transformers detects the packed articles
+
+
+class PackedBloomForCausalLM(PackedLM, BloomForCausalLM):
     """BLOOM causal LM whose transformer is ``PackedBloomModel``; saves as a plain BloomForCausalLM."""
 
     def __init__(self, config):
@@ -44,13 +65,16 @@ class PackedBloomForCausalLM(BloomForCausalLM):
         self.transformer = PackedBloomModel(config)
         # a tied head takes the embedding's weight in post_init: never build (or partition) a full one first
         tied = config.tie_word_embeddings
-        self.lm_head = nn.Linear(config.hidden_size, 0 if tied else config.vocab_size, bias=False)
+        self.lm_head = LinearCEHead(config.hidden_size, 0 if tied else config.vocab_size, bias=False)
         self.lm_head.out_features = config.vocab_size
         self.post_init()
         self.config.architectures = ["BloomForCausalLM"]
 
+    def packed_hidden(self, input_ids, position_ids):
+        return self.transformer(input_ids=input_ids, position_ids=position_ids).last_hidden_state
 
-MODEL_CLASSES = {"pythia": GPTNeoXForCausalLM, "bloom": PackedBloomForCausalLM}
+
+MODEL_CLASSES = {"pythia": PackedGPTNeoXForCausalLM, "bloom": PackedBloomForCausalLM}
 
 
 def tiny_config(mc: ModelConfig, vocab_size: int, max_len: int):
@@ -72,13 +96,15 @@ def tiny_config(mc: ModelConfig, vocab_size: int, max_len: int):
 
 
 def build_model(mc: ModelConfig, vocab_size: int, max_len: int, init_from: Path | None = None, seed: int = 0,
-                ds: dict | None = None, ds_name: str = "ds/cpu.json", lora: bool = False):
+                ds: dict | None = None, ds_name: str = "ds/cpu.json", lora: bool = False, attn: str = "sdpa"):
     """The model to train, checked against the data and the memory here, loaded as ``ds`` will train it.
 
     ``init_from`` / ``name_or_path`` load safetensors only, with no remote code; otherwise the tiny shape is
     built from config. Returns (model, keepalive): keep the second alive while training (ZeRO-3's
     ``HfDeepSpeedConfig``). Without ``ds`` the model is built in fp32 for one process (tests, tools).
+    ``attn`` is the attention implementation for packed rows (``training/attention.py``).
     """
+    check_attention(mc.kind, attn)
     cls = MODEL_CLASSES[mc.kind]
     source = str(init_from) if init_from else mc.name_or_path
     config = model_config(mc, source, vocab_size, max_len)
@@ -91,32 +117,32 @@ def build_model(mc: ModelConfig, vocab_size: int, max_len: int, init_from: Path 
     facts = DsFacts.of(ds or {})
     if ds is not None:
         check_memory(cls, config, facts, ds_name, lora)
-    return load_model(cls, config, source, facts, ds or {}, seed)
+    # transformers runs BLOOM eager only; PackedBloomModel picks its own packed kernel from attn_impl
+    config._attn_implementation = attn if mc.kind == "pythia" else "eager"
+    model, keep = load_model(cls, config, source, facts, ds or {}, seed)
+    if mc.kind == "bloom":
+        model.transformer.attn_impl = attn
+    elif model.config._attn_implementation != attn:
+        raise ConfigError(f"attn_implementation {attn}: transformers chose {model.config._attn_implementation} "
+                          "for this model; use sdpa")
+    return model, keep
 
 
-def block_causal_mask(segment_ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Additive (B, 1, L, L) mask: 0 where key <= query in the same segment, a large negative elsewhere."""
-    length = segment_ids.shape[-1]
-    causal = torch.ones(length, length, dtype=torch.bool, device=segment_ids.device).tril()
-    allowed = (segment_ids[:, :, None] == segment_ids[:, None, :]) & causal
-    mask = torch.zeros(allowed.shape, dtype=dtype, device=segment_ids.device)
-    mask.masked_fill_(~allowed, torch.finfo(dtype).min)
-    return mask[:, None]
+def packed_loss(model, batch: dict) -> torch.Tensor:
+    """Summed weighted next-token loss of packed rows (attention isolated per article, no full fp32 logits)."""
+    return model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], loss_weights=batch["weights"]).loss
 
 
 def packed_forward(model, batch: dict) -> torch.Tensor:
-    """Logits of packed rows with attention isolated per article."""
-    dtype = next(model.parameters()).dtype
-    mask = block_causal_mask(batch["segment_ids"], dtype)
-    return model(input_ids=batch["input_ids"], attention_mask=mask, position_ids=batch["position_ids"],
-                 use_cache=False).logits
+    """Logits of packed rows with attention isolated per article (tests, benchmarks)."""
+    return model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], packed=True).logits
 
 
 def weighted_loss(logits: torch.Tensor, input_ids: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, float]:
-    """Summed next-token cross-entropy weighted per target token, and the summed weight.
+    """Summed next-token cross-entropy weighted per target token, and the summed weight, from full logits.
 
-    Sums, not a mean: the trainer divides by the optimizer step's supervised weight over every micro-batch
-    and rank, so each token counts the same whatever the batch shape.
+    The reference that ``packed_loss`` must equal (tests, benchmarks). Sums, not a mean: the trainer divides by
+    the optimizer step's supervised weight over every micro-batch and rank.
     """
     ce = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), input_ids[:, 1:].reshape(-1),
                          reduction="none")

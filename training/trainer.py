@@ -19,16 +19,16 @@ import shutil
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from data_prep.atomic import atomic_write
 from training import checkpoint
+from training.attention import check_attention
 from training.config import ConfigError, StageConfig, deepspeed_dict, first_line
-from training.data import PackedDataset, split_files
+from training.data import PackedDataset, StepSampler, collate, split_files, step_loader
 from training.distributed import global_sum, init_process_group, rank, to_device, world_size
 from training.loading import DsFacts, check_hardware
-from training.modeling import apply_lora, build_model, enable_checkpointing, packed_forward, weighted_loss
+from training.modeling import apply_lora, build_model, enable_checkpointing, packed_loss
 
 
 def check_inputs(cfg: StageConfig) -> tuple[Path, Path | None]:
@@ -43,12 +43,8 @@ def check_inputs(cfg: StageConfig) -> tuple[Path, Path | None]:
     init = cfg.resolve(cfg.init_from)
     if init is not None and not (init / "config.json").is_file():
         raise ConfigError(f"init_from {init} is not a saved model (no config.json); run the earlier stage first")
+    check_attention(cfg.model.kind, cfg.attn_implementation)
     return data_dir, init
-
-
-def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
-    """The global row order of an epoch (the same on every run and every rank)."""
-    return np.random.default_rng([seed, epoch]).permutation(n)
 
 
 def make_scheduler(cfg: StageConfig, total_steps: int):
@@ -69,10 +65,6 @@ def logged_step(line: str) -> float:
         return json.loads(line)["step"]
     except (ValueError, KeyError, TypeError):
         return math.inf
-
-
-def collate(rows: list[dict]) -> dict:
-    return {k: torch.stack([r[k] for r in rows]) for k in rows[0]}
 
 
 def sha256_file(path: Path) -> str | None:
@@ -115,7 +107,7 @@ class StageRunner:
         meta = self.train.meta
         model, self._keep_alive = build_model(cfg.model, meta["vocab_size"], meta["max_seq_length"], self.init,
                                               cfg.seed, ds=self.ds_config, ds_name=cfg.deepspeed,
-                                              lora=cfg.lora is not None)
+                                              lora=cfg.lora is not None, attn=cfg.attn_implementation)
         if cfg.gradient_checkpointing:
             enable_checkpointing(model)
         if cfg.lora:
@@ -132,20 +124,17 @@ class StageRunner:
         except (ValueError, AssertionError, NotImplementedError, RuntimeError) as exc:
             raise ConfigError(f"deepspeed config {cfg.deepspeed} does not run here: {first_line(exc)}") from None
         self.device = self.engine.device
-        self._perm: tuple[int, np.ndarray] | None = None
         if saved:
             checkpoint.load(self.engine, self.ckpt, saved, load_tag)
 
     # ---- data ----
-    def step_batches(self, step: int) -> list[dict]:
-        """This rank's micro-batches of optimizer step ``step`` (0-based), on the CPU."""
-        epoch, s = divmod(step, self.steps_per_epoch)
-        if self._perm is None or self._perm[0] != epoch:
-            self._perm = (epoch, epoch_order(len(self.train), self.cfg.seed, epoch))
-        mb, gas = self.cfg.micro_batch_size, self.cfg.gradient_accumulation_steps
-        rows = self._perm[1][s * self.rows_per_step:(s + 1) * self.rows_per_step]
-        mine = rows[self.rank * mb * gas:(self.rank + 1) * mb * gas]
-        return [collate([self.train[int(i)] for i in mine[m * mb:(m + 1) * mb]]) for m in range(gas)]
+    def batches(self, start: int):
+        """This rank's micro-batches from optimizer step ``start`` to the end, on the CPU (pinned on CUDA)."""
+        cfg = self.cfg
+        sampler = StepSampler(len(self.train), cfg.seed, cfg.micro_batch_size, cfg.gradient_accumulation_steps,
+                              self.world, self.rank, self.steps_per_epoch, start, self.total_steps)
+        return iter(step_loader(self.train, sampler, cfg.dataloader_workers, cfg.dataloader_prefetch,
+                                pin=self.device.type == "cuda"))
 
     def evaluate(self) -> float | None:
         """Token-weighted dev loss, rows sharded over ranks (equal counts; fill rows weigh 0), sums all-reduced."""
@@ -162,18 +151,17 @@ class StageRunner:
             rows = [self.dev[i] for i in mine] + [dict(self.dev[0], weights=torch.zeros_like(self.dev[0]["weights"]))
                                                   for _ in range(fill)]
             for lo in range(0, len(rows), mb):
-                b = to_device(collate(rows[lo:lo + mb]), self.device)
-                loss_sum, w = weighted_loss(packed_forward(self.engine, b), b["input_ids"], b["weights"])
-                num += loss_sum
-                den += w
+                batch = collate(rows[lo:lo + mb])
+                den += float(batch["weights"][:, :-1].sum())
+                num += packed_loss(self.engine, to_device(batch, self.device))
         self.engine.train()
         num, den = global_sum([num, den], self.device)
         return num / max(den, 1e-8)
 
     # ---- loop ----
-    def train_step(self, step: int) -> tuple[float, float, float]:
-        """One optimizer step; returns the global (loss, supervised weight, real tokens)."""
-        batches = self.step_batches(step)
+    def train_step(self, loader) -> tuple[float, float, float]:
+        """One optimizer step on the next micro-batches of ``loader``; returns global (loss, weight, real tokens)."""
+        batches = [next(loader) for _ in range(self.cfg.gradient_accumulation_steps)]
         local_w = sum(float(b["weights"][:, :-1].sum()) for b in batches)  # on the CPU: no device sync
         local_real = sum(float(b["real_tokens"].sum()) for b in batches)
         batches = [to_device(b, self.device) for b in batches]
@@ -181,7 +169,7 @@ class StageRunner:
         scale = self.world / max(total_w, 1e-8)  # DeepSpeed averages gradients over ranks: undo it
         loss_acc = torch.zeros((), dtype=torch.float64, device=self.device)
         for b in batches:
-            loss_sum, _ = weighted_loss(packed_forward(self.engine, b), b["input_ids"], b["weights"])
+            loss_sum = packed_loss(self.engine, b)
             self.engine.backward(loss_sum * scale, scale_wrt_gas=False)
             self.engine.step()
             loss_acc += loss_sum.detach()
@@ -209,8 +197,9 @@ class StageRunner:
         self.engine.train()
         t0, tokens, sup = time.perf_counter(), 0.0, 0.0
         last_loss = None
+        loader = self.batches(self.engine.global_steps)
         for step0 in range(self.engine.global_steps, self.total_steps):
-            last_loss, w, real = self.train_step(step0)
+            last_loss, w, real = self.train_step(loader)
             tokens, sup = tokens + real, sup + w
             step = self.engine.global_steps
             bar.update(1)

@@ -6,8 +6,8 @@ import torch
 
 from training.config import LoraConfig, ModelConfig, TinyShape
 from training.data import row_features
-from training.modeling import apply_lora, build_model, enable_checkpointing, packed_forward, weighted_loss
-from training.trainer import collate
+from training.modeling import apply_lora, build_model, enable_checkpointing, packed_loss
+from training.data import collate
 
 
 def packed_batch(token_dir, rows=2) -> dict:
@@ -27,12 +27,12 @@ def loss_and_grads(kind: str, batch: dict, checkpointing: bool, lora: bool) -> t
     saved = []
 
     def pack(t):
-        if t.shape[-1:] != (model.config.vocab_size,):  # the layers' activations, not the logits' (unchanged)
-            saved.append(t.numel())
+        saved.append(t.numel())
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):  # checkpointed layers save only their inputs
-        loss_sum, w = weighted_loss(packed_forward(model, batch), batch["input_ids"], batch["weights"])
+        loss_sum = packed_loss(model, batch)
+    w = float(batch["weights"][:, :-1].sum())
     (loss_sum / w).backward()
     return float(loss_sum / w), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}, sum(saved)
 

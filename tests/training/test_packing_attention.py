@@ -1,37 +1,112 @@
-"""Attention is isolated per article inside a packed row, for GPT-NeoX (rotary) and BLOOM (ALiBi)."""
+"""Attention is isolated per article inside a packed row, for GPT-NeoX (rotary) and BLOOM (ALiBi), for every
+attention implementation available here, in fp32 and bf16, at length 2048."""
 
 import h5py
 import numpy as np
 import pytest
 import torch
 
-from training.config import ModelConfig, TinyShape
+from training.attention import SUPPORTED, check_attention
+from training.config import ConfigError, ModelConfig, TinyShape
 from training.data import row_features
 from training.modeling import build_model, packed_forward
 
+LENGTH, PROBE_AT = 2048, 1700
 
-@pytest.mark.parametrize("kind", ["pythia", "bloom"])
-def test_packed_logits_equal_each_article_alone(kind, token_dirs):
-    with h5py.File(token_dirs[1] / "train_1_of_2.hdf5") as f:
-        types = f["token_type_ids"][:]
-        row = int(np.argmax((types == 3).sum(axis=1)))  # the row holding the most articles
-        ids, types = f["input_ids"][row], types[row]
-    assert (types == 3).sum() >= 2
-    model = build_model(ModelConfig(kind=kind, tiny=TinyShape()), 50277, 128, seed=0)[0].eval()
+
+def available(kind):
+    """Implementations installed here that run on the CPU (flash-attn needs CUDA and bf16: not tested here)."""
+    out = []
+    for impl in SUPPORTED[kind]:
+        if impl == "flash_attention_2":
+            continue
+        try:
+            check_attention(kind, impl)
+            out.append(impl)
+        except ConfigError:
+            pass
+    return out
+
+
+CASES = [(kind, impl) for kind in ("pythia", "bloom") for impl in available(kind)]
+
+
+def articles(token_dir):
+    """The real articles (token ids, token types) of a tokenized split, each ending at its SEP token."""
+    out = []
+    for name in ("train_1_of_2.hdf5", "train_2_of_2.hdf5"):
+        with h5py.File(token_dir / name) as f:
+            for ids, types in zip(f["input_ids"][:], f["token_type_ids"][:], strict=True):
+                start = 0
+                for end in np.flatnonzero(types == 3):
+                    out.append((ids[start:end + 1], types[start:end + 1]))
+                    start = end + 1
+    return out
+
+
+def packed_row(token_dir):
+    """A 2048-token row of real articles with a probe article starting after position 1700, then padding."""
+    arts = articles(token_dir)
+    probe = max(arts, key=lambda a: len(a[0]))
+    ids, types, at = [], [], 0
+    for a in arts:
+        if at >= PROBE_AT:
+            break
+        ids.append(a[0])
+        types.append(a[1])
+        at += len(a[0])
+    assert PROBE_AT <= at <= LENGTH - len(probe[0])
+    pad = LENGTH - at - len(probe[0])
+    ids = np.concatenate(ids + [probe[0], np.zeros(pad, dtype=probe[0].dtype)])
+    types = np.concatenate(types + [probe[1], np.full(pad, 2, dtype=probe[1].dtype)])
+    return ids, types, slice(at, at + len(probe[0])), len(arts[0][0])
+
+
+def logits(model, ids, types):
     feats = row_features(ids, types, 0.0)
     with torch.no_grad():
-        packed = packed_forward(model, {k: v[None] for k, v in feats.items()})[0]
-        ends = np.flatnonzero(types == 3)
-        start, naive_gap = 0, 0.0
-        for end in ends:
-            alone = model(input_ids=torch.tensor(ids[start:end + 1], dtype=torch.long)[None]).logits[0]
-            torch.testing.assert_close(packed[start:end + 1], alone, rtol=0, atol=1e-5)
-            start = end + 1
-        second = slice(ends[0] + 1, ends[1] + 1)
-        naive = model(input_ids=torch.tensor(ids, dtype=torch.long)[None]).logits[0]
-        alone = model(input_ids=torch.tensor(ids[second], dtype=torch.long)[None]).logits[0]
-        naive_gap = (naive[second] - alone).abs().max().item()
-    assert naive_gap > 1e-3  # without the mask the second article would see the first
+        return packed_forward(model, {k: v[None] for k, v in feats.items()})[0].float()
+
+
+def build(kind, impl, dtype):
+    shape = TinyShape(hidden_size=64, num_layers=2, num_heads=4)
+    return build_model(ModelConfig(kind=kind, tiny=shape), 50277, LENGTH, seed=0, attn=impl)[0].to(dtype).eval()
+
+
+@pytest.mark.parametrize("kind,impl", CASES)
+def test_packed_logits_equal_each_article_alone(kind, impl, token_dirs):
+    ids, types, probe, first = packed_row(token_dirs[1])
+    fp32, bf16 = build(kind, impl, torch.float32), build(kind, impl, torch.bfloat16)
+    ref = {"first": logits(fp32, ids[:first], types[:first]), "probe": logits(fp32, ids[probe], types[probe])}
+    packed32, packed16 = logits(fp32, ids, types), logits(bf16, ids, types)
+    for name, where in (("first", slice(0, first)), ("probe", probe)):
+        torch.testing.assert_close(packed32[where], ref[name], rtol=0, atol=2e-5, msg=f"{kind} {impl} fp32 {name}")
+    # bf16: the probe packed at 1700 is as close to fp32 as the probe alone in bf16 (the issue asks for 1.5x; we
+    # compute the same numbers, so 1.1x. ALiBi from absolute positions makes it 1.2x worse on this tiny model)
+    alone16 = logits(bf16, ids[probe], types[probe])
+    dev_alone = (alone16 - ref["probe"]).abs().mean().item()
+    dev_packed = (packed16[probe] - ref["probe"]).abs().mean().item()
+    assert dev_packed <= 1.1 * dev_alone + 1e-7, (kind, impl, dev_packed, dev_alone)
+    # the stock forward of one article (what inference runs) agrees with the packed path
+    with torch.no_grad():
+        stock = fp32(input_ids=torch.as_tensor(ids[probe], dtype=torch.long)[None]).logits[0]
+    torch.testing.assert_close(stock, ref["probe"], rtol=0, atol=2e-5)
+    # without restarting positions (one long article) the probe would see everything before it
+    naive = row_features(ids, types, 0.0)
+    naive["position_ids"] = torch.arange(LENGTH)
+    with torch.no_grad():
+        unisolated = packed_forward(fp32, {k: v[None] for k, v in naive.items()})[0][probe]
+    assert (unisolated - ref["probe"]).abs().max() > 1e-3
+
+
+def test_unavailable_or_unisolating_attention_is_one_line():
+    with pytest.raises(ConfigError, match="cannot isolate packed articles"):
+        check_attention("bloom", "flex_attention")
+    from transformers.utils import is_flash_attn_2_available
+
+    if not is_flash_attn_2_available():
+        with pytest.raises(ConfigError, match="flash-attn"):
+            build_model(ModelConfig(kind="pythia", tiny=TinyShape()), 50277, 128, attn="flash_attention_2")
 
 
 def test_row_features_weights_positions_segments():

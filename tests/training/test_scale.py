@@ -22,12 +22,13 @@ def metrics(out) -> list[dict]:
 
 @pytest.mark.slow
 def test_topologies_and_process_counts_train_the_same_step(token_dirs, stage_config, tmp_path):
-    """micro 1 x accum 4, 2 x 2, 4 x 1 (one process) and 1 x 2 on two processes: same weights, loss, eval."""
-    runs = {"m1a4": (1, 4, 1), "m2a2": (2, 2, 1), "m4a1": (4, 1, 1), "m1a2x2": (1, 2, 2)}
+    """micro 1 x accum 4, 2 x 2, 4 x 1 (one process) and 1 x 2 on two processes: same weights, loss, eval;
+    with or without DataLoader workers."""
+    runs = {"m1a4": (1, 4, 1, 0), "m2a2": (2, 2, 1, 2), "m4a1": (4, 1, 1, 0), "m1a2x2": (1, 2, 2, 1)}
     results = {}
-    for name, (micro, accum, procs) in runs.items():
+    for name, (micro, accum, procs, workers) in runs.items():
         cfg = stage_config(name, token_dirs[0], max_steps=3, micro_batch_size=micro, gradient_accumulation_steps=accum,
-                           lr=LR, save_every=2, eval_every=3)
+                           lr=LR, save_every=2, eval_every=3, dataloader_workers=workers)
         r = run_stage(cfg, procs=procs)
         assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-2000:])
         out = tmp_path / "ckpt" / name
@@ -61,7 +62,7 @@ def test_two_process_kill_and_resume_ends_with_the_same_weights(token_dirs, stag
                 lora={"r": 4, "alpha": 8, "dropout": 0.2})
     ref = run_stage(stage_config("ref", token_dirs[0], **over), procs=2)
     assert ref.returncode == 0, ref.stderr[-2000:]
-    cfg = stage_config("killed", token_dirs[0], **over)
+    cfg = stage_config("killed", token_dirs[0], dataloader_workers=1, **over)  # resumed reader processes too
     out = tmp_path / "ckpt" / "killed"
     proc = subprocess.Popen(stage_command(cfg, procs=2), cwd=ROOT, env=stage_env(2), start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

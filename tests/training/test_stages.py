@@ -121,6 +121,9 @@ def test_bad_inputs_fail_before_training_in_one_line(token_dirs, stage_config, t
         (stage_config("z", oig, init_from=str(tmp_path / "missing")), "run the earlier stage first"),
         (stage_config("w", oig, model={"kind": "gpt3", "tiny": {}}), "model.kind"),
         (stage_config("v", oig, deepspeed="training/configs/ds/nope.json"), "deepspeed config"),
+        (stage_config("t", oig, model={"kind": "bloom", "tiny": {}}, attn_implementation="flex_attention"),
+         "cannot isolate packed articles with bloom's ALiBi"),
+        (stage_config("s", oig, attn_implementation="flash"), "attn_implementation: Input should be"),
     ]
     shifted = tmp_path / "shifted"
     shutil.copytree(oig, shifted)
