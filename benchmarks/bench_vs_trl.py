@@ -7,7 +7,8 @@ packed HDF5 rows; TRL gets the very same articles (ids and completion masks cut 
 pre-tokenized dataset and packs them itself (``packing_strategy="bfd"``, which makes it padding-free), with
 ``completion_only_loss=True``, so both supervise the same tokens. Rows (8,192 token slots per optimizer step):
 
-    ours         python -m training.run (DeepSpeed, CPU), 1 row x 4 accumulation, block mask + position ids
+    ours         python -m training.run (DeepSpeed, CPU), 1 row x 4 accumulation, restarting position ids (SDPA,
+                 no mask built by us), fused chunked loss
     trl          SFTTrainer, 1 packed row x 4 accumulation, gradient checkpointing off (our batch shape)
     trl-default  SFTTrainer with SFTConfig(packing=True) defaults (gradient checkpointing on, padding-free
                  flattening of the batch into one row), 4 rows x 1 accumulation to keep the slots

@@ -164,13 +164,13 @@ def parse_text(text: str, bot_aliases: tuple[str, ...] = OIG_BOT_ALIASES) -> tup
 def prompt_for_next_bot_turn(history: list[Turn], user_text: str, eos_token: str) -> str:
     """The exact text training saw before a bot reply: past pairs each closed by EOS, then the new turn.
 
-    ``history`` alternates human/bot and ends with a bot turn (or is empty). Human texts are
-    role-tag escaped, so a typed ``\\n<bot>:`` stays text.
+    ``history`` alternates human/bot and ends with a bot turn (or is empty). Human and bot texts are
+    role-tag escaped as in training data, so a typed or generated ``\\n<bot>:`` stays text.
     """
     parts = []
     for i in range(0, len(history) - 1, 2):
         parts.append(human_prompt(escape_role_tags(history[i].text)[0], first=(i == 0)))
-        parts.append(" " + history[i + 1].text.lstrip(" ") + eos_token)
+        parts.append(" " + escape_role_tags(history[i + 1].text)[0].lstrip(" ") + eos_token)
     parts.append(human_prompt(escape_role_tags(user_text)[0], first=not history))
     return "".join(parts)
 
@@ -183,7 +183,8 @@ CHAT_TEMPLATE = (
     "{% if not loop.first %}{{ '\\n' }}{% endif %}"
     "{{ '<human>: ' + message['content'].replace('<human>:', '<human> :').replace('<bot>:', '<bot> :') }}"
     "{% elif message['role'] == 'assistant' %}"
-    "{{ '\\n<bot>: ' + message['content'].lstrip(' ') + eos_token }}"
+    "{{ '\\n<bot>: ' + message['content'].replace('<human>:', '<human> :').replace('<bot>:', '<bot> :').lstrip(' ')"
+    " + eos_token }}"
     "{% else %}{{ raise_exception('the BLOOMChat format has only user and assistant roles') }}"
     "{% endif %}"
     "{% endfor %}"

@@ -1,6 +1,7 @@
 """``python inference/chat.py --model DIR_OR_HUB_ID``: chat with a trained model (or a LoRA adapter dir).
 
     python inference/chat.py --model training/ckpt/stage2_oa_dolly/final --greedy --verbose
+    python inference/chat.py --model sambanovasystems/BLOOMChat-176B-v1 --device auto --dtype bf16
 """
 
 import argparse
@@ -11,33 +12,52 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def main(argv=None) -> int:
+def parse(argv):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="training/ckpt/stage2_oa_dolly/final",
                     help="save_pretrained dir, hub id, or LoRA adapter dir")
+    ap.add_argument("--device", default="auto", help="auto (every GPU, else the CPU), cpu, cuda or cuda:N")
+    ap.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32"])
+    ap.add_argument("--quantize", choices=["8bit", "4bit"], help="load in 8 or 4 bits (bitsandbytes, CUDA)")
     ap.add_argument("--greedy", action="store_true", help="deterministic replies (no sampling)")
+    for name, kind in (("temperature", float), ("top-p", float), ("top-k", int), ("repetition-penalty", float),
+                       ("max-new-tokens", int), ("seed", int)):
+        ap.add_argument(f"--{name}", type=kind, default=None, help="default: the model's generation_config.json")
     ap.add_argument("--verbose", action="store_true", help="show time to first token and tokens/s per reply")
-    ap.add_argument("--max-new-tokens", type=int, default=None)
+    ap.add_argument("--history-file", default=None, help="readline history (default under ~/.local/state; "
+                    "'' for none)")
     ap.add_argument("--message", default=None, help="send one message, print the reply, exit")
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
 
-    from inference.generate import ChatSession, load_model_tokenizer_for_generate
-    from inference.repl import ChatApp, default_params
 
+def main(argv=None) -> int:
+    args = parse(argv)
+    from inference.generate import ChatSession
+    from inference.loading import LoadError, load_for_chat
+    from inference.repl import ChatApp, banner, default_history_file, setup_readline
+    from inference.sampling import Sampling, SettingError
+
+    given = {k: getattr(args, k) for k in ("temperature", "top_p", "top_k", "repetition_penalty", "max_new_tokens",
+                                           "seed") if getattr(args, k) is not None}
+    if args.greedy:
+        given["do_sample"] = False
     try:
-        model, tokenizer = load_model_tokenizer_for_generate(args.model)
-    except (OSError, ValueError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        print(f"error: --model {args.model}: cannot load ({first})", file=sys.stderr)
+        loaded = load_for_chat(args.model, args.device, args.dtype, args.quantize)
+        session = ChatSession(loaded.model, loaded.tokenizer, device=loaded.device)
+        sampling = Sampling.from_model_dir(loaded.source if Path(loaded.source).is_dir() else None)
+        session.set_sampling(sampling.updated(**given))
+    except (LoadError, SettingError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
-    params = default_params(args.greedy)
-    if args.max_new_tokens:
-        params["max_new_tokens"] = args.max_new_tokens
-    app = ChatApp(ChatSession(model, tokenizer, params=params), verbose=args.verbose)
+    app = ChatApp(session, verbose=args.verbose)
     if args.message is not None:
         app.reply(args.message)
         return 0
-    return app.loop()
+    save_history = setup_readline(default_history_file() if args.history_file is None else args.history_file)
+    try:
+        return app.loop(banner=banner(loaded, session))
+    finally:
+        save_history()
 
 
 if __name__ == "__main__":

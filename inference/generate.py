@@ -3,49 +3,33 @@
 ``load_model_tokenizer_for_generate`` and ``generate_response`` follow Dolly's API; ``ChatSession`` keeps a
 multi-turn history rendered by ``data_prep.chat_format`` (the exact text training saw), trims the oldest
 turns to fit the context, streams text, and stops at the trained end-of-turn token or at a ``<human>:``
-tag, which is never printed even in part.
+tag, which is never printed even in part. The KV cache of the previous turn is kept and reused for the
+unchanged token prefix of the next prompt, so a turn costs its new tokens, not the whole history.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteria, StoppingCriteriaList
+from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
 from data_prep.chat_format import (BOT, HUMAN, HUMAN_TAG, Conversation, Turn, escape_role_tags,
                                    prompt_for_next_bot_turn, to_pairs)
+from inference.loading import load_for_chat
+from inference.sampling import Sampling
 
 STOP_STRINGS = ("\n" + HUMAN_TAG, HUMAN_TAG)
-DEFAULTS = {"temperature": 0.8, "top_p": 0.9, "top_k": 0, "repetition_penalty": 1.2, "max_new_tokens": 512,
-            "do_sample": True, "seed": None}  # BLOOMChat's sampling defaults
+COMPLETE = ("eos", "stop-string")  # replies that ended by themselves: the only ones /save writes
 
 
-def load_model_tokenizer_for_generate(path: str):
-    """(model, tokenizer) from a save_pretrained dir, a hub id, or a LoRA adapter dir (safetensors only)."""
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    adapter = Path(path) / "adapter_config.json"
-    if adapter.is_file():
-        import json
-
-        from peft import PeftModel
-
-        base = json.loads(adapter.read_text())["base_model_name_or_path"]
-        model = AutoModelForCausalLM.from_pretrained(base, use_safetensors=True, trust_remote_code=False)
-        model = PeftModel.from_pretrained(model, path).merge_and_unload()
-        tok_src = path if (Path(path) / "tokenizer_config.json").is_file() else base
-    else:
-        model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True, trust_remote_code=False)
-        tok_src = path
-    tokenizer = AutoTokenizer.from_pretrained(tok_src, trust_remote_code=False)
-    model.eval()
-    return model, tokenizer
+def load_model_tokenizer_for_generate(path: str, device: str = "auto", dtype: str = "auto"):
+    """Dolly's loader: (model, tokenizer) from a save_pretrained dir, a hub id or a LoRA adapter dir."""
+    loaded = load_for_chat(path, device, dtype)
+    return loaded.model, loaded.tokenizer
 
 
 def context_length(model, tokenizer) -> int:
@@ -115,24 +99,64 @@ class Reply:
     stop: str  # eos | stop-string | length | interrupted
     ttft: float | None
     tokens_per_s: float | None
+    reused_tokens: int = 0  # prompt tokens served from the previous turn's KV cache
+    prompt_tokens: int = 0
+
+    @property
+    def complete(self) -> bool:
+        """Ended by itself with some text: fit to be training data."""
+        return self.stop in COMPLETE and bool(self.text)
+
+
+@dataclass
+class Exchange:
+    user: str
+    reply: Reply
+
+
+def turns(exchanges: list[Exchange]) -> list[Turn]:
+    """The chat-format turns of some exchanges."""
+    return [t for e in exchanges for t in (Turn(HUMAN, e.user), Turn(BOT, e.reply.text))]
 
 
 @dataclass
 class ChatSession:
-    """A conversation with a model: history of turns, sampling parameters, trimming and streaming."""
+    """A conversation with a model: exchanges, sampling settings, trimming, streaming, a reused KV cache."""
 
     model: object
     tokenizer: object
-    params: dict = field(default_factory=lambda: dict(DEFAULTS))
-    history: list[Turn] = field(default_factory=list)
+    sampling: Sampling = field(default_factory=Sampling)
+    exchanges: list[Exchange] = field(default_factory=list)
     trimmed_turns: int = 0
+    device: str | None = None
+    _cache: object = None  # the previous generate()'s KV cache
+    _cache_ids: list[int] = field(default_factory=list)  # the tokens it holds
+
+    def __post_init__(self):
+        if self.device is None:
+            self.device = str(next(self.model.parameters()).device)
+
+    @property
+    def context(self) -> int:
+        return context_length(self.model, self.tokenizer)
+
+    @property
+    def history(self) -> list[Turn]:
+        return turns(self.exchanges)
+
+    def set_sampling(self, sampling: Sampling) -> None:
+        """Use ``sampling`` from the next reply on (checked against this model's context)."""
+        sampling.check_context(self.context)
+        self.sampling = sampling
+
+    def reset(self) -> None:
+        self.exchanges.clear()
+        self._cache, self._cache_ids = None, []
 
     def prompt_ids(self, user_text: str) -> list[int]:
         """Prompt tokens, dropping the oldest exchanges (then the start of the message) to fit the context."""
-        limit = context_length(self.model, self.tokenizer) - int(self.params["max_new_tokens"])
-        if limit < 16:
-            raise ValueError(f"max_new_tokens {self.params['max_new_tokens']} leaves no room for a prompt")
-        history = list(self.history)
+        limit = self.context - self.sampling.max_new_tokens
+        history = self.history
         self.trimmed_turns = 0
         while True:
             text = prompt_for_next_bot_turn(history, user_text, self.tokenizer.eos_token)
@@ -145,45 +169,83 @@ class ChatSession:
             else:  # the message alone is too long: keep its end
                 return ids[-limit:]
 
-    def respond(self, user_text: str, emit: Callable[[str], None] = lambda s: None) -> Reply:
-        """Generate the bot reply to ``user_text``; the exchange joins the history (also when interrupted)."""
+    def _reusable_cache(self, ids: list[int]):
+        """The previous turn's cache cut to the prompt's common token prefix (at least one token left to run)."""
+        if self._cache is None:
+            return None, 0
+        n = 0
+        limit = min(len(ids) - 1, len(self._cache_ids))
+        while n < limit and ids[n] == self._cache_ids[n]:
+            n += 1
+        if n == 0:
+            return None, 0
+        extra = self._cache.get_seq_length() - n
+        if extra > 0:
+            self._cache.crop(-extra)  # transformers: a negative count of tokens to remove from the end
+        return self._cache, n
+
+    def respond(self, user_text: str, emit: Callable[[str], None] = lambda s: None, **generate_kwargs) -> Reply:
+        """Generate the bot reply to ``user_text``; the exchange joins the history (also when interrupted).
+
+        ``generate_kwargs`` go to ``model.generate`` as given (beam search, max_length, ...)."""
         ids = self.prompt_ids(user_text)
-        p = self.params
-        if p.get("seed") is not None:
-            torch.manual_seed(int(p["seed"]))
-        streamer = ChatStreamer(self.tokenizer, emit)
-        kwargs = {"max_new_tokens": int(p["max_new_tokens"]), "do_sample": bool(p["do_sample"]),
-                  "repetition_penalty": float(p["repetition_penalty"]), "eos_token_id": self.tokenizer.eos_token_id,
+        s = self.sampling
+        if s.seed is not None:
+            torch.manual_seed(s.seed)
+        kwargs = {**s.generate_kwargs(), "eos_token_id": self.tokenizer.eos_token_id,
                   "pad_token_id": self.tokenizer.eos_token_id}
-        if kwargs["do_sample"]:
-            kwargs.update(temperature=float(p["temperature"]), top_p=float(p["top_p"]), top_k=int(p["top_k"]))
+        if "max_length" in generate_kwargs:
+            kwargs.pop("max_new_tokens")
+        kwargs.update(generate_kwargs)
+        streaming = int(kwargs.get("num_beams", 1)) == 1 and int(kwargs.get("num_return_sequences", 1)) == 1
+        streamer = ChatStreamer(self.tokenizer, emit)
+        if streaming:
+            kwargs.update(streamer=streamer, stopping_criteria=StoppingCriteriaList([_StopFlag(streamer)]))
+        cache, reused = self._reusable_cache(ids) if streaming else (None, 0)
+        self._cache, self._cache_ids = None, []  # dropped unless generation completes
         start = time.perf_counter()
-        stop = "length"
-        out = None
+        stop, out = "length", None
         try:
             with torch.no_grad():
-                out = self.model.generate(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids),
-                                          dtype=torch.long), streamer=streamer,
-                                          stopping_criteria=StoppingCriteriaList([_StopFlag(streamer)]), **kwargs)
+                out = self.model.generate(input_ids=torch.tensor([ids], device=self.device),
+                                          attention_mask=torch.ones(1, len(ids), dtype=torch.long, device=self.device),
+                                          past_key_values=cache, return_dict_in_generate=True, **kwargs)
         except KeyboardInterrupt:
             stop = "interrupted"
-        n_new = len(streamer.ids)
+        elapsed = time.perf_counter() - start
+        if out is not None and streaming and out.past_key_values is not None:
+            seq = out.sequences[0].tolist()
+            self._cache, self._cache_ids = out.past_key_values, seq[:out.past_key_values.get_seq_length()]
+        if streaming:
+            text, n_new = streamer.text, len(streamer.ids)
+            first = streamer.first_token_at
+        else:  # beam search: no streamer; cut at a stop string afterwards
+            new = out.sequences[0, len(ids):].tolist() if out is not None else []
+            text, n_new, first = self.tokenizer.decode(new, skip_special_tokens=True), len(new), None
+            cut = min((i for i in (text.find(x) for x in STOP_STRINGS) if i >= 0), default=-1)
+            if cut >= 0:
+                text, streamer.stopped = text[:cut], True
         if stop != "interrupted":
             if streamer.stopped:
                 stop = "stop-string"
-            elif out is not None and out.shape[1] > len(ids) and int(out[0, -1]) == self.tokenizer.eos_token_id:
+            elif out is not None and out.sequences.shape[1] > len(ids) and \
+                    int(out.sequences[0, -1]) == self.tokenizer.eos_token_id:
                 stop = "eos"
-        elapsed = time.perf_counter() - start
-        ttft = streamer.first_token_at - start if streamer.first_token_at else None
-        text = streamer.text.strip()
-        self.history += [Turn(HUMAN, user_text), Turn(BOT, text)]
-        return Reply(text, n_new, stop, ttft, n_new / elapsed if elapsed > 0 and n_new else None)
+        ttft = first - start if first else None
+        reply = Reply(text.strip(), n_new, stop, ttft, n_new / elapsed if elapsed > 0 and n_new else None, reused,
+                      len(ids))
+        self.exchanges.append(Exchange(user_text, reply))
+        return reply
 
 
-def generate_response(instruction: str, model, tokenizer, **generate_kwargs) -> str:
-    """Dolly's API: one instruction in, the bot's reply out (our chat format, stops at end of turn)."""
-    session = ChatSession(model, tokenizer, params={**DEFAULTS, **generate_kwargs})
-    return session.respond(instruction).text
+def generate_response(instruction: str, model, tokenizer, **kwargs) -> str:
+    """Dolly's API: one instruction in, the bot's reply out (our chat format, stops at end of turn).
+
+    Sampling settings (temperature, top_p, top_k, repetition_penalty, max_new_tokens, do_sample, seed) are
+    validated; every other argument goes to ``model.generate`` unchanged."""
+    names = set(Sampling.names())
+    session = ChatSession(model, tokenizer, sampling=Sampling.make(**{k: v for k, v in kwargs.items() if k in names}))
+    return session.respond(instruction, **{k: v for k, v in kwargs.items() if k not in names}).text
 
 
 def as_data_prep_line(history: list[Turn], conv_id: str) -> list[dict]:

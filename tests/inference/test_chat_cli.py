@@ -1,6 +1,8 @@
 """The real chat CLI in a pseudo-terminal (pexpect) against a tiny model trained by the training stage."""
 
 import json
+import shutil
+import subprocess
 import sys
 
 import pexpect
@@ -12,10 +14,11 @@ from tests.conftest import ROOT
 pytestmark = pytest.mark.slow
 
 
-def spawn(model_dir, *extra):
+def spawn(model_dir, *extra, history=""):
     child = pexpect.spawn(sys.executable, ["inference/chat.py", "--model", str(model_dir), "--greedy", "--verbose",
-                                           *extra], cwd=str(ROOT), encoding="utf-8", timeout=120,
-                          env={"TRANSFORMERS_VERBOSITY": "error", "PATH": "/usr/bin:/bin"})
+                                           "--history-file", str(history), *extra], cwd=str(ROOT), encoding="utf-8",
+                          timeout=120, env={"TRANSFORMERS_VERBOSITY": "error", "PATH": "/usr/bin:/bin"},
+                          dimensions=(40, 200))
     child.expect_exact(">>> ")
     return child
 
@@ -97,7 +100,7 @@ def test_ctrl_c_stops_a_reply_and_ctrl_d_exits(trained_model):
     child.expect_exact("bot: ")
     child.expect(r"\S{5}")  # some text has streamed
     child.sendintr()
-    child.expect_exact("[reply interrupted]")
+    child.expect_exact("[reply interrupted")
     child.expect(r"stop: interrupted")
     child.expect_exact(">>> ")
     child.sendline("/params")  # the session is still alive
@@ -109,3 +112,90 @@ def test_ctrl_c_stops_a_reply_and_ctrl_d_exits(trained_model):
     child.expect(pexpect.EOF)
     child.close()
     assert child.exitstatus == 0
+
+
+def test_bad_settings_and_saves_are_one_line_and_the_session_goes_on(trained_model, tmp_path):
+    model_dir, records = trained_model
+    child = spawn(model_dir)
+    bad = ["temperature -1", "temperature nan", "top_p -0.1", "top_k -1", "repetition_penalty 0", "max_new_tokens 0",
+           "max_new_tokens 2040", "max_new_tokens 100000", "seed 99999999999999999999999", "do_sample ture",
+           "colour blue"]
+    for setting in bad:
+        child.sendline(f"/set {setting}")
+        child.expect(r"\[not set: ([^\r\n]*)\]\r\n")
+        assert setting.split()[0] in child.match.group(1), (setting, child.match.group(1))
+    child.sendline("/set temperature 0")  # accepted: greedy, as in the OpenAI API
+    child.expect_exact("[temperature = 0.0]")
+    assert ask(child, records[0]["instruction"]) == "eos"  # still alive, settings unchanged
+    child.sendline("/save /no/such/dir/x.jsonl")
+    child.expect_exact("[cannot write /no/such/dir/x.jsonl")
+    child.expect_exact("the conversation is kept")
+    save = tmp_path / "ok.jsonl"
+    child.sendline(f"/save {save}")
+    child.expect_exact("appended")
+    child.sendline("/quit")
+    child.expect(pexpect.EOF)
+    assert len(json.loads(save.read_text())) == 1
+
+
+def test_long_multiline_and_pasted_messages_history_and_banner(trained_model, tmp_path):
+    model_dir, records = trained_model
+    hist = tmp_path / "hist"
+    child = spawn(model_dir, "--max-new-tokens", "4", history=hist)
+    assert "device cpu | dtype fp32" in child.before and "max_new_tokens=4" in child.before  # the banner
+    child.sendline("word " * 1200)  # 6,000 characters: a terminal without readline cuts at 4,095
+    child.expect(r"prompt (\d+) tokens")
+    assert int(child.match.group(1)) > 1200
+    child.expect_exact(">>> ")
+    child.sendline('"""first line')
+    child.expect_exact("... ")
+    child.sendline("second line")
+    child.expect_exact("... ")
+    child.sendline('third line"""')
+    child.expect(r"prompt (\d+) tokens")
+    child.expect_exact(">>> ")
+    child.send("\x1b[200~pasted one\npasted two\x1b[201~\r")  # bracketed paste of two lines
+    child.expect(r"prompt (\d+) tokens, (\d+) from cache")
+    assert int(child.match.group(2)) > 1200  # the earlier turns came from the KV cache
+    child.expect_exact(">>> ")
+    for _ in range(3):
+        child.sendline("/undo")
+        child.expect_exact("[last exchange removed]")
+    child.sendline("/undo")  # three messages made three exchanges, not six
+    child.expect_exact("[nothing to undo]")
+    child.sendline(f"/save {tmp_path / 'cut.jsonl'}")  # every reply was cut at 4 tokens: nothing is saved
+    child.expect_exact("[nothing to save")
+    child.sendline("/quit")
+    child.expect(pexpect.EOF)
+    assert not (tmp_path / "cut.jsonl").exists()
+    assert "third line" in hist.read_text() and "/undo" in hist.read_text()
+
+
+@pytest.mark.parametrize("make,needle", [
+    (lambda d, t: t / "nowhere", "no such directory"),
+    (lambda d, t: d.parent, "training stage dir; give its model: --model"),
+    (lambda d, t: strip_tokenizer(d, t), "no tokenizer files"),
+])
+def test_start_up_problems_are_one_line_with_the_fix(trained_model, tmp_path, make, needle):
+    model_dir, _ = trained_model
+    r = subprocess.run([sys.executable, "inference/chat.py", "--model", str(make(model_dir, tmp_path)),
+                        "--message", "hi"], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 2 and needle in r.stderr and r.stderr.count("\n") == 1, r.stderr[-2000:]
+
+
+def test_bad_flags_are_one_line(trained_model):
+    model_dir, _ = trained_model
+    for flags, needle in ((["--max-new-tokens", "-3"], "max_new_tokens"), (["--device", "cuda"], "CUDA GPU"),
+                          (["--quantize", "8bit", "--device", "cpu"], "needs a CUDA GPU"),
+                          (["--top-p", "2"], "top_p")):
+        r = subprocess.run([sys.executable, "inference/chat.py", "--model", str(model_dir), "--message", "hi", *flags],
+                           cwd=ROOT, capture_output=True, text=True)
+        assert r.returncode == 2 and needle in r.stderr and r.stderr.count("\n") == 1, (flags, r.stderr[-2000:])
+
+
+def strip_tokenizer(model_dir, tmp):
+    out = tmp / "no_tok"
+    shutil.copytree(model_dir, out)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (out / name).unlink(missing_ok=True)
+    return out

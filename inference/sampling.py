@@ -1,0 +1,108 @@
+"""Sampling settings: one typed, validated object for the CLI flags, ``/set``, the Python API and the server.
+
+Defaults come from the model's ``generation_config.json`` (training writes BLOOMChat's there). Every change is
+validated before it is used, so a bad value is one line (``SettingError``) and the session goes on.
+``temperature 0`` means greedy decoding, as in the OpenAI API.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+MIN_PROMPT_TOKENS = 16  # what a reply may never take from the context
+
+
+class SettingError(ValueError):
+    """A sampling setting that cannot be used, said in one line."""
+
+
+class Sampling(BaseModel):
+    """How replies are sampled (BLOOMChat's defaults unless the model's generation config says otherwise)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    temperature: float = Field(0.8, ge=0, le=100, allow_inf_nan=False)
+    top_p: float = Field(0.9, gt=0, le=1, allow_inf_nan=False)
+    top_k: int = Field(0, ge=0)
+    repetition_penalty: float = Field(1.2, gt=0, le=100, allow_inf_nan=False)
+    max_new_tokens: int = Field(512, ge=1, le=1_000_000)
+    do_sample: bool = True
+    seed: int | None = Field(None, ge=0, le=2**63 - 1)
+
+    @classmethod
+    def names(cls) -> list[str]:
+        return list(cls.model_fields)
+
+    @classmethod
+    def make(cls, where: str = "", **values) -> Sampling:
+        """Validated settings from keyword values; a bad one raises SettingError naming it."""
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            raise SettingError(f"{where}{why(exc)}") from None
+
+    @classmethod
+    def from_model_dir(cls, model_dir: str | Path | None) -> Sampling:
+        """Defaults from ``generation_config.json`` when the model dir has one (unknown keys ignored)."""
+        path = Path(model_dir) / "generation_config.json" if model_dir else None
+        if path is None or not path.is_file():
+            return cls()
+        try:
+            raw = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise SettingError(f"{path}: not readable JSON ({exc})") from None
+        values = {k: raw[k] for k in cls.model_fields if raw.get(k) is not None}
+        return cls.make(where=f"{path}: ", **values)
+
+    def with_value(self, name: str, text: str) -> Sampling:
+        """A copy with ``name`` set from typed text (``/set NAME VALUE``); ``seed none`` clears the seed."""
+        if name not in type(self).model_fields:
+            raise SettingError(f"unknown setting {name!r}; one of {', '.join(self.names())}")
+        text = text.strip()
+        value: object = None if (name == "seed" and text.lower() == "none") else text
+        return self.updated(**{name: value})
+
+    def updated(self, **values) -> Sampling:
+        unknown = set(values) - set(type(self).model_fields)
+        if unknown:
+            raise SettingError(f"unknown setting {sorted(unknown)[0]!r}; one of {', '.join(self.names())}")
+        return self.make(**{**self.model_dump(), **values})
+
+    def check_context(self, context: int) -> None:
+        """max_new_tokens must leave room for a prompt in the model's context."""
+        room = context - MIN_PROMPT_TOKENS
+        if self.max_new_tokens > room:
+            raise SettingError(f"max_new_tokens {self.max_new_tokens} leaves no room for a prompt in this model's "
+                               f"{context}-token context; use at most {room}")
+
+    @property
+    def greedy(self) -> bool:
+        return not self.do_sample or self.temperature == 0
+
+    def generate_kwargs(self) -> dict:
+        """Arguments for ``model.generate`` (sampling ones only when sampling)."""
+        kw = {"max_new_tokens": self.max_new_tokens, "do_sample": not self.greedy,
+              "repetition_penalty": self.repetition_penalty}
+        if not self.greedy:
+            kw.update(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k)
+        return kw
+
+    def show(self) -> str:
+        return " ".join(f"{k}={v}" for k, v in self.model_dump().items())
+
+
+def why(exc: ValidationError) -> str:
+    """Each failing field with pydantic's reason and the value given, in one line."""
+    parts = []
+    for e in exc.errors():
+        field = ".".join(map(str, e["loc"])) or "settings"
+        given = e.get("input")
+        shown = f" (got {given!r})" if isinstance(given, (str, int, float)) and not isinstance(given, bool) else ""
+        if isinstance(given, float) and not math.isfinite(given):
+            shown = f" (got {given})"
+        parts.append(f"{field}: {e['msg']}{shown}")
+    return "; ".join(parts)

@@ -1,0 +1,59 @@
+"""Sampling settings are validated in one line each; loading problems are one line with the fix."""
+
+import json
+
+import pytest
+
+from inference.loading import LoadError, load_for_chat, pick_device, resolve_source
+from inference.sampling import Sampling, SettingError
+
+
+@pytest.mark.parametrize("name,value", [
+    ("temperature", "-1"), ("temperature", "nan"), ("temperature", "inf"), ("top_p", "-0.1"), ("top_p", "1.5"),
+    ("top_k", "-1"), ("top_k", "2.5"), ("repetition_penalty", "0"), ("max_new_tokens", "0"),
+    ("max_new_tokens", "abc"), ("seed", "99999999999999999999999"), ("seed", "-4"), ("do_sample", "ture"),
+])
+def test_bad_values_are_one_line_naming_the_setting(name, value):
+    with pytest.raises(SettingError) as err:
+        Sampling().with_value(name, value)
+    msg = str(err.value)
+    assert name in msg and "\n" not in msg
+
+
+def test_good_values_parse_and_temperature_zero_is_greedy():
+    s = Sampling().with_value("do_sample", "yes").with_value("seed", "7").with_value("top_k", "40")
+    assert s.do_sample and s.seed == 7 and s.top_k == 40
+    assert Sampling().with_value("seed", "none").seed is None
+    zero = Sampling().with_value("temperature", "0")
+    assert zero.greedy and zero.generate_kwargs()["do_sample"] is False and "temperature" not in zero.generate_kwargs()
+    with pytest.raises(SettingError, match="unknown setting 'colour'"):
+        Sampling().with_value("colour", "blue")
+    with pytest.raises(SettingError, match="at most 2032"):
+        Sampling(max_new_tokens=2040).check_context(2048)
+
+
+def test_defaults_come_from_the_model_generation_config(tmp_path):
+    (tmp_path / "generation_config.json").write_text(json.dumps(
+        {"temperature": 0.3, "top_p": 0.5, "max_new_tokens": 64, "eos_token_id": 0, "do_sample": True}))
+    s = Sampling.from_model_dir(tmp_path)
+    assert (s.temperature, s.top_p, s.max_new_tokens) == (0.3, 0.5, 64)
+    (tmp_path / "generation_config.json").write_text(json.dumps({"top_p": 7}))
+    with pytest.raises(SettingError, match="generation_config.json: top_p"):
+        Sampling.from_model_dir(tmp_path)
+
+
+def test_model_paths_and_devices_are_checked_before_loading(tmp_path):
+    with pytest.raises(LoadError, match="no such directory"):
+        resolve_source(str(tmp_path / "missing"))
+    (tmp_path / "stage" / "final").mkdir(parents=True)
+    (tmp_path / "stage" / "final" / "config.json").write_text("{}")
+    with pytest.raises(LoadError, match="training stage dir; give its model"):
+        resolve_source(str(tmp_path / "stage"))
+    with pytest.raises(LoadError, match="no config.json"):
+        resolve_source(str(tmp_path))
+    assert resolve_source("org/model") == ("org/model", None)  # a hub id is left to transformers
+    assert pick_device("cpu") == ("cpu", False)
+    with pytest.raises(LoadError, match="not a device"):
+        pick_device("tpu")
+    with pytest.raises(LoadError, match="tokenizer files"):
+        load_for_chat(str(tmp_path / "stage" / "final"), "cpu")
