@@ -25,8 +25,8 @@ IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2", "flex_attention")
 SUPPORTED = {"pythia": IMPLEMENTATIONS, "bloom": ("sdpa", "eager", "flash_attention_2")}
 
 
-def check_attention(kind: str, impl: str) -> None:
-    """One line if ``impl`` cannot run here or cannot isolate packed articles on this model kind."""
+def check_attention(kind: str, impl: str, training: bool = True) -> None:
+    """One line if ``impl`` cannot run here (or train here) or cannot isolate packed articles on this model kind."""
     if impl not in SUPPORTED[kind]:
         raise ConfigError(f"attn_implementation {impl} cannot isolate packed articles with {kind}'s ALiBi; "
                           f"use one of {', '.join(SUPPORTED[kind])}")
@@ -41,6 +41,9 @@ def check_attention(kind: str, impl: str) -> None:
 
         if not is_torch_flex_attn_available():
             raise ConfigError("attn_implementation flex_attention needs torch >= 2.5; use sdpa")
+        if training and not torch.cuda.is_available():
+            raise ConfigError("attn_implementation flex_attention has no backward pass on the CPU (torch "
+                              f"{torch.__version__}); use sdpa, or train on a GPU")
 
 
 def segments(position_ids: torch.Tensor) -> torch.Tensor:

@@ -104,7 +104,7 @@ def build_model(mc: ModelConfig, vocab_size: int, max_len: int, init_from: Path 
     ``HfDeepSpeedConfig``). Without ``ds`` the model is built in fp32 for one process (tests, tools).
     ``attn`` is the attention implementation for packed rows (``training/attention.py``).
     """
-    check_attention(mc.kind, attn)
+    check_attention(mc.kind, attn, training=False)  # the trainer checks training support before
     cls = MODEL_CLASSES[mc.kind]
     source = str(init_from) if init_from else mc.name_or_path
     config = model_config(mc, source, vocab_size, max_len)

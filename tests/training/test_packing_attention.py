@@ -21,7 +21,7 @@ def available(kind):
         if impl == "flash_attention_2":
             continue
         try:
-            check_attention(kind, impl)
+            check_attention(kind, impl, training=False)
             out.append(impl)
         except ConfigError:
             pass
