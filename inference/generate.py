@@ -52,8 +52,8 @@ class _StopFlag(StoppingCriteria):
 class ChatStreamer(BaseStreamer):
     """Receives new tokens, emits only text that cannot be the start of a stop string."""
 
-    def __init__(self, tokenizer, emit: Callable[[str], None]):
-        self.tokenizer, self.emit = tokenizer, emit
+    def __init__(self, tokenizer, emit: Callable[[str], None], stops: tuple[str, ...] = STOP_STRINGS):
+        self.tokenizer, self.emit, self.stops = tokenizer, emit, stops
         self.ids: list[int] = []
         self.shown = 0  # characters of the decoded reply already emitted
         self.stopped = False
@@ -69,13 +69,13 @@ class ChatStreamer(BaseStreamer):
             self.first_token_at = time.perf_counter()
         self.ids.extend(value.reshape(-1).tolist())
         text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
-        cut = min((i for i in (text.find(s) for s in STOP_STRINGS) if i >= 0), default=-1)
+        cut = min((i for i in (text.find(s) for s in self.stops) if i >= 0), default=-1)
         if cut >= 0:
             self.stopped = True
             text = text[:cut]
         safe = len(text)
         if not self.stopped:
-            for s in STOP_STRINGS:  # hold back a tail that could still grow into a stop string
+            for s in self.stops:  # hold back a tail that could still grow into a stop string
                 k = next((k for k in range(min(len(s) - 1, len(text)), 0, -1) if text.endswith(s[:k])), 0)
                 safe = min(safe, len(text) - k)
             if text.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for the next token
@@ -90,6 +90,26 @@ class ChatStreamer(BaseStreamer):
         if len(self.text) > self.shown:
             self.emit(self.text[self.shown:])
             self.shown = len(self.text)
+
+
+def trimmed(emit: Callable[[str], None]) -> Callable[[str], None]:
+    """``emit`` that drops leading whitespace and holds trailing whitespace until more text follows, so the
+    streamed text is exactly the reply's stripped text."""
+    state = {"started": False, "pending": ""}
+
+    def out(text: str) -> None:
+        if not state["started"]:
+            text = text.lstrip()
+            if not text:
+                return
+            state["started"] = True
+        text = state["pending"] + text
+        body = text.rstrip()
+        state["pending"] = text[len(body):]
+        if body:
+            emit(body)
+
+    return out
 
 
 @dataclass
@@ -184,10 +204,12 @@ class ChatSession:
             self._cache.crop(-extra)  # transformers: a negative count of tokens to remove from the end
         return self._cache, n
 
-    def respond(self, user_text: str, emit: Callable[[str], None] = lambda s: None, **generate_kwargs) -> Reply:
+    def respond(self, user_text: str, emit: Callable[[str], None] = lambda s: None, stops: tuple[str, ...] = (),
+                **generate_kwargs) -> Reply:
         """Generate the bot reply to ``user_text``; the exchange joins the history (also when interrupted).
 
-        ``generate_kwargs`` go to ``model.generate`` as given (beam search, max_length, ...)."""
+        ``stops`` are stop strings besides ``<human>:``; ``generate_kwargs`` go to ``model.generate`` as given."""
+        stops = STOP_STRINGS + tuple(x for x in stops if x)
         ids = self.prompt_ids(user_text)
         s = self.sampling
         if s.seed is not None:
@@ -198,7 +220,7 @@ class ChatSession:
             kwargs.pop("max_new_tokens")
         kwargs.update(generate_kwargs)
         streaming = int(kwargs.get("num_beams", 1)) == 1 and int(kwargs.get("num_return_sequences", 1)) == 1
-        streamer = ChatStreamer(self.tokenizer, emit)
+        streamer = ChatStreamer(self.tokenizer, trimmed(emit), stops)
         if streaming:
             kwargs.update(streamer=streamer, stopping_criteria=StoppingCriteriaList([_StopFlag(streamer)]))
         cache, reused = self._reusable_cache(ids) if streaming else (None, 0)
@@ -222,7 +244,7 @@ class ChatSession:
         else:  # beam search: no streamer; cut at a stop string afterwards
             new = out.sequences[0, len(ids):].tolist() if out is not None else []
             text, n_new, first = self.tokenizer.decode(new, skip_special_tokens=True), len(new), None
-            cut = min((i for i in (text.find(x) for x in STOP_STRINGS) if i >= 0), default=-1)
+            cut = min((i for i in (text.find(x) for x in stops) if i >= 0), default=-1)
             if cut >= 0:
                 text, streamer.stopped = text[:cut], True
         if stop != "interrupted":

@@ -3,8 +3,11 @@
 import gzip
 import json
 import os
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 
 import pytest
 import yaml
@@ -49,3 +52,29 @@ def trained_model(tmp_path_factory):
                        capture_output=True, text=True, env={**env, "DS_ACCELERATOR": "cpu"})
     assert r.returncode == 0, r.stderr[-2000:]
     return base / "ckpt" / "final", records
+
+
+@pytest.fixture(scope="session")
+def server(trained_model):
+    """``python -m inference.serve`` on a free loopback port over the trained model: (base URL, records)."""
+    model_dir, records = trained_model
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "inference.serve", "--model", str(model_dir), "--port", str(port)],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "TRANSFORMERS_VERBOSITY": "error"})
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while True:
+        try:
+            urllib.request.urlopen(base + "/v1/models", timeout=2).read()
+            break
+        except OSError:
+            if proc.poll() is not None or time.time() > deadline:
+                proc.kill()
+                raise RuntimeError("server did not start: " + (proc.stdout.read() or "")[-2000:]) from None
+            time.sleep(0.3)
+    yield base, records
+    proc.terminate()
+    proc.wait(timeout=30)

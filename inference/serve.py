@@ -1,0 +1,60 @@
+"""``python -m inference.serve --model DIR``: the OpenAI-compatible chat API and a web chat page.
+
+    python -m inference.serve --model training/ckpt/stage2_oa_dolly/final [--host 127.0.0.1] [--port 8000]
+    then: the page at http://127.0.0.1:8000/ ; the API at http://127.0.0.1:8000/v1 (any OpenAI client)
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repo root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def model_name(path: str) -> str:
+    """The id clients use: a stage's name for ``.../<stage>/final``, else the dir name or the hub id."""
+    p = Path(path)
+    if not p.is_dir():
+        return path
+    p = p.resolve()
+    return p.parent.name if p.name == "final" else p.name
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", required=True, help="save_pretrained dir, hub id, or LoRA adapter dir")
+    ap.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback only)")
+    ap.add_argument("--port", type=int, default=8000)
+    ap.add_argument("--name", default=None, help="model id clients send (default: the stage or dir name)")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32"])
+    ap.add_argument("--quantize", choices=["8bit", "4bit"])
+    args = ap.parse_args(argv)
+
+    import uvicorn
+
+    from inference.loading import LoadError, load_for_chat
+    from inference.sampling import Sampling, SettingError
+    from inference.server import create_app
+
+    try:
+        loaded = load_for_chat(args.model, args.device, args.dtype, args.quantize)
+        defaults = Sampling.from_model_dir(loaded.source if Path(loaded.source).is_dir() else None)
+    except (LoadError, SettingError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    name = args.name or model_name(args.model)
+    app = create_app(loaded, defaults, name)
+    print(f"serving {loaded.source} as {name!r} on {loaded.device} ({loaded.dtype}): chat page "
+          f"http://{args.host}:{args.port}/ , OpenAI API http://{args.host}:{args.port}/v1", flush=True)
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    except OSError as exc:
+        print(f"error: cannot listen on {args.host}:{args.port} ({exc.strerror or exc}); use --port", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,216 @@
+"""An OpenAI-compatible chat server over a trained model (FastAPI), plus the web chat page at ``/``.
+
+``POST /v1/chat/completions`` (streamed as server-sent events, or not) and ``GET /v1/models``. Messages are
+rendered by ``data_prep.chat_format`` exactly as in training and in the CLI (role tags escaped, oldest turns
+trimmed to fit the context); sampling settings go through the same validated ``Sampling`` object. One model
+generates one reply at a time: requests wait in a queue (a single worker thread), so concurrent clients are
+all answered. Bad requests get OpenAI-shaped JSON errors: ``{"error": {"message", "type", "param", "code"}}``.
+The BLOOMChat format has no system role, and data_prep quarantines a record with one (unknown role tag), so a
+system message is refused with a 400 that says to put it in the first user message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Literal
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException
+
+from inference.generate import ChatSession, Exchange, Reply
+from inference.sampling import Sampling, SettingError
+
+PAGE = Path(__file__).with_name("web") / "index.html"
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+                 kind: str = "invalid_request_error"):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.kind = status, message, param, code, kind
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    role: Literal["system", "user", "assistant", "developer", "tool"]
+    content: str | list[dict] | None = None
+
+    def text(self) -> str:
+        if isinstance(self.content, list):  # OpenAI content parts: only text parts are supported
+            if any(p.get("type") != "text" for p in self.content):
+                raise ApiError(400, "only text content parts are supported", "messages")
+            return "".join(str(p.get("text", "")) for p in self.content)
+        return self.content or ""
+
+
+class ChatRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # clients send fields this server does not use (user, logprobs=false)
+    model: str | None = None
+    messages: list[Message] = Field(min_length=1)
+    temperature: float | None = None
+    top_p: float | None = None
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    stream: bool = False
+    n: int = 1
+
+
+def error_body(message: str, kind: str, param: str | None, code: str | None) -> dict:
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+def to_session_inputs(req: ChatRequest) -> tuple[list[Exchange], str]:
+    """(past exchanges, the new user message): user/assistant alternating, ending with a user message."""
+    msgs = [(m.role, m.text()) for m in req.messages]
+    for i, (role, _) in enumerate(msgs):
+        if role in ("system", "developer"):
+            raise ApiError(400, f"messages[{i}]: the BLOOMChat format has no {role} role (data_prep quarantines "
+                           "such records as an unknown role tag); put the instructions in the first user message",
+                           f"messages[{i}].role")
+        if role == "tool":
+            raise ApiError(400, f"messages[{i}]: tool messages are not supported", f"messages[{i}].role")
+        want = "user" if i % 2 == 0 else "assistant"
+        if role != want:
+            raise ApiError(400, f"messages[{i}] is {role}, expected {want}: messages alternate user/assistant, "
+                           "starting and ending with user", f"messages[{i}].role")
+    if msgs[-1][0] != "user":
+        raise ApiError(400, "the last message must be from the user", "messages")
+    past = [Exchange(msgs[i][1], Reply(msgs[i + 1][1], 0, "eos", None, None)) for i in range(0, len(msgs) - 1, 2)]
+    return past, msgs[-1][1]
+
+
+def sampling_for(req: ChatRequest, defaults: Sampling, context: int) -> Sampling:
+    values = {"temperature": req.temperature, "top_p": req.top_p, "seed": req.seed,
+              "max_new_tokens": req.max_completion_tokens or req.max_tokens}
+    values = {k: v for k, v in values.items() if v is not None}
+    try:
+        s = defaults.updated(**values)
+        s.check_context(context)
+    except SettingError as exc:
+        param = next((k for k in values if k in str(exc)), None)
+        param = {"max_new_tokens": "max_tokens"}.get(param, param)
+        raise ApiError(400, str(exc).replace("max_new_tokens", "max_tokens"), param) from None
+    return s
+
+
+def create_app(loaded, defaults: Sampling, model_id: str) -> FastAPI:
+    """The app serving ``loaded`` (an ``inference.loading.Loaded``) under the name ``model_id``."""
+    app = FastAPI(title="bloomchat-pipeline server", docs_url=None, redoc_url=None)
+    worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="generate")  # the request queue
+    created = int(time.time())
+    context = ChatSession(loaded.model, loaded.tokenizer, device=loaded.device).context
+    app.state.waiting = 0
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError):
+        return JSONResponse(error_body(exc.message, exc.kind, exc.param, exc.code), status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError):
+        errs = exc.errors()
+        e = errs[0] if errs else {"loc": (), "msg": "invalid request"}
+        loc = [str(x) for x in e.get("loc", ()) if x != "body"]
+        param = ".".join(loc) or None
+        message = f"{param}: {e['msg']}" if param else e["msg"]
+        return JSONResponse(error_body(message, "invalid_request_error", param, None), status_code=400)
+
+    @app.exception_handler(HTTPException)
+    async def _http(request: Request, exc: HTTPException):
+        kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+        return JSONResponse(error_body(str(exc.detail), kind, None, None), status_code=exc.status_code)
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [{"id": model_id, "object": "model", "created": created,
+                                            "owned_by": "bloomchat-pipeline"}]}
+
+    @app.get("/")
+    async def page():
+        return FileResponse(PAGE, media_type="text/html")
+
+    @app.post("/v1/chat/completions")
+    async def chat(req: ChatRequest):
+        if req.model not in (None, "", model_id):
+            raise ApiError(404, f"the model {req.model!r} does not exist; this server serves {model_id!r}",
+                           "model", "model_not_found")
+        if req.n != 1:
+            raise ApiError(400, "n: only n=1 is supported", "n")
+        past, user = to_session_inputs(req)
+        sampling = sampling_for(req, defaults, context)
+        stops = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
+        if len(stops) > 4:
+            raise ApiError(400, "stop: at most 4 stop strings", "stop")
+        rid, now = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+        session = ChatSession(loaded.model, loaded.tokenizer, sampling=sampling, exchanges=past, device=loaded.device)
+        loop = asyncio.get_running_loop()
+        if not req.stream:
+            reply = await loop.run_in_executor(worker, lambda: session.respond(user, stops=tuple(stops)))
+            return {"id": rid, "object": "chat.completion", "created": now, "model": model_id,
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": reply.text},
+                                 "finish_reason": finish(reply)}],
+                    "usage": usage(reply)}
+        queue: asyncio.Queue = asyncio.Queue()
+        cancelled = threading.Event()
+
+        def run():
+            def emit(text: str):
+                if cancelled.is_set():
+                    raise KeyboardInterrupt  # the client went away: stop generating (respond keeps it tidy)
+                loop.call_soon_threadsafe(queue.put_nowait, ("text", text))
+
+            try:
+                reply = session.respond(user, emit, stops=tuple(stops))
+                loop.call_soon_threadsafe(queue.put_nowait, ("done", reply))
+            except Exception as exc:  # reported in the stream, never a dead connection
+                loop.call_soon_threadsafe(queue.put_nowait, ("error", str(exc).splitlines()[0] if str(exc) else
+                                                             type(exc).__name__))
+
+        def chunk(delta: dict, reason: str | None = None, extra: dict | None = None) -> str:
+            body = {"id": rid, "object": "chat.completion.chunk", "created": now, "model": model_id,
+                    "choices": [{"index": 0, "delta": delta, "finish_reason": reason}], **(extra or {})}
+            return f"data: {json.dumps(body)}\n\n"
+
+        async def events():
+            future = loop.run_in_executor(worker, run)
+            try:
+                yield chunk({"role": "assistant", "content": ""})
+                while True:
+                    kind, value = await queue.get()
+                    if kind == "text":
+                        yield chunk({"content": value})
+                    elif kind == "done":
+                        yield chunk({}, finish(value), {"usage": usage(value)})
+                        break
+                    else:
+                        yield f"data: {json.dumps(error_body(value, 'server_error', None, None))}\n\n"
+                        break
+                yield "data: [DONE]\n\n"
+            finally:  # also when the client disconnects: stop the generation, free the worker for the next one
+                cancelled.set()
+                if not future.done():
+                    await future
+
+        return StreamingResponse(events(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    return app
+
+
+def finish(reply: Reply) -> str:
+    return "length" if reply.stop == "length" else "stop"
+
+
+def usage(reply: Reply) -> dict:
+    return {"prompt_tokens": reply.prompt_tokens, "completion_tokens": reply.new_tokens,
+            "total_tokens": reply.prompt_tokens + reply.new_tokens}
