@@ -42,11 +42,11 @@ def context_length(model, tokenizer) -> int:
 
 
 class _StopFlag(StoppingCriteria):
-    def __init__(self, streamer: "ChatStreamer"):
-        self.streamer = streamer
+    def __init__(self, streamer: "ChatStreamer", should_stop: Callable[[], bool] | None = None):
+        self.streamer, self.should_stop = streamer, should_stop
 
     def __call__(self, input_ids, scores, **kwargs) -> bool:
-        return self.streamer.stopped
+        return self.streamer.stopped or bool(self.should_stop and self.should_stop())
 
 
 class ChatStreamer(BaseStreamer):
@@ -175,7 +175,7 @@ class ChatSession:
 
     def prompt_ids(self, user_text: str) -> list[int]:
         """Prompt tokens, dropping the oldest exchanges (then the start of the message) to fit the context."""
-        limit = self.context - self.sampling.max_new_tokens
+        limit = max(1, self.context - self.sampling.max_new_tokens)
         history = self.history
         self.trimmed_turns = 0
         while True:
@@ -205,10 +205,11 @@ class ChatSession:
         return self._cache, n
 
     def respond(self, user_text: str, emit: Callable[[str], None] = lambda s: None, stops: tuple[str, ...] = (),
-                **generate_kwargs) -> Reply:
+                should_stop: Callable[[], bool] | None = None, **generate_kwargs) -> Reply:
         """Generate the bot reply to ``user_text``; the exchange joins the history (also when interrupted).
 
-        ``stops`` are stop strings besides ``<human>:``; ``generate_kwargs`` go to ``model.generate`` as given."""
+        ``stops`` are stop strings besides ``<human>:``; ``should_stop`` ends generation early when it turns
+        true (a server client that went away); ``generate_kwargs`` go to ``model.generate`` as given."""
         stops = STOP_STRINGS + tuple(x for x in stops if x)
         ids = self.prompt_ids(user_text)
         s = self.sampling
@@ -222,7 +223,8 @@ class ChatSession:
         streaming = int(kwargs.get("num_beams", 1)) == 1 and int(kwargs.get("num_return_sequences", 1)) == 1
         streamer = ChatStreamer(self.tokenizer, trimmed(emit), stops)
         if streaming:
-            kwargs.update(streamer=streamer, stopping_criteria=StoppingCriteriaList([_StopFlag(streamer)]))
+            kwargs.update(streamer=streamer,
+                          stopping_criteria=StoppingCriteriaList([_StopFlag(streamer, should_stop)]))
         cache, reused = self._reusable_cache(ids) if streaming else (None, 0)
         self._cache, self._cache_ids = None, []  # dropped unless generation completes
         start = time.perf_counter()
@@ -266,7 +268,8 @@ def generate_response(instruction: str, model, tokenizer, **kwargs) -> str:
     Sampling settings (temperature, top_p, top_k, repetition_penalty, max_new_tokens, do_sample, seed) are
     validated; every other argument goes to ``model.generate`` unchanged."""
     names = set(Sampling.names())
-    session = ChatSession(model, tokenizer, sampling=Sampling.make(**{k: v for k, v in kwargs.items() if k in names}))
+    session = ChatSession(model, tokenizer)
+    session.set_sampling(Sampling.make(**{k: v for k, v in kwargs.items() if k in names}))  # checked vs context
     return session.respond(instruction, **{k: v for k, v in kwargs.items() if k not in names}).text
 
 

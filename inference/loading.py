@@ -62,7 +62,14 @@ def resolve_source(path: str) -> tuple[str, dict | None]:
     p = Path(path).expanduser()
     if p.is_dir():
         if (p / "adapter_config.json").is_file():
-            return str(p), json.loads((p / "adapter_config.json").read_text())
+            try:
+                adapter = json.loads((p / "adapter_config.json").read_text())
+            except (OSError, ValueError) as exc:
+                raise LoadError(f"--model {path}: adapter_config.json is not readable JSON ({exc})") from None
+            if not isinstance(adapter, dict) or not isinstance(adapter.get("base_model_name_or_path"), str):
+                raise LoadError(f"--model {path}: adapter_config.json names no base_model_name_or_path; "
+                                "re-run the training stage")
+            return str(p), adapter
         if (p / "config.json").is_file():
             return str(p), None
         if (p / "final" / "config.json").is_file():
@@ -126,9 +133,9 @@ def load_for_chat(path: str, device: str = "auto", dtype: str = "auto", quantize
 
             model = PeftModel.from_pretrained(model, source).merge_and_unload()
         tokenizer = AutoTokenizer.from_pretrained(tok_src, trust_remote_code=False)
-    except (OSError, ValueError, RuntimeError) as exc:
+    except Exception as exc:  # corrupt weights, a bad config, an unreachable hub id: one line, never a traceback
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise LoadError(f"--model {path}: cannot load ({first})") from None
+        raise LoadError(f"--model {path}: cannot load ({type(exc).__name__}: {first})") from None
     if tokenizer.eos_token is None:
         raise LoadError(f"--model {path}: the tokenizer in {tok_src} has no eos_token, so no reply could end; "
                         "use the tokenizer/ dir that tokenization_prep wrote")

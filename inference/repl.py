@@ -73,7 +73,8 @@ class ChatApp:
         self.out.write(text + "\n")
         self.out.flush()
 
-    def reply(self, text: str) -> None:
+    def reply(self, text: str) -> bool:
+        """Answer ``text``; False if generation failed (the conversation is then unchanged)."""
         self.out.write("bot: ")
         self.out.flush()
 
@@ -86,7 +87,7 @@ class ChatApp:
         except Exception as exc:  # a library error must not end the session or lose the conversation
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             self.say(f"\n[generation failed: {first}; the conversation is kept]")
-            return
+            return False
         self.out.write("\n")
         if self.session.trimmed_turns:
             self.say(f"[history trimmed: {self.session.trimmed_turns} oldest turns left out to fit the context]")
@@ -95,6 +96,7 @@ class ChatApp:
         if self.verbose:
             self.say(self.stats())
         self.out.flush()
+        return True
 
     def stats(self) -> str:
         r = self.last
@@ -128,12 +130,12 @@ class ChatApp:
             self.say("[nothing to save" + (f": {left} replies were interrupted, cut or empty]" if left else "]"))
             return
         line = orjson.dumps(as_data_prep_line(turns(keep), f"chat-{self.saved + 1}"))
-        path = Path(arg).expanduser()
         try:
-            with open(path, "ab") as fh:
+            with open(Path(arg).expanduser(), "ab") as fh:
                 fh.write(line + b"\n")
-        except OSError as exc:
-            self.say(f"[cannot write {arg}: {exc.strerror or exc}; the conversation is kept, try another path]")
+        except (OSError, ValueError, RuntimeError) as exc:
+            why = getattr(exc, "strerror", None) or str(exc)
+            self.say(f"[cannot write {arg}: {why}; the conversation is kept, try another path]")
             return
         self.saved += 1
         note = f" ({left} interrupted, cut or empty replies left out)" if left else ""
@@ -166,7 +168,9 @@ class ChatApp:
             if not s.exchanges:
                 self.say("[nothing to retry]")
             else:
-                self.reply(s.exchanges.pop().user)
+                last = s.exchanges.pop()
+                if not self.reply(last.user):
+                    s.exchanges.append(last)
         elif name == "save":
             self.save(arg)
         else:

@@ -140,7 +140,7 @@ def create_app(loaded, defaults: Sampling, model_id: str) -> FastAPI:
         return FileResponse(PAGE, media_type="text/html")
 
     @app.post("/v1/chat/completions")
-    async def chat(req: ChatRequest):
+    async def chat(req: ChatRequest, request: Request):
         if req.model not in (None, "", model_id):
             raise ApiError(404, f"the model {req.model!r} does not exist; this server serves {model_id!r}",
                            "model", "model_not_found")
@@ -154,14 +154,29 @@ def create_app(loaded, defaults: Sampling, model_id: str) -> FastAPI:
         rid, now = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         session = ChatSession(loaded.model, loaded.tokenizer, sampling=sampling, exchanges=past, device=loaded.device)
         loop = asyncio.get_running_loop()
+        cancelled = threading.Event()
         if not req.stream:
-            reply = await loop.run_in_executor(worker, lambda: session.respond(user, stops=tuple(stops)))
+            async def watch():  # a client that went away frees the worker for the requests behind it
+                while not cancelled.is_set():
+                    if await request.is_disconnected():
+                        cancelled.set()
+                    await asyncio.sleep(0.25)
+
+            watcher = asyncio.create_task(watch())
+            try:
+                reply = await loop.run_in_executor(
+                    worker, lambda: session.respond(user, stops=tuple(stops), should_stop=cancelled.is_set))
+            except Exception as exc:
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                raise ApiError(500, f"generation failed: {first}", kind="server_error") from None
+            finally:
+                cancelled.set()
+                watcher.cancel()
             return {"id": rid, "object": "chat.completion", "created": now, "model": model_id,
                     "choices": [{"index": 0, "message": {"role": "assistant", "content": reply.text},
                                  "finish_reason": finish(reply)}],
                     "usage": usage(reply)}
         queue: asyncio.Queue = asyncio.Queue()
-        cancelled = threading.Event()
 
         def run():
             def emit(text: str):
@@ -170,7 +185,7 @@ def create_app(loaded, defaults: Sampling, model_id: str) -> FastAPI:
                 loop.call_soon_threadsafe(queue.put_nowait, ("text", text))
 
             try:
-                reply = session.respond(user, emit, stops=tuple(stops))
+                reply = session.respond(user, emit, stops=tuple(stops), should_stop=cancelled.is_set)
                 loop.call_soon_threadsafe(queue.put_nowait, ("done", reply))
             except Exception as exc:  # reported in the stream, never a dead connection
                 loop.call_soon_threadsafe(queue.put_nowait, ("error", str(exc).splitlines()[0] if str(exc) else

@@ -43,6 +43,9 @@ class LinearCrossEntropy(torch.autograd.Function):
         loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
         grad_h = torch.empty_like(hidden) if need_h else None
         grad_w = None
+        # several chunks accumulate the head's gradient in fp32 when that copy is small (<= 1 GiB), else in the
+        # weight's dtype (BLOOM-176B's fp32 copy would be 14 GB a rank)
+        acc_dtype = torch.float32 if weight.numel() * 4 <= 2**30 else weight.dtype
         for lo in range(0, n, chunk):
             h = hidden[lo:lo + chunk]
             part, g = _chunk(h, weight, targets[lo:lo + chunk], w[lo:lo + chunk], need_h or need_w)
@@ -53,8 +56,8 @@ class LinearCrossEntropy(torch.autograd.Function):
                 gw = g.t() @ h
                 if chunk >= n:  # one chunk: the same single matmul autograd would do
                     grad_w = gw
-                else:  # several: accumulate in fp32 so chunking adds no rounding of its own
-                    grad_w = gw.float() if grad_w is None else grad_w.add_(gw.float())
+                else:
+                    grad_w = gw.to(acc_dtype) if grad_w is None else grad_w.add_(gw.to(acc_dtype))
         if need_w and grad_w is None:  # no supervised token: still a gradient, so every rank reduces the same
             grad_w = torch.zeros_like(weight)
         ctx.grads = (grad_h, None if grad_w is None else grad_w.to(weight.dtype))

@@ -86,6 +86,9 @@ class StageRunner:
         self.ds_config = deepspeed_dict(cfg, self.world)
         facts = DsFacts.of(self.ds_config)
         check_hardware(facts, cfg.deepspeed)
+        if cfg.attn_implementation == "flash_attention_2" and facts.dtype == torch.float32:
+            raise ConfigError(f"attn_implementation flash_attention_2 runs in bf16 or fp16 only, and {cfg.deepspeed} "
+                              "trains in fp32; use a bf16 DeepSpeed config (ds/zero2_bf16.json) or sdpa")
         self.rows_per_step = cfg.micro_batch_size * cfg.gradient_accumulation_steps * self.world
         self.steps_per_epoch = len(self.train) // self.rows_per_step
         if self.steps_per_epoch == 0:

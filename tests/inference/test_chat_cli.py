@@ -130,6 +130,8 @@ def test_bad_settings_and_saves_are_one_line_and_the_session_goes_on(trained_mod
     child.sendline("/save /no/such/dir/x.jsonl")
     child.expect_exact("[cannot write /no/such/dir/x.jsonl")
     child.expect_exact("the conversation is kept")
+    child.sendline("/save ~nosuchuser/x.jsonl")
+    child.expect_exact("[cannot write ~nosuchuser/x.jsonl")
     save = tmp_path / "ok.jsonl"
     child.sendline(f"/save {save}")
     child.expect_exact("appended")

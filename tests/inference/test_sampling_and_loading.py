@@ -57,3 +57,21 @@ def test_model_paths_and_devices_are_checked_before_loading(tmp_path):
         pick_device("tpu")
     with pytest.raises(LoadError, match="tokenizer files"):
         load_for_chat(str(tmp_path / "stage" / "final"), "cpu")
+
+
+def test_broken_adapter_and_weights_are_one_line(tmp_path):
+    bad = tmp_path / "adapter"
+    bad.mkdir()
+    (bad / "adapter_config.json").write_text("{not json")
+    with pytest.raises(LoadError, match="not readable JSON"):
+        resolve_source(str(bad))
+    (bad / "adapter_config.json").write_text("{}")
+    with pytest.raises(LoadError, match="base_model_name_or_path"):
+        resolve_source(str(bad))
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text('{"model_type": "gpt_neox"}')
+    (model / "tokenizer.json").write_text("{}")
+    (model / "model.safetensors").write_bytes(b"truncated")
+    with pytest.raises(LoadError, match="cannot load"):
+        load_for_chat(str(model), "cpu")
