@@ -2,6 +2,7 @@
 8 concurrent clients, bad requests (OpenAI-shaped 4xx JSON errors)."""
 
 import json
+import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -92,3 +93,22 @@ def test_malformed_json_is_a_400_json_error(server):
         urllib.request.urlopen(req, timeout=30)
     assert err.value.code == 400
     assert json.loads(err.value.read())["error"]["type"] == "invalid_request_error"
+
+
+def test_a_client_that_goes_away_frees_the_queue(server):
+    """A stream dropped after its first chunk stops generating: the next request does not wait for it."""
+    base, records = server
+    c = client(base)
+    long = {"temperature": 100.0, "top_p": 1.0, "seed": 3, "max_tokens": 1500}  # near-uniform: no early end
+    t0 = time.perf_counter()
+    full = ask(c, "Tell me a long story", **long)
+    full_s = time.perf_counter() - t0
+    assert full.usage.completion_tokens > 1000, full.usage
+    stream = ask(c, "Tell me a long story", stream=True, **long)
+    next(iter(stream))
+    stream.close()  # the client goes away
+    t0 = time.perf_counter()
+    r = ask(c, records[0]["instruction"])
+    waited = time.perf_counter() - t0
+    assert r.choices[0].message.content == records[0]["response"]
+    assert waited < full_s / 3, (waited, full_s)
