@@ -44,8 +44,7 @@ def main(argv=None) -> int:
     try:
         loaded = load_for_chat(args.model, args.device, args.dtype, args.quantize)
         session = ChatSession(loaded.model, loaded.tokenizer, device=loaded.device)
-        sampling = Sampling.from_model_dir(loaded.source if Path(loaded.source).is_dir() else None)
-        session.set_sampling(sampling.updated(**given))
+        session.set_sampling(Sampling.from_model_dir(loaded.source).updated(**given))
     except (LoadError, SettingError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -61,4 +60,8 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # Ctrl-C while the model loads: no traceback
+        print("\ninterrupted", file=sys.stderr)
+        sys.exit(130)

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from training.config import first_line
+
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
@@ -134,8 +136,7 @@ def load_for_chat(path: str, device: str = "auto", dtype: str = "auto", quantize
             model = PeftModel.from_pretrained(model, source).merge_and_unload()
         tokenizer = AutoTokenizer.from_pretrained(tok_src, trust_remote_code=False)
     except Exception as exc:  # corrupt weights, a bad config, an unreachable hub id: one line, never a traceback
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise LoadError(f"--model {path}: cannot load ({type(exc).__name__}: {first})") from None
+        raise LoadError(f"--model {path}: cannot load ({type(exc).__name__}: {first_line(exc)})") from None
     if tokenizer.eos_token is None:
         raise LoadError(f"--model {path}: the tokenizer in {tok_src} has no eos_token, so no reply could end; "
                         "use the tokenizer/ dir that tokenization_prep wrote")

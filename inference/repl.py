@@ -17,6 +17,7 @@ import orjson
 
 from inference.generate import ChatSession, Reply, as_data_prep_line, turns
 from inference.sampling import Sampling, SettingError
+from training.config import first_line
 
 HELP = f"""commands:
   /reset              forget the conversation
@@ -85,8 +86,7 @@ class ChatApp:
         try:
             self.last = self.session.respond(text, emit)
         except Exception as exc:  # a library error must not end the session or lose the conversation
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            self.say(f"\n[generation failed: {first}; the conversation is kept]")
+            self.say(f"\n[generation failed: {first_line(exc)}; the conversation is kept]")
             return False
         self.out.write("\n")
         if self.session.trimmed_turns:

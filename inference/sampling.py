@@ -17,7 +17,11 @@ MIN_PROMPT_TOKENS = 16  # what a reply may never take from the context
 
 
 class SettingError(ValueError):
-    """A sampling setting that cannot be used, said in one line."""
+    """A sampling setting that cannot be used, said in one line; ``field`` names it when there is one."""
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field
 
 
 class Sampling(BaseModel):
@@ -43,13 +47,15 @@ class Sampling(BaseModel):
         try:
             return cls(**values)
         except ValidationError as exc:
-            raise SettingError(f"{where}{why(exc)}") from None
+            loc = exc.errors()[0]["loc"] if exc.errors() else ()
+            raise SettingError(f"{where}{why(exc)}", str(loc[0]) if loc else None) from None
 
     @classmethod
-    def from_model_dir(cls, model_dir: str | Path | None) -> Sampling:
-        """Defaults from ``generation_config.json`` when the model dir has one (unknown keys ignored)."""
-        path = Path(model_dir) / "generation_config.json" if model_dir else None
-        if path is None or not path.is_file():
+    def from_model_dir(cls, model_dir: str | Path) -> Sampling:
+        """Defaults from ``generation_config.json`` when the model dir has one (a hub id has none here; unknown
+        keys ignored)."""
+        path = Path(model_dir) / "generation_config.json"
+        if not path.is_file():
             return cls()
         try:
             raw = json.loads(path.read_text())
@@ -77,7 +83,7 @@ class Sampling(BaseModel):
         room = context - MIN_PROMPT_TOKENS
         if self.max_new_tokens > room:
             raise SettingError(f"max_new_tokens {self.max_new_tokens} leaves no room for a prompt in this model's "
-                               f"{context}-token context; use at most {room}")
+                               f"{context}-token context; use at most {room}", "max_new_tokens")
 
     @property
     def greedy(self) -> bool:

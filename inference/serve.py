@@ -40,7 +40,7 @@ def main(argv=None) -> int:
 
     try:
         loaded = load_for_chat(args.model, args.device, args.dtype, args.quantize)
-        defaults = Sampling.from_model_dir(loaded.source if Path(loaded.source).is_dir() else None)
+        defaults = Sampling.from_model_dir(loaded.source)
     except (LoadError, SettingError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -28,6 +28,7 @@ from starlette.exceptions import HTTPException
 
 from inference.generate import ChatSession, Exchange, Reply
 from inference.sampling import Sampling, SettingError
+from training.config import first_line
 
 PAGE = Path(__file__).with_name("web") / "index.html"
 
@@ -97,9 +98,8 @@ def sampling_for(req: ChatRequest, defaults: Sampling, context: int) -> Sampling
     try:
         s = defaults.updated(**values)
         s.check_context(context)
-    except SettingError as exc:
-        param = next((k for k in values if k in str(exc)), None)
-        param = {"max_new_tokens": "max_tokens"}.get(param, param)
+    except SettingError as exc:  # the API calls max_new_tokens max_tokens
+        param = "max_tokens" if exc.field == "max_new_tokens" else exc.field
         raise ApiError(400, str(exc).replace("max_new_tokens", "max_tokens"), param) from None
     return s
 
@@ -110,7 +110,6 @@ def create_app(loaded, defaults: Sampling, model_id: str) -> FastAPI:
     worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="generate")  # the request queue
     created = int(time.time())
     context = ChatSession(loaded.model, loaded.tokenizer, device=loaded.device).context
-    app.state.waiting = 0
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError):
@@ -167,8 +166,7 @@ def create_app(loaded, defaults: Sampling, model_id: str) -> FastAPI:
                 reply = await loop.run_in_executor(
                     worker, lambda: session.respond(user, stops=tuple(stops), should_stop=cancelled.is_set))
             except Exception as exc:
-                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-                raise ApiError(500, f"generation failed: {first}", kind="server_error") from None
+                raise ApiError(500, f"generation failed: {first_line(exc)}", kind="server_error") from None
             finally:
                 cancelled.set()
                 watcher.cancel()
@@ -188,8 +186,7 @@ def create_app(loaded, defaults: Sampling, model_id: str) -> FastAPI:
                 reply = session.respond(user, emit, stops=tuple(stops), should_stop=cancelled.is_set)
                 loop.call_soon_threadsafe(queue.put_nowait, ("done", reply))
             except Exception as exc:  # reported in the stream, never a dead connection
-                loop.call_soon_threadsafe(queue.put_nowait, ("error", str(exc).splitlines()[0] if str(exc) else
-                                                             type(exc).__name__))
+                loop.call_soon_threadsafe(queue.put_nowait, ("error", first_line(exc)))
 
         def chunk(delta: dict, reason: str | None = None, extra: dict | None = None) -> str:
             body = {"id": rid, "object": "chat.completion.chunk", "created": now, "model": model_id,

@@ -46,10 +46,14 @@ def check_attention(kind: str, impl: str, training: bool = True) -> None:
                               f"{torch.__version__}); use sdpa, or train on a GPU")
 
 
+def article_starts(position_ids: torch.Tensor) -> torch.Tensor:
+    """True where an article starts: wherever the position does not go up by one (transformers' rule too)."""
+    return torch.diff(position_ids, prepend=position_ids[:, :1] - 1, dim=-1) != 1
+
+
 def segments(position_ids: torch.Tensor) -> torch.Tensor:
-    """Article index of every token: a new article wherever the position does not go up by one."""
-    step = torch.diff(position_ids, prepend=position_ids[:, :1] - 1, dim=-1)
-    return (step != 1).cumsum(-1)
+    """Article index of every token."""
+    return article_starts(position_ids).cumsum(-1)
 
 
 def block_causal_mask(segment_ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -72,9 +76,8 @@ class Varlen:
 
     @classmethod
     def of(cls, position_ids: torch.Tensor, slopes: torch.Tensor) -> Varlen:
-        flat = position_ids.reshape(1, -1)
-        starts = torch.flatnonzero(torch.diff(flat, prepend=flat[:, :1] - 1, dim=-1)[0] != 1)
-        cu = torch.cat([starts, starts.new_tensor([flat.shape[1]])]).to(torch.int32)
+        starts = torch.flatnonzero(article_starts(position_ids.reshape(1, -1))[0])
+        cu = torch.cat([starts, starts.new_tensor([position_ids.numel()])]).to(torch.int32)
         return cls(cu, int((cu[1:] - cu[:-1]).max()), slopes.float())
 
 
@@ -109,7 +112,7 @@ class PackedBloomAttention(BloomAttention):
 class PackedBloomModel(BloomModel):
     """BloomModel whose packed forward (``position_ids`` given) takes ALiBi from per-article positions."""
 
-    attn_impl = "sdpa"  # set by training.modeling.set_attention
+    attn_impl = "sdpa"  # set by training.modeling.build_model
 
     def __init__(self, config):
         super().__init__(config)

@@ -93,9 +93,9 @@ class StageConfig(Strict):
     seed: int = 42
     lora: LoraConfig | None = None
     gradient_checkpointing: bool = False  # recompute each layer's activations in backward (non-reentrant)
-    # attention over packed rows, isolated per article (training/attention.py); checked to be installed
     dataloader_workers: int = Field(0, ge=0)  # processes reading and collating rows (0: the training process)
     dataloader_prefetch: int = Field(2, ge=1)  # micro-batches each worker reads ahead
+    # attention over packed rows, isolated per article (training/attention.py); checked to be installed
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2", "flex_attention"] = "sdpa"
 
     def resolve(self, path: str | None) -> Path | None:

@@ -78,9 +78,7 @@ class PackedDataset(torch.utils.data.Dataset):
         return self._handles[i]
 
     def __getitem__(self, k: int) -> dict:
-        i, r = self.index[k]
-        f = self._file(i)
-        return row_features(f["input_ids"][r], f["token_type_ids"][r], self.plw)
+        return self.__getitems__([k])[0]
 
     def __getitems__(self, ks: list[int]) -> list[dict]:
         """A micro-batch of rows, read with one sorted selection per file (what the DataLoader calls)."""
