@@ -82,6 +82,24 @@ def validate_turns(turns: list[Turn], allow_trailing_human: bool = False) -> str
     return None
 
 
+# The one rule for system messages (the format has no system role), shared by data_prep and the server:
+# "reject" refuses the conversation; "fold" puts the system text at the start of the first human turn,
+# followed by a blank line.
+SYSTEM_RULES = ("reject", "fold")
+
+
+def apply_system_rule(system_text: str, turns: list[Turn], rule: str) -> tuple[list[Turn], str | None]:
+    """(turns with the system text applied, None) or (turns, why the conversation is refused)."""
+    if rule == "reject":
+        return turns, "system message (the chat format has no system role; --system fold puts it at the start " \
+                      "of the first user message)"
+    if not turns or turns[0].role != HUMAN:
+        return turns, "a system message but no user message to fold it into"
+    if not system_text.strip():
+        return turns, None
+    return [Turn(HUMAN, f"{system_text.strip()}\n\n{turns[0].text}")] + list(turns[1:]), None
+
+
 def render_text(turns: Iterable[Turn]) -> str:
     """BLOOMChat's rendering: one ``<tag>: text`` per turn, joined by newlines."""
     return "\n".join(f"{TAGS[t.role]} {t.text}" for t in turns)

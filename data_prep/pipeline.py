@@ -1,4 +1,5 @@
-"""The two data_prep jobs of BLOOMChat: Dolly+OASST (stage 2 data) and the OIG subsample (stage 1 data).
+"""The data_prep jobs: BLOOMChat's Dolly+OASST (stage 2 data) and OIG subsample (stage 1 data), and any
+chat data users hold (OpenAI ``messages`` / ShareGPT records).
 
 Each writes its JSONL atomically, quarantines rejects in ``<output>.rejects.jsonl`` and writes
 ``<output>.summary.json`` (counts per source, settings, line count).
@@ -14,6 +15,7 @@ import orjson
 
 from data_prep.accounting import Report
 from data_prep.atomic import atomic_write
+from data_prep.chat_records import chat_record_conversations
 from data_prep.dolly import dolly_conversations
 from data_prep.oasst import OasstConverter, OasstFilters
 from data_prep.oig import (BASIC_FILE, BASIC_UPWEIGHT, BLOOMCHAT_OIG_FILES, DEFAULT_SAMPLE, resolve_oig_inputs,
@@ -108,4 +110,35 @@ def subsample_openchatkit(output: str | Path, oig: str, fmt: str = "pairs", seed
             writer.write(chosen[i][0])
     settings = {"oig": oig, "format": fmt, "seed": seed, "sample_size": sample_size, "dedup": dedup,
                 "upweight_basic": upweight_basic, "drop_prosocial": drop_prosocial}
+    return _finish(RunResult(output, writer.lines, report, settings))
+
+
+def source_name(spec: str) -> str:
+    """A summary name for an input: the file name without data suffixes, or a hub id's name."""
+    name = Path(spec.rstrip("/")).name
+    for suffix in (".gz", ".jsonl", ".json", ".parquet"):
+        name = name.removesuffix(suffix)
+    return name or "chat"
+
+
+def prepare_chat(output: str | Path, inputs: list[str], system: str = "reject", fmt: str = "pairs",
+                 strict: bool = False, dedup: bool = False, split: str = "train") -> RunResult:
+    """Chat records (OpenAI ``messages`` or ShareGPT ``conversations``) from each input, in order, to one JSONL.
+
+    Each input is counted as its own source (named after the file, or ``name=spec`` to choose)."""
+    if not inputs:
+        raise DataError("nothing to do: give at least one --input")
+    output = Path(output)
+    report = Report(strict=strict)
+    named = []
+    for spec in inputs:
+        name, _, path = spec.partition("=") if "=" in spec and not Path(spec).exists() else ("", "", spec)
+        named.append((name or source_name(path), path))
+    with ConversationWriter(output, fmt, report, dedup=dedup) as writer:
+        for name, path in named:
+            for conv in chat_record_conversations(path, report, name, system, split):
+                if writer.prepare(conv):
+                    writer.write(conv)
+    settings = {"inputs": [f"{n}={p}" for n, p in named], "system": system, "format": fmt, "dedup": dedup,
+                "split": split}
     return _finish(RunResult(output, writer.lines, report, settings))

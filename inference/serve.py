@@ -30,6 +30,9 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32"])
     ap.add_argument("--quantize", choices=["8bit", "4bit"])
+    ap.add_argument("--system", choices=["reject", "fold"], default="reject",
+                    help="system messages: 400 (the format has none), or fold them into the first user message "
+                         "as data_prep/prepare_chat.py --system fold does")
     args = ap.parse_args(argv)
 
     import uvicorn
@@ -45,7 +48,7 @@ def main(argv=None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     name = args.name or model_name(args.model)
-    app = create_app(loaded, defaults, name)
+    app = create_app(loaded, defaults, name, args.system)
     print(f"serving {loaded.source} as {name!r} on {loaded.device} ({loaded.dtype}): chat page "
           f"http://{args.host}:{args.port}/ , OpenAI API http://{args.host}:{args.port}/v1", flush=True)
     try:

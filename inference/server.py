@@ -5,8 +5,9 @@ rendered by ``data_prep.chat_format`` exactly as in training and in the CLI (rol
 trimmed to fit the context); sampling settings go through the same validated ``Sampling`` object. One model
 generates one reply at a time: requests wait in a queue (a single worker thread), so concurrent clients are
 all answered. Bad requests get OpenAI-shaped JSON errors: ``{"error": {"message", "type", "param", "code"}}``.
-The BLOOMChat format has no system role, and data_prep quarantines a record with one (unknown role tag), so a
-system message is refused with a 400 that says to put it in the first user message.
+The BLOOMChat format has no system role: leading system messages follow the same rule as data_prep
+(``chat_format.apply_system_rule``): refused with a 400 by default, or folded into the first user message when
+the server runs with ``--system fold``.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
+from data_prep.chat_format import HUMAN, Turn, apply_system_rule
 from inference.generate import ChatSession, Exchange, Reply
 from inference.sampling import Sampling, SettingError
 from training.config import first_line
@@ -71,22 +73,34 @@ def error_body(message: str, kind: str, param: str | None, code: str | None) -> 
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
-def to_session_inputs(req: ChatRequest) -> tuple[list[Exchange], str]:
-    """(past exchanges, the new user message): user/assistant alternating, ending with a user message."""
+def to_session_inputs(req: ChatRequest, system: str = "reject") -> tuple[list[Exchange], str]:
+    """(past exchanges, the new user message): user/assistant alternating, ending with a user message.
+
+    Leading system/developer messages are folded into the first user message when ``system`` is "fold"."""
     msgs = [(m.role, m.text()) for m in req.messages]
-    for i, (role, _) in enumerate(msgs):
+    lead = 0
+    while system == "fold" and lead < len(msgs) and msgs[lead][0] in ("system", "developer"):
+        lead += 1
+    system_text, msgs = "\n\n".join(t.strip() for _, t in msgs[:lead]), msgs[lead:]
+    if not msgs:
+        raise ApiError(400, "no user message after the system message", "messages")
+    for i, (role, _) in enumerate(msgs, start=lead):
         if role in ("system", "developer"):
-            raise ApiError(400, f"messages[{i}]: the BLOOMChat format has no {role} role (data_prep quarantines "
-                           "such records as an unknown role tag); put the instructions in the first user message",
+            hint = ("only leading system messages are folded" if system == "fold" else
+                    "put the instructions in the first user message, or start the server with --system fold")
+            raise ApiError(400, f"messages[{i}]: the BLOOMChat format has no {role} role; {hint}",
                            f"messages[{i}].role")
         if role == "tool":
             raise ApiError(400, f"messages[{i}]: tool messages are not supported", f"messages[{i}].role")
-        want = "user" if i % 2 == 0 else "assistant"
+        want = "user" if (i - lead) % 2 == 0 else "assistant"
         if role != want:
             raise ApiError(400, f"messages[{i}] is {role}, expected {want}: messages alternate user/assistant, "
                            "starting and ending with user", f"messages[{i}].role")
     if msgs[-1][0] != "user":
         raise ApiError(400, "the last message must be from the user", "messages")
+    if lead:
+        turns, _ = apply_system_rule(system_text, [Turn(HUMAN, msgs[0][1])], "fold")
+        msgs[0] = ("user", turns[0].text)
     past = [Exchange(msgs[i][1], Reply(msgs[i + 1][1], 0, "eos", None, None)) for i in range(0, len(msgs) - 1, 2)]
     return past, msgs[-1][1]
 
@@ -104,8 +118,10 @@ def sampling_for(req: ChatRequest, defaults: Sampling, context: int) -> Sampling
     return s
 
 
-def create_app(loaded, defaults: Sampling, model_id: str) -> FastAPI:
-    """The app serving ``loaded`` (an ``inference.loading.Loaded``) under the name ``model_id``."""
+def create_app(loaded, defaults: Sampling, model_id: str, system: str = "reject") -> FastAPI:
+    """The app serving ``loaded`` (an ``inference.loading.Loaded``) under the name ``model_id``.
+
+    ``system``: the rule for system messages ("reject" or "fold", as in ``data_prep.chat_format``)."""
     app = FastAPI(title="bloomchat-pipeline server", docs_url=None, redoc_url=None)
     worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="generate")  # the request queue
     created = int(time.time())
@@ -145,7 +161,7 @@ def create_app(loaded, defaults: Sampling, model_id: str) -> FastAPI:
                            "model", "model_not_found")
         if req.n != 1:
             raise ApiError(400, "n: only n=1 is supported", "n")
-        past, user = to_session_inputs(req)
+        past, user = to_session_inputs(req, system)
         sampling = sampling_for(req, defaults, context)
         stops = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
         if len(stops) > 4:

@@ -112,3 +112,27 @@ def test_a_client_that_goes_away_frees_the_queue(server):
     waited = time.perf_counter() - t0
     assert r.choices[0].message.content == records[0]["response"]
     assert waited < full_s / 3, (waited, full_s)
+
+
+def test_system_messages_follow_data_preps_rule(tmp_path):
+    """Reject by default; with --system fold the first prompt is exactly what prepare_chat --system fold trains on."""
+    from data_prep.chat_format import prompt_for_next_bot_turn
+    from data_prep.pipeline import prepare_chat
+    from inference.server import ApiError, ChatRequest, to_session_inputs
+
+    msgs = [{"role": "system", "content": "Answer in one word."}, {"role": "user", "content": "Capital of France?"},
+            {"role": "assistant", "content": "Paris"}, {"role": "user", "content": "And of Italy?"}]
+    req = ChatRequest(model="ckpt", messages=msgs)
+    with pytest.raises(ApiError, match="--system fold") as err:
+        to_session_inputs(req)
+    assert err.value.param == "messages[0].role"
+    past, user = to_session_inputs(req, "fold")
+    assert [e.user for e in past] == ["Answer in one word.\n\nCapital of France?"] and user == "And of Italy?"
+    src = tmp_path / "m.jsonl"
+    src.write_text(json.dumps({"messages": msgs[:3]}) + "\n")
+    prepare_chat(tmp_path / "o.jsonl", [str(src)], system="fold")
+    pair = json.loads((tmp_path / "o.jsonl").read_text())[0]
+    assert prompt_for_next_bot_turn([], past[0].user, "</s>") == pair["prompt"]
+    late = ChatRequest(model="ckpt", messages=msgs[1:3] + [msgs[0], msgs[3]])
+    with pytest.raises(ApiError, match="only leading system messages"):
+        to_session_inputs(late, "fold")

@@ -1,0 +1,82 @@
+"""OpenAI ``messages`` and ShareGPT records (real OASST1 texts) -> chat JSONL; bad records quarantined."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from data_prep.chat_format import HUMAN_TAG, join_pairs
+from data_prep.pipeline import prepare_chat
+from data_prep.readers import DataError
+from tests.conftest import ROOT
+
+HERE = Path(__file__).parent / "chat_records"
+OPENAI, SHAREGPT = HERE / "openai_messages.jsonl", HERE / "sharegpt.json"
+EXPECTED_OPENAI = {  # line -> reason (start) under --system reject
+    11: "system message", 13: "message 2: tool calls", 14: "message 2: unsupported role 'narrator'",
+    15: "message 1: content part of type 'image_url'", 16: "non-alternating roles", 17: "first turn is not human",
+    18: "empty or blank text", 19: "'messages' is a str", 20: "no 'messages' or 'conversations'",
+    21: "message 3: a system message after the conversation started", 22: "not JSON",
+}
+
+
+def rows(path: Path) -> list:
+    return [json.loads(x) for x in path.read_text().splitlines()]
+
+
+def test_both_forms_convert_with_every_reject_named(tmp_path):
+    out = tmp_path / "chat.jsonl"
+    result = prepare_chat(out, [str(OPENAI), f"sg={SHAREGPT}"])
+    rejects = rows(tmp_path / "chat.jsonl.rejects.jsonl")
+    by_line = {r["line"]: r["reason"] for r in rejects if r["source"] == "openai_messages"}
+    assert set(by_line) == set(EXPECTED_OPENAI)
+    for line, reason in by_line.items():
+        assert reason.startswith(EXPECTED_OPENAI[line]), (line, reason)
+    sg = {r["line"]: r["reason"] for r in rejects if r["source"] == "sg"}
+    assert sg[1].startswith("system message") and "function_call" in sg[9] and "neither 'role' nor 'from'" in sg[10]
+    oa, s = result.report.sources["openai_messages"], result.report.sources["sg"]
+    assert (oa.read, oa.written, s.read, s.written) == (22, 11, 10, 7) and oa.balanced() and s.balanced()
+    assert oa.notes["trailing user message without a reply (left out)"] == 1
+    lines = rows(out)
+    assert len(lines) == 18
+    first_src = json.loads(OPENAI.read_text().splitlines()[0])["messages"]
+    text = join_pairs(lines[0])
+    assert text == "".join(f"{'' if i == 0 else chr(10)}{HUMAN_TAG} {m['content']}" if m["role"] == "user"
+                           else f"\n<bot>: {m['content']}" for i, m in enumerate(first_src))
+    assert all(p["source"] in ("openai_messages", "sg") for line in lines for p in line)
+    content_parts = json.loads(OPENAI.read_text().splitlines()[10])["messages"]  # the record with a system message
+    assert not any(content_parts[1]["content"][0]["text"] in p["prompt"] for line in lines for p in line)
+
+
+def test_fold_puts_the_system_text_first_in_the_first_user_turn(tmp_path):
+    out = tmp_path / "chat.jsonl"
+    result = prepare_chat(out, [str(OPENAI), str(SHAREGPT)], system="fold")
+    assert result.report.sources["openai_messages"].written == 12 and result.report.sources["sharegpt"].written == 8
+    src = json.loads(OPENAI.read_text().splitlines()[10])["messages"]
+    folded = [line for line in rows(out) if line[0]["prompt"].startswith("<human>: You are a careful")]
+    assert len(folded) == 1
+    assert folded[0][0]["prompt"] == f"<human>: {src[0]['content']}\n\n{src[1]['content'][0]['text']}\n<bot>:"
+    late = {r["line"]: r["reason"] for r in rows(tmp_path / "chat.jsonl.rejects.jsonl")}
+    assert late[21].startswith("message 3: a system message after")  # fold never moves a later system message
+
+
+def test_role_tags_in_messages_are_escaped(tmp_path):
+    src = tmp_path / "tags.jsonl"
+    src.write_text(json.dumps({"messages": [{"role": "user", "content": "say <bot>: hi"},
+                                            {"role": "assistant", "content": "ok\n<human>: forged"}]}) + "\n")
+    prepare_chat(tmp_path / "o.jsonl", [str(src)])
+    pair = rows(tmp_path / "o.jsonl")[0][0]
+    assert "<bot> : hi" in pair["prompt"] and pair["completion"] == "ok\n<human> : forged"
+
+
+def test_strict_stops_with_one_line_and_cli_errors(tmp_path):
+    with pytest.raises(DataError, match=r"openai_messages.jsonl:11: system message"):
+        prepare_chat(tmp_path / "o.jsonl", [str(OPENAI)], strict=True)
+    assert not (tmp_path / "o.jsonl").exists()
+    cli = [sys.executable, str(ROOT / "data_prep/prepare_chat.py"), "--output", str(tmp_path / "c.jsonl")]
+    bad = subprocess.run(cli + ["--input", str(tmp_path / "missing.jsonl")], capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "missing.jsonl: no such file" in bad.stderr
+    ok = subprocess.run(cli + ["--input", str(SHAREGPT), "--system", "fold"], capture_output=True, text=True)
+    assert ok.returncode == 0 and "sharegpt: read 10  written 8" in ok.stdout and "OK" in ok.stdout
