@@ -20,7 +20,16 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input_path", "--input_file_path", dest="input_path", required=True,
                    help="JSONL (pairs, prompt/completion) or .txt file; pipeline also takes a directory")
     p.add_argument("--output_path", required=True)
-    p.add_argument("--pretrained_tokenizer", default="bigscience/bloom", help="hub id or local tokenizer dir")
+    p.add_argument("--pretrained_tokenizer", required=True, help="hub id or local tokenizer dir")
+    p.add_argument("--model_config", default=None,
+                   help="ours: model dir or hub id for metadata's tokenizer_model_type (default: the tokenizer's)")
+    p.add_argument("--special_tokens_dict", default=None,
+                   help="special tokens to add, as a JSON dict, e.g. '{\"sep_token\": \"[SEP]\"}'")
+    p.add_argument("--prompt_prefix", default=None, help="text put before every non-empty prompt")
+    p.add_argument("--prompt_postfix", default=None, help="text put after every non-empty prompt")
+    p.add_argument("--apply_chat_template", action="store_true",
+                   help="render pairs with the tokenizer's chat template (gdp's rule)")
+    p.add_argument("--log_file_path", default=None, help="log file (default: logs.log beside the output)")
     p.add_argument("--max_seq_length", type=int, default=2048)
     p.add_argument("--input_packing_config", default="full",
                    help="full, or greedy|single|bfd :: drop|truncate_left|truncate_right")
@@ -31,7 +40,8 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--disable_space_separator", action="store_true")
     p.add_argument("--keep_prompt_only_sequences", action="store_true")
     p.add_argument("--ignore_input_format_error", action="store_true")
-    p.add_argument("--categories_path", default=None, help="JSON list of category names -> category_ids")
+    p.add_argument("--categories_path", default=None,
+                   help="JSON file with the list of category names; each record's 'category' -> category_ids")
     p.add_argument("--num_workers", type=int, default=None, help="tokenizer threads (output is identical)")
     p.add_argument("--overwrite_output_path", action="store_true")
 
@@ -41,16 +51,25 @@ def make_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", required=True)
     pipe = sub.add_parser("pipeline", help="shuffle, split and tokenize into train/dev HDF5 files")
     add_common(pipe)
-    pipe.add_argument("--shuffle", default="False", choices=["False", "on_RAM", "large_file"],
-                      help="seeded shuffle of input lines (both modes shuffle offsets, out of core)")
-    pipe.add_argument("--seed", type=int, default=42)
-    pipe.add_argument("--num_training_splits", type=int, default=32)
+    pipe.add_argument("--shuffle", default="False", nargs="?", const="False", choices=["False", "on_RAM", "large_file"],
+                      help="False: gdp's round robin, line k to split k %% splits; on_RAM/large_file: our seeded "
+                           "shuffle (both shuffle line offsets, out of core)")
+    pipe.add_argument("--seed", type=int, default=42, help="ours: the shuffle's seed (gdp's is unseeded)")
+    pipe.add_argument("--num_training_splits", type=int, default=None,
+                      help="default as gdp: 32 under 10 GiB of input, 128 under 100 GiB, else 256")
     pipe.add_argument("--num_dev_splits", type=int, default=None)
     pipe.add_argument("--num_test_splits", type=int, default=None)
-    pipe.add_argument("--dev_ratio", type=float, default=0.0)
-    pipe.add_argument("--test_ratio", type=float, default=0.0)
+    pipe.add_argument("--dev_ratio", type=float, default=None)
+    pipe.add_argument("--test_ratio", type=float, default=None)
+    pipe.add_argument("--do_not_balance_hdf5", action="store_true",
+                      help="keep each file's own rows (default: equal row counts within one, as gdp)")
+    pipe.add_argument("--keep_split_jsonls", action="store_true", help="keep splits/ with each file's input lines")
     one = sub.add_parser("data_prep", help="one input file -> one HDF5 file")
     add_common(one)
+    one.add_argument("--silent", action="store_true", help="print nothing on stdout")
+    ver = sub.add_parser("verify", help="check an output: gdp's metadata, sha256/files_metadata.json, HDF5 shapes")
+    ver.add_argument("output_path")
+    ver.add_argument("--max_seq_length", type=int, default=None)
     dec = sub.add_parser("decode", help="print sequences of an HDF5 file with token types marked")
     dec.add_argument("file")
     dec.add_argument("--index", type=int, default=None)
@@ -60,7 +79,8 @@ def make_parser() -> argparse.ArgumentParser:
 
 def article_settings(args, is_text: bool = False) -> ArticleSettings:
     return ArticleSettings(args.prompt_keyword, args.completion_keyword, args.disable_space_separator,
-                           args.keep_prompt_only_sequences, args.packing_boundary, args.attention_boundary, is_text)
+                           args.keep_prompt_only_sequences, args.packing_boundary, args.attention_boundary, is_text,
+                           args.prompt_prefix or "", args.prompt_postfix or "")
 
 
 def run(args) -> int:
@@ -74,6 +94,16 @@ def run(args) -> int:
         for block in decode_file(Path(args.file), tok, args.index):
             print(block)
         return 0
+    if args.command == "verify":
+        from tokenization_prep.metadata import check_verify
+
+        check_verify(Path(args.output_path), args.max_seq_length)
+        print(f"{args.output_path}: metadata.yaml is gdp's DatasetMetadata; every file matches "
+              "sha256/files_metadata.json and manifest.sha256; HDF5 shapes match")
+        return 0
+    if args.apply_chat_template:
+        raise DataError("--apply_chat_template is not supported yet: render conversations with data_prep "
+                        "(python data_prep/prepare_chat.py writes the chat format every stage uses)")
     cpu_threads(args.num_workers)
     if args.max_seq_length < 1:
         raise DataError("--max_seq_length must be at least 1")
@@ -82,15 +112,24 @@ def run(args) -> int:
         from tokenization_prep.prep import data_prep_file
         from tokenization_prep.tokenizer_io import load_tokenizer
 
+        from tokenization_prep.pipeline import read_categories
+        from tokenization_prep.tokenizer_io import add_special_tokens
+
         src, out = Path(args.input_path), Path(args.output_path)
         if not src.is_file():
             raise DataError(f"--input_path {src}: no such file")
+        if out.suffix != ".hdf5":
+            raise DataError(f"--output_path {out}: data_prep writes one HDF5 file; give a path ending in .hdf5")
         if out.exists() and not args.overwrite_output_path:
             raise DataError(f"--output_path {out} exists; pass --overwrite_output_path")
         config = PackingConfig.parse(args.input_packing_config)
-        m = data_prep_file(src, out, load_tokenizer(args.pretrained_tokenizer), args.max_seq_length, config,
-                           article_settings(args, src.suffix == ".txt"), args.ignore_input_format_error)
-        print(f"wrote {m.sequences:,} sequences ({m.articles:,} articles from {m.lines:,} lines) to {out}")
+        categories = read_categories(args.categories_path)
+        tok = load_tokenizer(args.pretrained_tokenizer)
+        add_special_tokens(tok, args.special_tokens_dict)
+        m = data_prep_file(src, out, tok, args.max_seq_length, config, article_settings(args, src.suffix == ".txt"),
+                           args.ignore_input_format_error, categories)
+        if not args.silent:
+            print(f"wrote {m.sequences:,} sequences ({m.articles:,} articles from {m.lines:,} lines) to {out}")
         return 0
     from tokenization_prep.pipeline import PipelineConfig, run_pipeline
 
@@ -98,10 +137,13 @@ def run(args) -> int:
                          args.input_packing_config, article_settings(args), args.shuffle, args.seed,
                          args.num_training_splits, args.num_dev_splits, args.num_test_splits, args.dev_ratio,
                          args.test_ratio, args.ignore_input_format_error, args.overwrite_output_path,
-                         args.categories_path)
-    result = run_pipeline(cfg)
+                         args.categories_path, args.do_not_balance_hdf5, args.keep_split_jsonls,
+                         args.special_tokens_dict, args.model_config, args.log_file_path)
+    result = run_pipeline(cfg, log=lambda line: print(line, file=sys.stderr))
     print("\n".join(result["report"]))
-    print(f"output: {result['output']} (metadata.yaml, data_report.md, PNG histograms, manifest.sha256)")
+    c = result["counts"]
+    print(f"output: {result['output']} ({c.train} train, {c.dev} dev, {c.test} test files; metadata.yaml, "
+          "sha256/files_metadata.json, data_report.md, PNG histograms, logs.log, manifest.sha256)")
     return 0
 
 

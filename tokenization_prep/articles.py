@@ -40,6 +40,8 @@ class ArticleSettings:
     packing_boundary: str = "jsonl"
     attention_boundary: str = "jsonl"
     is_text: bool = False  # plain text lines (.txt input): the whole line is completion
+    prompt_prefix: str = ""  # gdp: put around every non-empty prompt, after the space-separator rule
+    prompt_postfix: str = ""
 
 
 @dataclass
@@ -91,6 +93,8 @@ def parse_line(raw: bytes | str, s: ArticleSettings) -> LineParts:
         if not s.disable_space_separator:
             prompt = prompt.rstrip(" ") if prompt else prompt
             completion = " " + completion.lstrip(" ") if completion else completion
+        if prompt:
+            prompt = s.prompt_prefix + prompt + s.prompt_postfix
         category = pair.get("category")
         parts.pairs.append((prompt, completion, category if isinstance(category, str) else None))
     return parts

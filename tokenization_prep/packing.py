@@ -56,6 +56,14 @@ class Plan:
     def __eq__(self, other) -> bool:
         return list(self) == list(other)
 
+    def extend(self, other: "Plan") -> None:
+        """Append every sequence of ``other``."""
+        base = len(self.art)
+        self.art.extend(other.art)
+        self.start.extend(other.start)
+        self.end.extend(other.end)
+        self.bounds.extend(b + base for b in other.bounds[1:])
+
     def select(self, indices: Iterable[int]) -> "Plan":
         out = Plan()
         for k in indices:

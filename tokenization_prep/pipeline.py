@@ -9,25 +9,32 @@ is incomplete and a rerun replaces it with identical bytes.
 from __future__ import annotations
 
 import hashlib
-from array import array
 import os
 import shutil
+import sys
+from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+import orjson
 import yaml
+from tqdm import tqdm
 
 from data_prep.atomic import atomic_write
 from data_prep.readers import DataError
 from tokenization_prep.articles import ArticleSettings, ArticleTokenizer
 from tokenization_prep.hdf5_io import TokenStore, write_hdf5
-from tokenization_prep.packing import PackingConfig
+from tokenization_prep.metadata import dataset_metadata, write_files_metadata
+from tokenization_prep.packing import PackingConfig, Plan
 from tokenization_prep.prep import (SplitMetrics, category_table, clean_line, pack_store, record_sequences,
                                    tokenize_into)
 from tokenization_prep.report import write_report
-from tokenization_prep.tokenizer_io import load_tokenizer, tokenizer_model_type
+from tokenization_prep.splits import SplitCounts, balance, split_counts, split_names
+from tokenization_prep.tokenizer_io import add_special_tokens, load_tokenizer, tokenizer_model_type
+
+SHUFFLES = ("False", "on_RAM", "large_file")
 
 MARKER = ".tokenization_prep"
 MANIFEST = "manifest.sha256"
@@ -35,7 +42,7 @@ MANIFEST = "manifest.sha256"
 
 @dataclass
 class PipelineConfig:
-    """Every pipeline setting (gdp's flag names)."""
+    """Every pipeline setting (gdp's flag names and meanings; ``seed`` and ``model_config`` are ours)."""
 
     input_path: str
     output_path: str
@@ -45,14 +52,19 @@ class PipelineConfig:
     article: ArticleSettings = field(default_factory=ArticleSettings)
     shuffle: str = "False"
     seed: int = 42
-    num_training_splits: int = 32
+    num_training_splits: int | None = None
     num_dev_splits: int | None = None
     num_test_splits: int | None = None
-    dev_ratio: float = 0.0
-    test_ratio: float = 0.0
+    dev_ratio: float | None = None
+    test_ratio: float | None = None
     ignore_input_format_error: bool = False
     overwrite_output_path: bool = False
     categories_path: str | None = None
+    do_not_balance_hdf5: bool = False
+    keep_split_jsonls: bool = False
+    special_tokens_dict: str | None = None
+    model_config: str | None = None
+    log_file_path: str | None = None  # default: logs.log in the output dir
 
 
 def input_files(spec: str) -> list[Path]:
@@ -67,9 +79,13 @@ def input_files(spec: str) -> list[Path]:
     raise DataError(f"--input_path {spec}: no such file or directory")
 
 
-def index_lines(files: list[Path]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(file index, byte offset, line number) of every non-blank line: 20 bytes a line, not the text."""
-    fidx, offs, nums = array("i"), array("q"), array("q")
+def index_lines(files: list[Path]) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], np.ndarray, int]:
+    """((file index, byte offset, line number) of every non-blank line, its index among all lines, all lines).
+
+    28 bytes a line, not the text. The index among all lines (blank ones too, files in order) is what gdp's
+    round-robin split uses."""
+    fidx, offs, nums, glob = array("i"), array("q"), array("q"), array("q")
+    k = 0
     for i, path in enumerate(files):
         with open(path, "rb") as fh:
             pos = 0
@@ -78,8 +94,11 @@ def index_lines(files: list[Path]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
                     fidx.append(i)
                     offs.append(pos)
                     nums.append(lineno)
+                    glob.append(k)
                 pos += len(raw)
-    return (np.frombuffer(fidx, np.int32), np.frombuffer(offs, np.int64), np.frombuffer(nums, np.int64))
+                k += 1
+    index = (np.frombuffer(fidx, np.int32), np.frombuffer(offs, np.int64), np.frombuffer(nums, np.int64))
+    return index, np.frombuffer(glob, np.int64), k
 
 
 def read_lines(files, fidx, offs, nums, order) -> Iterator[tuple[str, int, bytes]]:
@@ -114,13 +133,6 @@ def prepare_output_dir(out: Path, overwrite: bool) -> None:
         raise DataError(f"--output_path {out}: cannot write ({exc.strerror})") from None
 
 
-def split_counts(n: int, cfg: PipelineConfig) -> tuple[int, int, int]:
-    if not (0 <= cfg.dev_ratio < 1 and 0 <= cfg.test_ratio < 1 and cfg.dev_ratio + cfg.test_ratio < 1):
-        raise DataError("--dev_ratio and --test_ratio must be in [0, 1) and sum to less than 1")
-    n_test, n_dev = round(n * cfg.test_ratio), round(n * cfg.dev_ratio)
-    return n - n_dev - n_test, n_dev, n_test
-
-
 def chunks(n: int, parts: int) -> list[tuple[int, int]]:
     """``parts`` contiguous ranges over n items whose sizes differ by at most one."""
     base, extra = divmod(n, parts)
@@ -140,97 +152,149 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def run_split(name, order, files, index, tok, cfg, pconf, out, n_files, categories, skipped) -> tuple[SplitMetrics, list[int]]:
-    """Tokenize, pack and write one split into ``n_files`` balanced HDF5 files."""
-    metrics = SplitMetrics()
-    store = TokenStore(out, name)
+def assign_lines(glob: np.ndarray, n_all: int, counts: SplitCounts, shuffle: str, seed: int) -> list[np.ndarray]:
+    """Per split index (train files, then test, then dev): positions into the line index, in file order.
+
+    ``--shuffle False``: line k of the input (blank lines counted) goes to split ``k % splits``, as gdp does.
+    Shuffled: a seeded permutation of the lines cut into contiguous, near-equal chunks (gdp: ``array_split``)."""
+    n_splits = counts.total
+    if shuffle == "False":
+        which = glob % n_splits
+        return [np.flatnonzero(which == j) for j in range(n_splits)]
+    order = np.random.default_rng(seed).permutation(len(glob))
+    return [order[lo:hi] for lo, hi in chunks(len(order), n_splits)]
+
+
+def tokenize_kind(kind: str, parts: list[np.ndarray], files, index, tok, cfg, pconf, out, categories, skipped):
+    """Tokenize each file of one split kind (train or dev) on its own, pack it on its own, balance, write."""
+    metrics, store = SplitMetrics(), TokenStore(out, kind)
     try:
-        tokenize_into(read_lines(files, *index, order), ArticleTokenizer(tok, cfg.article), store, metrics,
-                      cfg.ignore_input_format_error, skipped, total=len(order), desc=f"tokenizing {name}")
-        seqs = pack_store(store, cfg.max_seq_length, pconf, cfg.article.keep_prompt_only_sequences, metrics)
-        if pconf.style == "bfd":  # bfd sorts by length: restore a random order of sequences
-            perm = np.random.default_rng(cfg.seed + 1).permutation(len(seqs))
-            seqs = seqs.select(perm)
-        if len(seqs) < n_files:
-            raise DataError(f"{name} split has {len(seqs)} sequences but {n_files} files were asked for; "
-                            f"lower --num_{'training' if name == 'train' else name}_splits")
-        record_sequences(store, seqs, cfg.max_seq_length, metrics)
-        if seqs and metrics.tokens["completion"] == 0:
-            raise DataError(f"{name} split has no completion tokens: nothing would be trained; check "
+        bounds = []
+        atok = ArticleTokenizer(tok, cfg.article)
+        bar = tqdm(total=sum(len(p) for p in parts), desc=f"tokenizing {kind}", unit="line", mininterval=1.0,
+                   file=sys.stderr)
+        for part in parts:
+            lo = len(store.lengths)
+            tokenize_into(read_lines(files, *index, part), atok, store, metrics, cfg.ignore_input_format_error,
+                          skipped, seal=False, bar=bar)
+            bounds.append((lo, len(store.lengths)))
+        bar.close()
+        store.seal()
+        rows, allp = [], Plan()
+        for j, (lo, hi) in enumerate(bounds):
+            seqs = pack_store(store, cfg.max_seq_length, pconf, cfg.article.keep_prompt_only_sequences, metrics,
+                              lo, hi)
+            if pconf.style == "bfd":  # bfd sorts by length: restore a random order of sequences
+                seqs = seqs.select(np.random.default_rng(cfg.seed + 1 + j).permutation(len(seqs)))
+            rows.append(list(range(len(allp), len(allp) + len(seqs))))
+            allp.extend(seqs)
+        record_sequences(store, allp, cfg.max_seq_length, metrics)
+        if allp and metrics.tokens["completion"] == 0:
+            raise DataError(f"{kind} split has no completion tokens: nothing would be trained; check "
                             "--prompt_keyword/--completion_keyword or the packing settings")
+        if not cfg.do_not_balance_hdf5:
+            rows = balance(rows)
+        empty = [j + 1 for j, r in enumerate(rows) if not r]
+        if empty:
+            raise DataError(f"{kind} file {empty[0]} of {len(rows)} would hold no sequences ({len(allp)} in all); "
+                            f"lower --num_{'training' if kind == 'train' else kind}_splits")
         cat_ids = category_table(store, categories)
-        sizes = []
-        for i, (lo, hi) in enumerate(chunks(len(seqs), n_files)):
-            write_hdf5(out / f"{name}_{i + 1}_of_{n_files}.hdf5", store, seqs.select(range(lo, hi)), cfg.max_seq_length,
-                       tok.eos_token_id, cat_ids)
-            sizes.append(hi - lo)
-        return metrics, sizes
+        for j, r in enumerate(rows):
+            write_hdf5(out / f"{kind}_{j + 1}_of_{len(rows)}.hdf5", store, allp.select(r), cfg.max_seq_length,
+                       pad_id(tok), cat_ids)
+        return metrics, [len(r) for r in rows]
     finally:
         store.cleanup()
 
 
-def run_pipeline(cfg: PipelineConfig) -> dict:
-    """Run everything; return a summary dict (also the report lines under 'report')."""
+def pad_id(tok) -> int:
+    """gdp's padding token: the tokenizer's pad token when it has one, else EOS."""
+    return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+
+
+def write_lines(path: Path, files, index, part) -> None:
+    with atomic_write(path) as fh:
+        for _, _, raw in read_lines(files, *index, part):
+            fh.write(raw + b"\n")
+
+
+def read_categories(spec: str | None) -> list[str] | None:
+    if not spec:
+        return None
+    try:
+        categories = orjson.loads(Path(spec).read_bytes())
+    except (OSError, orjson.JSONDecodeError) as exc:
+        raise DataError(f"--categories_path {spec}: cannot read a JSON list ({exc})") from None
+    if not isinstance(categories, list) or not all(isinstance(c, str) for c in categories):
+        raise DataError(f"--categories_path {spec}: must hold a JSON list of category names")
+    return categories
+
+
+def run_pipeline(cfg: PipelineConfig, log=print) -> dict:
+    """Run everything; return a summary dict (also the report lines under 'report'). ``log`` gets warnings."""
+    logged = [f"{k}: {v}" for k, v in vars(cfg).items()]
+
+    def warn(line: str) -> None:
+        logged.append(line)
+        log(line)
+
     pconf = PackingConfig.parse(cfg.input_packing_config)
     files = input_files(cfg.input_path)
+    if cfg.shuffle not in SHUFFLES:
+        raise DataError(f"--shuffle {cfg.shuffle}: choose one of {', '.join(SHUFFLES)}")
+    counts = split_counts(sum(p.stat().st_size for p in files), cfg.num_training_splits, cfg.num_dev_splits,
+                          cfg.num_test_splits, cfg.dev_ratio, cfg.test_ratio)
+    for w in counts.warnings:
+        warn(w)
     tok = load_tokenizer(cfg.pretrained_tokenizer)
-    categories = None
-    if cfg.categories_path:
-        try:
-            categories = yaml.safe_load(Path(cfg.categories_path).read_text())
-        except (OSError, yaml.YAMLError) as exc:
-            raise DataError(f"--categories_path {cfg.categories_path}: cannot read a JSON list ({exc})") from None
-        if not isinstance(categories, list) or not all(isinstance(c, str) for c in categories):
-            raise DataError(f"--categories_path {cfg.categories_path}: must hold a JSON list of category names")
+    add_special_tokens(tok, cfg.special_tokens_dict)
+    model_type = tokenizer_model_type(tok, cfg.model_config or cfg.pretrained_tokenizer)
+    categories = read_categories(cfg.categories_path)
     out = Path(cfg.output_path)
+    index, glob, n_all = index_lines(files)
+    if n_all < counts.total + 2:
+        raise DataError(f"{n_all} input lines cannot fill {counts.train} training, {counts.dev} dev and {counts.test} "
+                        f"test splits (gdp needs at least splits + 2 lines); lower --num_training_splits or the ratios")
     prepare_output_dir(out, cfg.overwrite_output_path)
-    index = index_lines(files)
-    n = len(index[0])
-    n_train, n_dev, n_test = split_counts(n, cfg)
-    n_dev_files = cfg.num_dev_splits if cfg.num_dev_splits is not None else (1 if n_dev else 0)
-    n_test_files = cfg.num_test_splits if cfg.num_test_splits is not None else (1 if n_test else 0)
-    if n_train < cfg.num_training_splits or n_dev < n_dev_files or n_test < n_test_files:
-        raise DataError(f"{n} input lines cannot fill {cfg.num_training_splits} training, {n_dev_files} dev and "
-                        f"{n_test_files} test splits; lower --num_training_splits or the ratios")
-    order = np.arange(n)
-    if cfg.shuffle not in ("False", "false", "no"):
-        order = np.random.default_rng(cfg.seed).permutation(n)
-    test_order, dev_order, train_order = order[:n_test], order[n_test:n_test + n_dev], order[n_test + n_dev:]
+    parts = assign_lines(glob, n_all, counts, cfg.shuffle, cfg.seed)
+    names = split_names(counts)
+    by_kind = {kind: [p for p, (k, _) in zip(parts, names) if k == kind] for kind in ("train", "test", "dev")}
+    if cfg.keep_split_jsonls:
+        (out / "splits").mkdir(exist_ok=True)
+    ext = ".txt" if cfg.article.is_text else ".jsonl"
+    for part, (kind, i) in zip(parts, names):
+        n_kind = getattr(counts, kind)
+        if kind == "test":
+            (out / "test_files").mkdir(exist_ok=True)
+            write_lines(out / "test_files" / f"test_{i}_of_{n_kind}{ext}", files, index, part)
+        elif cfg.keep_split_jsonls:
+            write_lines(out / "splits" / f"{kind}_{i}_of_{n_kind}{ext}", files, index, part)
     skipped: list[bytes] = []
     splits, sizes = {}, {}
-    for name, part, n_files in (("train", train_order, cfg.num_training_splits), ("dev", dev_order, n_dev_files)):
-        if n_files:
-            splits[name], sizes[name] = run_split(name, part, files, index, tok, cfg, pconf, out, n_files,
-                                                  categories, skipped)
-    if n_test_files:
-        (out / "test").mkdir(exist_ok=True)
-        for i, (lo, hi) in enumerate(chunks(len(test_order), n_test_files)):
-            with atomic_write(out / "test" / f"test_{i + 1}_of_{n_test_files}.jsonl") as fh:
-                for _, _, raw in read_lines(files, *index, test_order[lo:hi]):
-                    fh.write(raw + b"\n")
+    for kind in ("train", "dev"):
+        if by_kind[kind]:
+            splits[kind], sizes[kind] = tokenize_kind(kind, by_kind[kind], files, index, tok, cfg, pconf, out,
+                                                      categories, skipped)
     if skipped:
         with atomic_write(out / "skipped_lines.jsonl") as fh:
             fh.write(b"\n".join(skipped) + b"\n")
+    if categories is not None:
+        with atomic_write(out / "category_to_id.json") as fh:
+            fh.write(orjson.dumps({c: i for i, c in enumerate(categories)}))
     tok.save_pretrained(str(out / "tokenizer"))
-    metadata = {
-        "max_seq_length": cfg.max_seq_length, "token_type_ids": True, "vocab_size": len(tok),
-        "tokenizer_model_type": tokenizer_model_type(tok),
-        "number_of_training_files": cfg.num_training_splits, "number_of_dev_files": n_dev_files,
-        "number_of_test_files": n_test_files, "max_batch_size_train": min(sizes["train"]),
-        "max_batch_size_dev": min(sizes["dev"]) if sizes.get("dev") else None,
-        "eos_token_id": tok.eos_token_id, "pad_token_id": tok.eos_token_id,
-        "input_packing_config": str(pconf), "seed": cfg.seed, "shuffle": cfg.shuffle,
-        "category_ids": categories is not None, "tokenizer_dir": "tokenizer",
-    }
+    metadata = dataset_metadata(cfg, tok, model_type, counts, sizes, splits, str(pconf), pad_id(tok))
     with atomic_write(out / "metadata.yaml", "w") as fh:
-        yaml.safe_dump(metadata, fh, sort_keys=False)
+        yaml.safe_dump(metadata, fh, sort_keys=True)
     lines = write_report(splits, cfg.max_seq_length, out, {"metadata": metadata})
-    entries = sorted(p for p in out.rglob("*") if p.is_file() and p.name not in (MANIFEST, MARKER)
-                     and not p.name.startswith("."))
+    with atomic_write(Path(cfg.log_file_path) if cfg.log_file_path else out / "logs.log", "w") as fh:
+        fh.write("\n".join(logged + lines) + "\n")
+    write_files_metadata(out)
+    entries = sorted(p for p in out.rglob("*") if p.is_file() and p.name not in (MANIFEST, MARKER, "logs.log")
+                     and not p.name.startswith(".") and p.relative_to(out).parts[0] != "sha256")
     with atomic_write(out / MANIFEST, "w") as fh:
         for p in entries:
             fh.write(f"{sha256(p)}  {p.relative_to(out).as_posix()}\n")
-    return {"output": str(out), "metadata": metadata, "report": lines, "splits": splits}
+    return {"output": str(out), "metadata": metadata, "report": lines, "splits": splits, "counts": counts}
 
 
 def verify_manifest(out: Path) -> list[str]:

@@ -43,6 +43,19 @@ class SplitMetrics:
     by_source: dict = field(default_factory=lambda: defaultdict(Counter))  # source -> type -> tokens (input)
     article_lengths: array = field(default_factory=lambda: array("i"))
     fill: array = field(default_factory=lambda: array("f"))  # non-padding fraction per sequence
+    prompt_only_sequences: int = 0  # packed sequences dropped for having no completion token
+
+    def gdp_metrics(self, max_len: int) -> dict:
+        """gdp's per-split metrics under its names (``Metrics``), with its meanings: ``articles`` counts lines
+        read, ``completion_tokens`` includes end-of-article tokens, the all-prompt drop counts whole rows."""
+        packing = sum(n for r, n in self.dropped.items() if r.startswith("longer than max_seq_length"))
+        return {"input_tokens": int(np.frombuffer(self.article_lengths, dtype=np.int32).sum()),
+                "output_tokens": self.sequences * max_len,
+                "prompt_tokens": self.tokens["prompt"],
+                "completion_tokens": self.tokens["completion"] + self.tokens["end_of_article"],
+                "padding_tokens": self.tokens["padding"], "sequences": self.sequences, "articles": self.lines,
+                "tokens_dropped_from_packing": packing,
+                "tokens_dropped_from_all_prompt": self.prompt_only_sequences * max_len}
 
     def as_dict(self) -> dict:
         return {"lines": self.lines, "skipped_lines": self.skipped_lines, "articles": self.articles,
@@ -76,7 +89,7 @@ def _parsed_batches(lines, settings, metrics, ignore_errors, skipped_log) -> Ite
 
 def tokenize_into(lines: Iterable[tuple[str, int, bytes]], atok: ArticleTokenizer, store: TokenStore,
                   metrics: SplitMetrics, ignore_errors: bool, skipped_log: list[bytes], total: int | None = None,
-                  desc: str = "tokenizing") -> None:
+                  desc: str = "tokenizing", seal: bool = True, bar=None) -> None:
     """Parse, encode and store every line's articles, in order.
 
     Pipelined: while the Rust tokenizer encodes batch k on a worker thread (GIL released), this thread
@@ -93,7 +106,9 @@ def tokenize_into(lines: Iterable[tuple[str, int, bytes]], atok: ArticleTokenize
                 for t, name in TYPE_NAMES.items():
                     src[name] += int(counts[t])
 
-    bar = tqdm(total=total, desc=desc, unit="line", mininterval=1.0, file=sys.stderr)
+    own_bar = bar is None
+    if own_bar:
+        bar = tqdm(total=total, desc=desc, unit="line", mininterval=1.0, file=sys.stderr)
     with ThreadPoolExecutor(max_workers=1) as pool:
         pending = None
         for batch in _parsed_batches(lines, atok.settings, metrics, ignore_errors, skipped_log):
@@ -105,18 +120,22 @@ def tokenize_into(lines: Iterable[tuple[str, int, bytes]], atok: ArticleTokenize
         if pending is not None:
             store_batch(pending[0], pending[1].result())
             bar.update(len(pending[0]))
-    bar.close()
-    store.seal()
+    if own_bar:
+        bar.close()
+    if seal:
+        store.seal()
 
 
 def pack_store(store: TokenStore, max_len: int, config: PackingConfig, keep_prompt_only: bool,
-               metrics: SplitMetrics) -> Plan:
-    """Plan sequences, drop completion-less ones unless kept, and count dropped tokens by reason."""
-    seqs = plan(store.lengths, max_len, config)
-    kept = np.bincount(np.frombuffer(seqs.art, dtype=np.int32),
-                       weights=np.frombuffer(seqs.end, dtype=np.int32) - np.frombuffer(seqs.start, dtype=np.int32),
-                       minlength=len(store.lengths))
-    lost = int(np.frombuffer(store.lengths, dtype=np.int32).sum() - kept.sum())
+               metrics: SplitMetrics, lo: int = 0, hi: int | None = None) -> Plan:
+    """Plan sequences of articles [lo, hi), drop completion-less ones unless kept, count dropped tokens."""
+    hi = len(store.lengths) if hi is None else hi
+    lengths = np.frombuffer(store.lengths, dtype=np.int32)[lo:hi]
+    seqs = plan(lengths.tolist(), max_len, config)
+    if lo:
+        seqs.art = array("i", (np.frombuffer(seqs.art, dtype=np.int32) + lo).tobytes())
+    kept = np.frombuffer(seqs.end, dtype=np.int32).sum() - np.frombuffer(seqs.start, dtype=np.int32).sum()
+    lost = int(lengths.sum() - kept)
     if config.overflow and lost:
         reason = "longer than max_seq_length (dropped)" if config.overflow == "drop" else \
             f"longer than max_seq_length ({config.overflow})"
@@ -128,6 +147,7 @@ def pack_store(store: TokenStore, max_len: int, config: PackingConfig, keep_prom
                 keep.append(k)
             else:
                 metrics.dropped["sequence without completion tokens"] += sum(e - s for _, s, e in seq)
+                metrics.prompt_only_sequences += 1
         if len(keep) < len(seqs):
             seqs = seqs.select(keep)
     return seqs

@@ -60,12 +60,41 @@ def load_tokenizer(spec: str):
         tok.bos_token = EOS
     if tok.unk_token is None and EOS in vocab:
         tok.unk_token = EOS
-    if tok.pad_token is None and "<|padding|>" in vocab:
-        tok.pad_token = "<|padding|>"
     tok.chat_template = CHAT_TEMPLATE
     return tok
 
 
-def tokenizer_model_type(tok) -> str:
-    """A short name for metadata.yaml (gdp records the tokenizer's model type)."""
-    return str(type(tok.backend_tokenizer.model).__name__)
+def tokenizer_model_type(tok, spec: str) -> str:
+    """gdp's ``tokenizer_model_type``: ``str(type(AutoConfig.from_pretrained(spec)))``.
+
+    ``spec`` is a model dir with ``config.json`` or a hub id. A bare tokenizer dir has no model config: then the
+    value says so (gdp itself cannot load such a dir)."""
+    path = Path(spec).expanduser()
+    if (path / "config.json").is_file() or (not path.exists() and looks_like_hub_id(spec)):
+        from transformers import AutoConfig
+
+        try:
+            return str(type(AutoConfig.from_pretrained(spec, trust_remote_code=False)))
+        except Exception as exc:  # noqa: BLE001 - any loading failure is one line
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise DataError(f"--model_config {spec}: cannot read the model config ({first})") from None
+    return f"unknown: no config.json in {spec} (pass --model_config with the model's dir or hub id)"
+
+
+def add_special_tokens(tok, spec: str | None) -> None:
+    """gdp's ``--special_tokens_dict``: a JSON (or Python-quoted) dict passed to ``tokenizer.add_special_tokens``."""
+    if not spec:
+        return
+    import json
+
+    try:
+        tokens = json.loads(spec.replace("'", '"'))
+    except json.JSONDecodeError as exc:
+        raise DataError(f"--special_tokens_dict {spec!r}: not a JSON dict ({exc.msg}); "
+                        "e.g. '{\"sep_token\": \"[SEP]\"}'") from None
+    if not isinstance(tokens, dict) or not all(isinstance(k, str) for k in tokens):
+        raise DataError(f"--special_tokens_dict {spec!r}: must be a dict such as '{{\"pad_token\": \"<pad>\"}}'")
+    try:
+        tok.add_special_tokens(tokens)
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise DataError(f"--special_tokens_dict {spec!r}: {exc}") from None

@@ -36,6 +36,8 @@ def read_metadata(data_dir: Path) -> dict:
     for key in ("max_seq_length", "vocab_size"):
         if not isinstance(meta.get(key), int):
             raise ConfigError(f"{meta_path}: missing integer field '{key}'")
+    # gdp's vocab_size leaves out added tokens; ours also records len(tokenizer), what the embedding must hold
+    meta["embedding_rows"] = meta.get("total_vocab_size") or meta["vocab_size"]
     return meta
 
 

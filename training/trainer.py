@@ -108,7 +108,7 @@ class StageRunner:
                 load_tag = checkpoint.to_universal(self.ckpt, load_tag)
                 self.ds_config["checkpoint"] = {"load_universal": True}
         meta = self.train.meta
-        model, self._keep_alive = build_model(cfg.model, meta["vocab_size"], meta["max_seq_length"], self.init,
+        model, self._keep_alive = build_model(cfg.model, meta["embedding_rows"], meta["max_seq_length"], self.init,
                                               cfg.seed, ds=self.ds_config, ds_name=cfg.deepspeed,
                                               lora=cfg.lora is not None, attn=cfg.attn_implementation)
         if cfg.gradient_checkpointing:

@@ -16,6 +16,7 @@ import yaml
 
 from data_prep.pipeline import prepare_oa_dolly
 from tests.conftest import DOLLY, OASST_ROWS, OASST_TREES, PYTHIA_TOKENIZER, ROOT
+from tokenization_prep.metadata import verify
 from tokenization_prep.pipeline import PipelineConfig, run_pipeline, verify_manifest
 
 
@@ -39,13 +40,14 @@ def cli(*args, env=None):
 def pipe_args(src, out, *extra):
     return ["pipeline", "--input_path", str(src), "--output_path", str(out), "--pretrained_tokenizer",
             str(PYTHIA_TOKENIZER), "--max_seq_length", "512", "--input_packing_config", "greedy::drop",
-            "--shuffle", "on_RAM", "--num_training_splits", "3", "--dev_ratio", "0.05", *extra]
+            "--shuffle", "on_RAM", "--num_training_splits", "3", "--num_dev_splits", "1", "--num_test_splits", "0",
+            *extra]
 
 
 def test_outputs_metadata_and_manifest(tmp_path, chat_jsonl):
     out = tmp_path / "out"
     res = run_pipeline(PipelineConfig(str(chat_jsonl), str(out), str(PYTHIA_TOKENIZER), 512, "greedy::drop",
-                                      shuffle="on_RAM", num_training_splits=3, dev_ratio=0.05))
+                                      shuffle="on_RAM", num_training_splits=3, num_dev_splits=1, num_test_splits=0))
     sizes = []
     for i in range(1, 4):
         with h5py.File(out / f"train_{i}_of_3.hdf5") as f:
@@ -53,16 +55,22 @@ def test_outputs_metadata_and_manifest(tmp_path, chat_jsonl):
             assert f["input_ids"].shape[1] == 512 and f["input_ids"].shape == f["token_type_ids"].shape
             t = f["token_type_ids"][:]
             assert set(np.unique(t)) <= {0, 1, 2, 3} and (t == 1).any()
-            assert (f["input_ids"][:][t == 2] == 0).all()  # padding uses the eos id, as gdp
+            assert (f["input_ids"][:][t == 2] == 0).all()  # no pad token in this tokenizer: eos pads, as gdp
             sizes.append(len(t))
     assert max(sizes) - min(sizes) <= 1
     meta = yaml.safe_load((out / "metadata.yaml").read_text())
-    assert meta["max_seq_length"] == 512 and meta["vocab_size"] == 50277 and meta["token_type_ids"] is True
+    # gdp's meanings: vocab_size is tokenizer.vocab_size (added tokens left out); len(tokenizer) is ours
+    assert meta["max_seq_length"] == 512 and meta["vocab_size"] == 50254 and meta["token_type_ids"] is True
+    assert meta["total_vocab_size"] == 50277 and meta["pad_token_id"] == 0
     assert meta["number_of_training_files"] == 3 and meta["number_of_dev_files"] == 1
-    assert meta["max_batch_size_train"] == min(sizes)
-    assert verify_manifest(out) == []
+    assert meta["max_batch_size_train"] == min(sizes) and meta["train_sequences"] == sum(sizes)
+    assert meta["train_articles"] + meta["dev_articles"] == len(chat_jsonl.read_text().splitlines())
+    assert verify_manifest(out) == [] and verify(out, 512) == []
+    assert verify(out, 1024) == ["max_seq_length is 512, expected 1024"]
     (out / "train_2_of_3.hdf5").write_bytes(b"corrupt")
     assert verify_manifest(out) == ["train_2_of_3.hdf5"]
+    problems = verify(out)
+    assert "train_2_of_3.hdf5: changed since it was written (sha256 differs)" in problems
     for name in ("data_report.md", "data_report.json", "article_lengths.png", "sequence_fill.png"):
         assert (out / name).stat().st_size > 0
     assert "| padding % |" in (out / "data_report.md").read_text()

@@ -26,7 +26,8 @@ def token_dirs(tmp_path_factory):
     for src in (oig, oa):
         out = base / (src.stem + "_out")
         run_pipeline(PipelineConfig(str(src), str(out), str(PYTHIA_TOKENIZER), SEQ, "greedy::truncate_left",
-                                    shuffle="on_RAM", num_training_splits=2, dev_ratio=0.1))
+                                    shuffle="on_RAM", num_training_splits=2, num_dev_splits=1,
+                                    num_test_splits=0))
         dirs.append(out)
     return dirs
 

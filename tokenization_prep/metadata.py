@@ -1,0 +1,153 @@
+"""``metadata.yaml`` with gdp's ``DatasetMetadata`` fields and meanings (our extras beside), gdp's
+``sha256/files_metadata.json``, and ``verify``: an output checked against both and against its HDF5 files.
+
+gdp's fields: ``vocab_size`` is ``tokenizer.vocab_size`` (added tokens excluded), ``tokenizer_model_type`` is
+``str(type(AutoConfig))``, ``max_batch_size_*`` the smallest file's row count, and per split gdp's metrics
+(``train_sequences``, ``train_input_tokens`` ...). Ours: ``total_vocab_size`` (``len(tokenizer)``, what a
+model's embedding must hold), eos/pad ids, packing, shuffle, seed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import orjson
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from data_prep.readers import DataError
+
+FILES_METADATA = Path("sha256") / "files_metadata.json"
+
+
+class DatasetMetadata(BaseModel):
+    """gdp's ``DatasetMetadata`` fields (``utils/metadata_generation.py``); extra keys are allowed, as there."""
+
+    model_config = ConfigDict(extra="allow")
+    max_seq_length: int
+    token_type_ids: bool
+    vocab_size: int
+    tokenizer_model_type: str
+    number_of_training_files: int
+    number_of_dev_files: int
+    number_of_test_files: int
+    max_batch_size_train: int
+    max_batch_size_dev: int | None
+
+
+def dataset_metadata(cfg, tok, model_type: str, counts, sizes: dict, splits: dict, packing: str, pad: int) -> dict:
+    """The metadata.yaml dict: gdp's keys with gdp's meanings, then ours."""
+    meta = {
+        "max_seq_length": cfg.max_seq_length, "token_type_ids": True, "vocab_size": tok.vocab_size,
+        "tokenizer_model_type": model_type, "number_of_training_files": counts.train,
+        "number_of_dev_files": counts.dev, "number_of_test_files": counts.test,
+        "max_batch_size_train": min(sizes["train"]),
+        "max_batch_size_dev": min(sizes["dev"]) if sizes.get("dev") else None,
+    }
+    for kind, m in splits.items():
+        meta.update({f"{kind}_{k}": v for k, v in m.gdp_metrics(cfg.max_seq_length).items()})
+    meta.update({"total_vocab_size": len(tok), "eos_token_id": tok.eos_token_id, "pad_token_id": pad,
+                 "input_packing_config": packing, "shuffle": cfg.shuffle, "seed": cfg.seed,
+                 "category_ids": cfg.categories_path is not None, "tokenizer_dir": "tokenizer"})
+    DatasetMetadata.model_validate(meta)
+    return meta
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def files_metadata_key(out: Path, path: Path) -> str:
+    """gdp's key: the path relative to the output dir with separators turned into underscores."""
+    return path.relative_to(out).as_posix().replace("/", "_")
+
+
+def write_files_metadata(out: Path) -> None:
+    """gdp's ``sha256/files_metadata.json``: key -> {sha256, size, modified_time} of every file in the output."""
+    from data_prep.atomic import atomic_write
+
+    entries = {}
+    for path in sorted(p for p in out.rglob("*") if p.is_file()):
+        rel = path.relative_to(out)
+        if rel.parts[0] == "sha256" or any(part.startswith(".") for part in rel.parts) or rel.name == "manifest.sha256":
+            continue
+        st = path.stat()
+        entries[files_metadata_key(out, path)] = {"sha256": _sha256(path), "size": st.st_size,
+                                                  "modified_time": st.st_mtime}
+    (out / "sha256").mkdir(exist_ok=True)
+    with atomic_write(out / FILES_METADATA) as fh:
+        fh.write(orjson.dumps(entries))
+
+
+def verify(out: Path, max_seq_length: int | None = None) -> list[str]:
+    """Problems found in a tokenization output (empty: it is complete and intact).
+
+    Checks metadata.yaml against gdp's ``DatasetMetadata`` (and ``max_seq_length`` if given), every file in
+    ``sha256/files_metadata.json`` and ``manifest.sha256``, and the HDF5 files against the metadata."""
+    import h5py
+
+    problems = []
+    meta_path = out / "metadata.yaml"
+    if not meta_path.is_file():
+        return [f"{meta_path}: missing"]
+    try:
+        meta = DatasetMetadata.model_validate(yaml.safe_load(meta_path.read_text()))
+    except (yaml.YAMLError, ValidationError) as exc:
+        return [f"{meta_path}: not gdp's DatasetMetadata ({str(exc).splitlines()[0]})"]
+    if max_seq_length is not None and meta.max_seq_length != max_seq_length:
+        problems.append(f"max_seq_length is {meta.max_seq_length}, expected {max_seq_length}")
+    fm = out / FILES_METADATA
+    if not fm.is_file():
+        problems.append(f"{fm}: missing")
+    else:
+        listed = orjson.loads(fm.read_bytes())
+        on_disk = {files_metadata_key(out, p): p for p in out.rglob("*") if p.is_file()}
+        for key, entry in listed.items():
+            path = on_disk.get(key)
+            if path is None:
+                problems.append(f"{key}: listed in {FILES_METADATA} but missing")
+            elif "logs" in key:  # as gdp's validate_sha256: the log may be appended to later
+                continue
+            elif os.path.getsize(path) != entry["size"] or _sha256(path) != entry["sha256"]:
+                problems.append(f"{key}: changed since it was written (sha256 differs)")
+    from tokenization_prep.pipeline import verify_manifest
+
+    problems += [f"{rel}: does not match manifest.sha256" for rel in verify_manifest(out)]
+    for kind, n in (("train", meta.number_of_training_files), ("dev", meta.number_of_dev_files)):
+        rows = []
+        for i in range(1, n + 1):
+            path = out / f"{kind}_{i}_of_{n}.hdf5"
+            if not path.is_file():
+                problems.append(f"{path.name}: missing (metadata says {n} {kind} files)")
+                continue
+            try:
+                with h5py.File(path, "r") as f:
+                    shape = f["input_ids"].shape
+                    if shape[1] != meta.max_seq_length or f["token_type_ids"].shape != shape:
+                        problems.append(f"{path.name}: rows of shape {shape}, metadata says {meta.max_seq_length}")
+                    rows.append(shape[0])
+            except (OSError, KeyError) as exc:
+                problems.append(f"{path.name}: not a readable HDF5 split ({str(exc).splitlines()[0]})")
+        limit = meta.max_batch_size_train if kind == "train" else meta.max_batch_size_dev
+        if rows and limit is not None and min(rows) != limit:
+            problems.append(f"max_batch_size_{kind} is {limit} but the smallest {kind} file holds {min(rows)} rows")
+    if meta.number_of_test_files:
+        n = meta.number_of_test_files
+        missing = [i for i in range(1, n + 1) if not any((out / "test_files").glob(f"test_{i}_of_{n}.*"))]
+        if missing:
+            problems.append(f"test_files/test_{missing[0]}_of_{n}: missing")
+    return problems
+
+
+def check_verify(out: Path, max_seq_length: int | None = None) -> None:
+    """Raise DataError naming the first problem (and how many) if ``verify`` finds any."""
+    problems = verify(out, max_seq_length)
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise DataError(f"{out}: {problems[0]}{more}")
