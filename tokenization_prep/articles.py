@@ -65,9 +65,9 @@ class LineParts:
 
 def parse_line(raw: bytes | str, s: ArticleSettings) -> LineParts:
     """Validate one input line and return its pairs after gdp's space-separator rule."""
-    if s.is_text:
+    if s.is_text:  # gdp: the line with its end of line is the completion
         text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
-        return LineParts([("", text.rstrip("\r\n"), None)])
+        return LineParts([("", text.rstrip("\r\n") + "\n", None)])
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:

@@ -13,7 +13,7 @@ import os
 import shutil
 import sys
 from array import array
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterator
 
@@ -68,11 +68,15 @@ class PipelineConfig:
 
 
 def input_files(spec: str) -> list[Path]:
+    """The input file, or a directory's .jsonl files (its .txt files if it has none), sorted by name."""
     path = Path(spec).expanduser()
     if path.is_file():
+        if path.suffix not in (".jsonl", ".txt"):
+            raise DataError(f"--input_path {spec}: not a .jsonl or .txt file (gdp reads only those)")
         return [path]
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in (".jsonl", ".txt"))
+        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix == ".jsonl")
+        files = files or sorted(p for p in path.iterdir() if p.is_file() and p.suffix == ".txt")
         if files:
             return files
         raise DataError(f"--input_path {spec}: directory holds no .jsonl or .txt files")
@@ -240,6 +244,8 @@ def run_pipeline(cfg: PipelineConfig, log=print) -> dict:
 
     pconf = PackingConfig.parse(cfg.input_packing_config)
     files = input_files(cfg.input_path)
+    if files[0].suffix == ".txt" and not cfg.article.is_text:
+        cfg.article = replace(cfg.article, is_text=True)
     if cfg.shuffle not in SHUFFLES:
         raise DataError(f"--shuffle {cfg.shuffle}: choose one of {', '.join(SHUFFLES)}")
     counts = split_counts(sum(p.stat().st_size for p in files), cfg.num_training_splits, cfg.num_dev_splits,

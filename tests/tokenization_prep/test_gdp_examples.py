@@ -1,0 +1,104 @@
+"""generative_data_prep's own examples (tests/tokenization_prep/gdp_examples) rerun through our CLI with the
+flags gdp's tests used: every HDF5 dataset element for element, every split/test line file byte for byte."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import yaml
+
+from tests.conftest import GPT2_TOKENIZER, ROOT
+
+EX = Path(__file__).parent / "gdp_examples"
+# gdp's tests/test_e2e.py::test_pipeline: gpt2, 1024, keep prompt-only, keep split jsonls, no shuffle
+PIPELINE = {
+    "pipeline_test": "--dev_ratio 0.2 --test_ratio 0.1 --do_not_balance_hdf5 --input_packing_config full",
+    "pretraining_txt": "--num_training_splits 32 --num_dev_splits 0 --num_test_splits 0 --input_packing_config full",
+    "dialogue": "--num_training_splits 32 --num_dev_splits 0 --num_test_splits 0 "
+                "--input_packing_config single::truncate_right",
+    "generative_tuning": "--num_training_splits 32 --num_dev_splits 0 --num_test_splits 0 "
+                         "--input_packing_config single::drop",
+    "no_split_dir": "--num_training_splits 32 --num_dev_splits 0 --num_test_splits 0 --input_packing_config single::drop",
+    "json_load_error_test": "--num_training_splits 32 --num_dev_splits 0 --num_test_splits 0 --input_packing_config full "
+                            "--ignore_input_format_error",
+    "category_ids": "--num_training_splits 32 --num_dev_splits 0 --num_test_splits 0 --max_seq_length 2048 "
+                    "--input_packing_config greedy::drop --packing_boundary prompt_completion_pair",
+}
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    r = subprocess.run([sys.executable, "-m", "tokenization_prep", *args], cwd=ROOT, capture_output=True, text=True,
+                       env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    return r
+
+
+def same_hdf5(got: Path, want: Path) -> None:
+    with h5py.File(got) as g, h5py.File(want) as w:
+        assert set(w) <= set(g), (got.name, sorted(g), sorted(w))
+        for key in w:
+            assert g[key].shape == w[key].shape, (got.name, key, g[key].shape, w[key].shape)
+            assert np.array_equal(g[key][:], w[key][:]), (got.name, key)
+
+
+@pytest.mark.parametrize("case", sorted(PIPELINE))
+def test_pipeline_files_equal_gdps(tmp_path, case):
+    src = next((EX / case).glob(f"example_{case}_data.*"))
+    gold, out = EX / case / f"pipelined_{case}", tmp_path / "out"
+    extra = []
+    if case == "category_ids":
+        cats = tmp_path / "categories.json"
+        cats.write_text(json.dumps(list(json.loads((gold / "category_to_id.json").read_text()))))
+        extra = ["--categories_path", str(cats)]
+    args = (f"pipeline --input_path {src} --output_path {out} --pretrained_tokenizer {GPT2_TOKENIZER} "
+            f"--max_seq_length 1024 --keep_prompt_only_sequences --keep_split_jsonls --shuffle False "
+            f"{PIPELINE[case]}").split()
+    run(*args, *extra)
+    want = sorted(p.name for p in gold.glob("*.hdf5"))
+    assert sorted(p.name for p in out.glob("*.hdf5")) == want and want
+    for name in want:
+        same_hdf5(out / name, gold / name)
+    for sub in ("splits", "test_files"):
+        if (gold / sub).is_dir():
+            names = sorted(p.name for p in (gold / sub).iterdir())
+            assert sorted(p.name for p in (out / sub).iterdir()) == names
+            for name in names:
+                assert (out / sub / name).read_bytes() == (gold / sub / name).read_bytes(), name
+    if (gold / "category_to_id.json").is_file():
+        assert json.loads((out / "category_to_id.json").read_text()) == \
+            json.loads((gold / "category_to_id.json").read_text())
+    assert run("verify", str(out)).stdout
+
+
+def test_metadata_equals_gdps(tmp_path):
+    """gdp's tests/test_metadata.py::test_metadata_end2end_output: the whole metadata.yaml, key for key."""
+    case = EX / "pretraining_split_with_new_metadata_and_sha256"
+    model = tmp_path / "gpt2_config"
+    model.mkdir()
+    from transformers import GPT2Config
+
+    GPT2Config().save_pretrained(model)  # gdp reads the model config to name the model type
+    out = tmp_path / "out"
+    run("pipeline", "--input_path", str(case / "example_pretraining_data.jsonl"), "--output_path", str(out),
+        "--pretrained_tokenizer", str(GPT2_TOKENIZER), "--model_config", str(model), "--max_seq_length", "1024",
+        "--num_training_splits", "4", "--shuffle", "False", "--keep_split_jsonls")
+    got, want = (yaml.safe_load(p.read_text()) for p in (out / "metadata.yaml", case / "metadata.yaml"))
+    assert {k: got[k] for k in want} == want
+    files = json.loads((out / "sha256" / "files_metadata.json").read_text())
+    assert {"metadata.yaml", "train_1_of_4.hdf5", "splits_train_1_of_4.jsonl", "tokenizer_tokenizer.json"} <= set(files)
+    gold_entry = next(iter(json.loads((case / "files_metadata.json").read_text()).values()))
+    assert set(files["metadata.yaml"]) == set(gold_entry) == {"sha256", "size", "modified_time"}
+
+
+@pytest.mark.parametrize("case,packing", [("data_prep_test", "full"), ("no_split_dir", "single::drop")])
+def test_data_prep_file_equals_gdps(tmp_path, case, packing):
+    out = tmp_path / "x.hdf5"
+    run("data_prep", "--input_path", str(EX / case / f"example_{case}_data.jsonl"), "--output_path", str(out),
+        "--pretrained_tokenizer", str(GPT2_TOKENIZER), "--max_seq_length", "1024", "--keep_prompt_only_sequences",
+        "--input_packing_config", packing, "--silent")
+    same_hdf5(out, EX / case / f"data_prepped_{case}.hdf5")
