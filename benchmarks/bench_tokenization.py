@@ -4,15 +4,21 @@
   pipeline encodes, in batches of 1,024 lines' strings;
 - e2e: ``python -m tokenization_prep pipeline`` (JSONL in, HDF5 out, greedy::drop, 2048) on the
   bundled Dolly+OASST data_prep output, and on a 10x copy (each in a fresh process for its RSS).
-Also prints the bfd::drop vs greedy::drop packing figures on the 1x input.
+Also prints the bfd::drop vs greedy::drop packing figures on the 1x input, and, when generative_data_prep's
+venv exists (``bash benchmarks/setup_gdp_venv.sh GDP_CHECKOUT``), gdp itself against us side by side: same
+input, same flags (``--shuffle False``, its only deterministic mode), same tokenizer files, wall time of the
+whole command.
 
-    .venv/bin/python benchmarks/bench_tokenization.py
+    .venv/bin/python benchmarks/bench_tokenization.py [--gdp-python benchmarks/.gdp_venv/bin/python]
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -62,7 +68,38 @@ def e2e(src: Path, out: Path, packing: str = "greedy::drop") -> dict:
     return res
 
 
+def side_by_side(py: str, module: str, src: Path, out: Path, tokenizer: Path) -> float:
+    """Wall seconds of one ``pipeline`` command (a fresh process, as a user runs it)."""
+    cmd = [py, "-m", module, "pipeline", "--input_path", str(src), "--output_path", str(out),
+           "--pretrained_tokenizer", str(tokenizer), "--max_seq_length", "2048", "--input_packing_config",
+           "greedy::drop", "--shuffle", "False", "--num_training_splits", "8", "--overwrite_output_path"]
+    t0 = time.perf_counter()
+    subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True,
+                   env={**os.environ, "TOKENIZERS_PARALLELISM": "true"})
+    return time.perf_counter() - t0
+
+
+def vs_gdp(gdp_python: str, inputs: dict, tmp: Path) -> None:
+    from transformers import GPTNeoXConfig
+
+    tok = tmp / "pythia_with_config"  # gdp also reads a model config from the tokenizer dir
+    tok.mkdir()
+    shutil.copy(TOKENIZER / "tokenizer.json", tok / "tokenizer.json")
+    GPTNeoXConfig(vocab_size=50304).to_json_file(str(tok / "config.json"))
+    for name, src in inputs.items():
+        ours = min(side_by_side(sys.executable, "tokenization_prep", src, tmp / f"ours_{name}", tok) for _ in range(2))
+        gdp = min(side_by_side(gdp_python, "generative_data_prep", src, tmp / f"gdp_{name}", tok) for _ in range(2))
+        from benchmarks.gdp_diff import compare
+
+        diffs = compare(tmp / f"ours_{name}", tmp / f"gdp_{name}")
+        print(f"vs gdp {name}: ours {ours:.2f} s, gdp {gdp:.2f} s -> {gdp / ours:.2f}x faster; outputs "
+              f"{'identical (every HDF5 element, gdp metadata keys)' if not diffs else 'DIFFER: ' + diffs[0]}")
+
+
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--gdp-python", default=str(ROOT / "benchmarks/.gdp_venv/bin/python"))
+    args = ap.parse_args()
     from data_prep.pipeline import prepare_oa_dolly
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -87,6 +124,10 @@ def main() -> None:
             lower = -(-real // 2048)
             print(f"{name:<13} sequences {r['sequences']:,} (ceil(tokens/2048) = {lower:,}, "
                   f"x{r['sequences'] / lower:.4f}), non-padding {100 * real / (real + r['tokens']['padding']):.2f}%")
+        if Path(args.gdp_python).exists():
+            vs_gdp(args.gdp_python, {"1x": src, "10x": big}, tmp)
+        else:
+            print(f"gdp comparison skipped: no {args.gdp_python} (bash benchmarks/setup_gdp_venv.sh GDP_CHECKOUT)")
 
 
 if __name__ == "__main__":

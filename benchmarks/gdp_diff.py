@@ -6,7 +6,8 @@ test_files/ and splits/ line files byte for byte. gdp runs from its own venv (ne
     .venv/bin/python benchmarks/gdp_diff.py --tokenizer DIR [--input FILE] [--lines 3000] [--work /tmp/gdp_diff]
 
 ``--tokenizer`` must be a directory both tools load: a saved tokenizer with a ``config.json`` (gdp reads the
-model config from it). Prints one line per case (PASS or what differs) and exits 1 if any case differs.
+model config from it); the chat-template cases need a ``chat_template`` in its ``tokenizer_config.json``
+(they are skipped otherwise). Prints one line per case (PASS or what differs) and exits 1 if any case differs.
 """
 
 from __future__ import annotations
@@ -40,10 +41,22 @@ CASES = {  # name -> pipeline flags (all with --shuffle False: gdp's only determ
                                               "--attention_boundary prompt_completion_pair",
     "prefix/postfix, no space separator": "--num_training_splits 3 --input_packing_config greedy::drop "
                                           "--prompt_prefix '[P] ' --prompt_postfix ' [/P]' --disable_space_separator",
+    "chat template (tokenizer's own)": "--num_training_splits 3 --input_packing_config greedy::drop "
+                                       "--apply_chat_template",
+    "chat template, pair boundaries": "--num_training_splits 2 --input_packing_config single::truncate_right "
+                                      "--apply_chat_template --packing_boundary prompt_completion_pair "
+                                      "--attention_boundary prompt_completion_pair --prompt_prefix '>> '",
     "keep prompt-only, special tokens": "--num_training_splits 2 --input_packing_config single::truncate_left "
                                         "--keep_prompt_only_sequences "
                                         "--special_tokens_dict '{\"pad_token\": \"<pad>\"}'",
 }
+
+
+def _tokenizer_config(path: str) -> dict:
+    import json
+
+    p = Path(path) / "tokenizer_config.json"
+    return json.loads(p.read_text()) if p.is_file() else {}
 
 
 def compare(ours: Path, gdp: Path) -> list[str]:
@@ -99,6 +112,9 @@ def main() -> int:
     failed = 0
     for name, flags in CASES.items():
         if args.only and args.only not in name:
+            continue
+        if "chat template" in name and "chat_template" not in _tokenizer_config(args.tokenizer):
+            print(f"SKIP {name}: {args.tokenizer}/tokenizer_config.json has no chat_template")
             continue
         common = (f"pipeline --input_path {src} --pretrained_tokenizer {args.tokenizer} --max_seq_length "
                   f"{args.max_seq_length} --shuffle False --overwrite_output_path {flags}")

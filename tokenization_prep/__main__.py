@@ -101,9 +101,6 @@ def run(args) -> int:
         print(f"{args.output_path}: metadata.yaml is gdp's DatasetMetadata; every file matches "
               "sha256/files_metadata.json and manifest.sha256; HDF5 shapes match")
         return 0
-    if args.apply_chat_template:
-        raise DataError("--apply_chat_template is not supported yet: render conversations with data_prep "
-                        "(python data_prep/prepare_chat.py writes the chat format every stage uses)")
     cpu_threads(args.num_workers)
     if args.max_seq_length < 1:
         raise DataError("--max_seq_length must be at least 1")
@@ -113,7 +110,7 @@ def run(args) -> int:
         from tokenization_prep.tokenizer_io import load_tokenizer
 
         from tokenization_prep.pipeline import read_categories
-        from tokenization_prep.tokenizer_io import add_special_tokens
+        from tokenization_prep.tokenizer_io import add_special_tokens, chat_renderer
 
         src, out = Path(args.input_path), Path(args.output_path)
         if not src.is_file():
@@ -126,8 +123,11 @@ def run(args) -> int:
         categories = read_categories(args.categories_path)
         tok = load_tokenizer(args.pretrained_tokenizer)
         add_special_tokens(tok, args.special_tokens_dict)
-        m = data_prep_file(src, out, tok, args.max_seq_length, config, article_settings(args, src.suffix == ".txt"),
-                           args.ignore_input_format_error, categories)
+        settings = article_settings(args, src.suffix == ".txt")
+        if args.apply_chat_template:
+            settings.chat_render = chat_renderer(tok, args.pretrained_tokenizer)
+        m = data_prep_file(src, out, tok, args.max_seq_length, config, settings, args.ignore_input_format_error,
+                           categories)
         if not args.silent:
             print(f"wrote {m.sequences:,} sequences ({m.articles:,} articles from {m.lines:,} lines) to {out}")
         return 0
@@ -138,7 +138,7 @@ def run(args) -> int:
                          args.num_training_splits, args.num_dev_splits, args.num_test_splits, args.dev_ratio,
                          args.test_ratio, args.ignore_input_format_error, args.overwrite_output_path,
                          args.categories_path, args.do_not_balance_hdf5, args.keep_split_jsonls,
-                         args.special_tokens_dict, args.model_config, args.log_file_path)
+                         args.special_tokens_dict, args.model_config, args.log_file_path, args.apply_chat_template)
     result = run_pipeline(cfg, log=lambda line: print(line, file=sys.stderr))
     print("\n".join(result["report"]))
     c = result["counts"]

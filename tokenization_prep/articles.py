@@ -16,13 +16,17 @@ Example (one conversation line, packing and attention boundary ``jsonl``)::
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import orjson
 
 PROMPT, COMPLETION, PADDING, SEP = 0, 1, 2, 3
 BOUNDARIES = ("jsonl", "prompt_completion_pair")
+PROMPT_PLACEHOLDER, COMPLETION_PLACEHOLDER = "<prompt_placeholder>", "<completion_placeholder>"
+_PLACEHOLDERS = re.compile(f"({PROMPT_PLACEHOLDER}|{COMPLETION_PLACEHOLDER})")
 
 
 class InputFormatError(ValueError):
@@ -42,6 +46,7 @@ class ArticleSettings:
     is_text: bool = False  # plain text lines (.txt input): the whole line is completion
     prompt_prefix: str = ""  # gdp: put around every non-empty prompt, after the space-separator rule
     prompt_postfix: str = ""
+    chat_render: Callable[[list[dict]], str] | None = None  # --apply_chat_template: messages -> template text
 
 
 @dataclass
@@ -76,6 +81,8 @@ def parse_line(raw: bytes | str, s: ArticleSettings) -> LineParts:
         obj = [obj]
     if not isinstance(obj, list) or not obj:
         raise InputFormatError("a line must be a JSON object or a non-empty list of objects")
+    if s.chat_render is not None:
+        return chat_line(obj, s)
     parts = LineParts()
     for pair in obj:
         if not isinstance(pair, dict):
@@ -100,8 +107,66 @@ def parse_line(raw: bytes | str, s: ArticleSettings) -> LineParts:
     return parts
 
 
-def build_articles(parts: LineParts, encoded: list[list[int]], eos: int, s: ArticleSettings) -> list[Article]:
-    """Assemble the articles of one line from its encoded strings (prompt, completion per pair, in order)."""
+def chat_line(obj: list, s: ArticleSettings) -> LineParts:
+    """gdp's ``--apply_chat_template``: render user/assistant placeholders with the template, then cut the text
+    into prompt/completion pairs where a completion is followed by the text the template puts before the first
+    prompt. Templates whose turns do not repeat that text (a BOS or system block first) give one pair for the
+    whole conversation, as in gdp. No space separator; empty completions are kept; no category."""
+    prompts, completions = [], []
+    for pair in obj:
+        if not isinstance(pair, dict):
+            raise InputFormatError("a list line must hold only JSON objects")
+        if s.completion_keyword not in pair:
+            raise InputFormatError(f"completion keyword '{s.completion_keyword}' not found")
+        prompt, completion = pair.get(s.prompt_keyword, ""), pair[s.completion_keyword]
+        if not isinstance(prompt, str) or not isinstance(completion, str):
+            raise InputFormatError(f"'{s.prompt_keyword}' and '{s.completion_keyword}' must be strings")
+        prompts.append(prompt)
+        completions.append(completion)
+    messages = [m for _ in prompts for m in ({"role": "user", "content": PROMPT_PLACEHOLDER},
+                                             {"role": "assistant", "content": COMPLETION_PLACEHOLDER})]
+    pieces = _PLACEHOLDERS.split(s.chat_render(messages))
+    prefix = ""
+    for piece in pieces:
+        if piece == PROMPT_PLACEHOLDER:
+            break
+        prefix += piece
+    parts = LineParts(source=next((p["source"] for p in obj if isinstance(p.get("source"), str)), None))
+    state, cur_p, cur_c, pi, ci = "prompt", "", "", 0, 0
+    for piece in pieces:
+        if piece == PROMPT_PLACEHOLDER:
+            cur_p += prompts[pi]
+            pi += 1
+        elif piece == COMPLETION_PLACEHOLDER:
+            cur_c += completions[ci]
+            ci += 1
+            state = "completion"
+        elif state == "prompt":
+            cur_p += piece
+        elif piece.endswith(prefix):
+            if not prefix:
+                raise InputFormatError("the chat template puts no text before the first user message, so turns "
+                                       "cannot be found (gdp fails the same way)")
+            cur_c += piece.split(prefix)[0]
+            parts.pairs.append((_wrap(cur_p, s), cur_c, None))
+            state, cur_p, cur_c = "prompt", prefix, ""
+        else:
+            cur_c += piece
+    if cur_p or cur_c:
+        parts.pairs.append((_wrap(cur_p, s), cur_c, None))
+    return parts
+
+
+def _wrap(prompt: str, s: ArticleSettings) -> str:
+    return s.prompt_prefix + prompt + s.prompt_postfix if prompt else prompt
+
+
+def build_articles(parts: LineParts, encoded: list[list[int]], eos: int, s: ArticleSettings,
+                   bos: int | None = None) -> list[Article]:
+    """Assemble the articles of one line from its encoded strings (prompt, completion per pair, in order).
+
+    As gdp: a prompt loses a trailing EOS (and, with a chat template, a leading BOS); a completion loses a
+    leading BOS when there is a prompt, and a trailing EOS; then one EOS closes the pair."""
     articles: list[Article] = []
     ids: list[int] = []
     types: list[int] = []
@@ -111,6 +176,14 @@ def build_articles(parts: LineParts, encoded: list[list[int]], eos: int, s: Arti
     for i, (prompt, completion, cat) in enumerate(parts.pairs):
         p_ids = next(it) if prompt else []
         c_ids = next(it) if completion else []
+        if p_ids and p_ids[-1] == eos:
+            p_ids = p_ids[:-1]
+        if p_ids and s.chat_render is not None and bos is not None and p_ids[0] == bos:
+            p_ids = p_ids[1:]
+        if c_ids and prompt and bos is not None and c_ids[0] == bos:
+            c_ids = c_ids[1:]
+        if c_ids and c_ids[-1] == eos:
+            c_ids = c_ids[:-1]
         if p_ids or c_ids:
             ids += p_ids + c_ids + [eos]
             types += [PROMPT] * len(p_ids) + [COMPLETION] * (len(c_ids) + 1)
@@ -150,6 +223,7 @@ class ArticleTokenizer:
     def __init__(self, tokenizer, settings: ArticleSettings):
         self.backend = tokenizer.backend_tokenizer
         self.eos = tokenizer.eos_token_id
+        self.bos = tokenizer.bos_token_id
         self.settings = settings
         self._encode = getattr(self.backend, "encode_batch_fast", self.backend.encode_batch)
 
@@ -161,7 +235,7 @@ class ArticleTokenizer:
         out, pos = [], 0
         for parts in parts_list:
             n = sum(bool(p) + bool(c) for p, c, _ in parts.pairs)
-            out.append(build_articles(parts, encoded[pos:pos + n], self.eos, self.settings))
+            out.append(build_articles(parts, encoded[pos:pos + n], self.eos, self.settings, self.bos))
             pos += n
         return out
 

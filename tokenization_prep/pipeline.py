@@ -32,7 +32,7 @@ from tokenization_prep.prep import (SplitMetrics, category_table, clean_line, pa
                                    tokenize_into)
 from tokenization_prep.report import write_report
 from tokenization_prep.splits import SplitCounts, balance, split_counts, split_names
-from tokenization_prep.tokenizer_io import add_special_tokens, load_tokenizer, tokenizer_model_type
+from tokenization_prep.tokenizer_io import add_special_tokens, chat_renderer, load_tokenizer, tokenizer_model_type
 
 SHUFFLES = ("False", "on_RAM", "large_file")
 
@@ -65,6 +65,7 @@ class PipelineConfig:
     special_tokens_dict: str | None = None
     model_config: str | None = None
     log_file_path: str | None = None  # default: logs.log in the output dir
+    apply_chat_template: bool = False
 
 
 def input_files(spec: str) -> list[Path]:
@@ -236,7 +237,8 @@ def read_categories(spec: str | None) -> list[str] | None:
 
 def run_pipeline(cfg: PipelineConfig, log=print) -> dict:
     """Run everything; return a summary dict (also the report lines under 'report'). ``log`` gets warnings."""
-    logged = [f"{k}: {v}" for k, v in vars(cfg).items()]
+    logged = [f"{k}: {v}" for k, v in vars(cfg).items() if k != "article"] + \
+        [f"{k}: {v}" for k, v in vars(cfg.article).items() if k != "chat_render"]
 
     def warn(line: str) -> None:
         logged.append(line)
@@ -254,6 +256,8 @@ def run_pipeline(cfg: PipelineConfig, log=print) -> dict:
         warn(w)
     tok = load_tokenizer(cfg.pretrained_tokenizer)
     add_special_tokens(tok, cfg.special_tokens_dict)
+    if cfg.apply_chat_template:
+        cfg.article = replace(cfg.article, chat_render=chat_renderer(tok, cfg.pretrained_tokenizer))
     model_type = tokenizer_model_type(tok, cfg.model_config or cfg.pretrained_tokenizer)
     categories = read_categories(cfg.categories_path)
     out = Path(cfg.output_path)

@@ -60,8 +60,22 @@ def load_tokenizer(spec: str):
         tok.bos_token = EOS
     if tok.unk_token is None and EOS in vocab:
         tok.unk_token = EOS
+    tok.own_chat_template = tok.chat_template  # what --apply_chat_template uses (None: the files have none)
     tok.chat_template = CHAT_TEMPLATE
     return tok
+
+
+def chat_renderer(tok, spec: str):
+    """gdp's ``--apply_chat_template`` renderer: the tokenizer's own template, messages -> text (no tokens)."""
+    template = getattr(tok, "own_chat_template", None)
+    if not template:
+        raise DataError(f"--apply_chat_template: the tokenizer {spec} has no chat template; use one that has "
+                        "(a tokenizer/ dir written by tokenization_prep carries the BLOOMChat one) or drop the flag")
+
+    def render(messages: list[dict]) -> str:
+        return tok.apply_chat_template(messages, tokenize=False, chat_template=template)
+
+    return render
 
 
 def tokenizer_model_type(tok, spec: str) -> str:

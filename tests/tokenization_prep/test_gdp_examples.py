@@ -102,3 +102,44 @@ def test_data_prep_file_equals_gdps(tmp_path, case, packing):
         "--pretrained_tokenizer", str(GPT2_TOKENIZER), "--max_seq_length", "1024", "--keep_prompt_only_sequences",
         "--input_packing_config", packing, "--silent")
     same_hdf5(out, EX / case / f"data_prepped_{case}.hdf5")
+
+
+def test_apply_chat_template_cuts_pairs_as_gdp(tmp_path):
+    """gdp's rule with the BLOOMChat template: each pair is the template text up to the next first-turn prefix
+    ("<human>: "), so a completion carries the template's EOS and newline, then the pair's own EOS."""
+    from data_prep.chat_format import CHAT_TEMPLATE
+    from tests.conftest import PYTHIA_TOKENIZER
+    from tokenization_prep.tokenizer_io import load_tokenizer
+
+    tok_dir = tmp_path / "tok"
+    tok_dir.mkdir()
+    (tok_dir / "tokenizer.json").write_bytes((PYTHIA_TOKENIZER / "tokenizer.json").read_bytes())
+    (tok_dir / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "<|endoftext|>", "chat_template": CHAT_TEMPLATE}))
+    src = EX / "dialogue" / "example_dialogue_data.jsonl"
+    first = json.loads(src.read_text().splitlines()[0])
+    out = tmp_path / "x.hdf5"
+    run("data_prep", "--input_path", str(src), "--output_path", str(out), "--pretrained_tokenizer", str(tok_dir),
+        "--max_seq_length", "1024", "--input_packing_config", "single::truncate_right", "--apply_chat_template")
+    tok = load_tokenizer(str(tok_dir))
+    with h5py.File(out) as f:
+        ids, types = f["input_ids"][0], f["token_type_ids"][0]
+    n = int((types != 2).sum())
+    got = []  # (type, text) runs
+    for i in range(n):
+        t = 1 if types[i] == 3 else int(types[i])
+        if got and got[-1][0] == t:
+            got[-1][1].append(int(ids[i]))
+        else:
+            got.append((t, [int(ids[i])]))
+    texts = [(t, tok.decode(x)) for t, x in got]
+    want = []
+    for i, pair in enumerate(first):
+        last = i == len(first) - 1
+        want += [(0, f"<human>: {pair['prompt']}\n<bot>: "),
+                 (1, pair["completion"] + "<|endoftext|>" + ("" if last else "\n<|endoftext|>"))]
+    assert texts == want
+    bare = subprocess.run([sys.executable, "-m", "tokenization_prep", "data_prep", "--input_path", str(src),
+                           "--output_path", str(tmp_path / "y.hdf5"), "--pretrained_tokenizer", str(GPT2_TOKENIZER),
+                           "--apply_chat_template"], cwd=ROOT, capture_output=True, text=True)
+    assert bare.returncode == 2 and "has no chat template" in bare.stderr and bare.stderr.count("\n") == 1
