@@ -66,6 +66,7 @@ class LineParts:
     pairs: list[tuple[str, str, str | None]] = field(default_factory=list)
     source: str | None = None
     skipped_empty_completions: int = 0
+    tag: int = 0  # which output file of the split the line goes to
 
 
 def parse_line(raw: bytes | str, s: ArticleSettings) -> LineParts:

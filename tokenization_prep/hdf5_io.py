@@ -33,6 +33,7 @@ class TokenStore:
         self.categories = array("i")
         self.sources = array("i")
         self.type_counts = array("i")  # 4 per article: tokens of type 0..3
+        self.tags = array("i")  # the output file each article goes to (its line's tag)
         self._readers = None
         self.category_names: dict[str, int] = {}
         self.source_names: dict[str, int] = {}
@@ -43,8 +44,9 @@ class TokenStore:
             return -1
         return table.setdefault(name, len(table))
 
-    def add(self, article: Article) -> np.ndarray:
+    def add(self, article: Article, tag: int = 0) -> np.ndarray:
         """Store one article; return its token counts per type."""
+        self.tags.append(tag)
         counts = np.bincount(article.types, minlength=4)[:4]
         self.type_counts.extend(counts.tolist())
         self.offsets.append(self.total)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import sys
 from array import array
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -20,7 +19,6 @@ from typing import Iterator
 import numpy as np
 import orjson
 import yaml
-from tqdm import tqdm
 
 from data_prep.atomic import atomic_write
 from data_prep.readers import DataError
@@ -174,25 +172,27 @@ def tokenize_kind(kind: str, parts: list[np.ndarray], files, index, tok, cfg, pc
     """Tokenize each file of one split kind (train or dev) on its own, pack it on its own, balance, write."""
     metrics, store = SplitMetrics(), TokenStore(out, kind)
     try:
-        bounds = []
-        atok = ArticleTokenizer(tok, cfg.article)
-        bar = tqdm(total=sum(len(p) for p in parts), desc=f"tokenizing {kind}", unit="line", mininterval=1.0,
-                   file=sys.stderr)
-        for part in parts:
-            lo = len(store.lengths)
-            tokenize_into(read_lines(files, *index, part), atok, store, metrics, cfg.ignore_input_format_error,
-                          skipped, seal=False, bar=bar)
-            bounds.append((lo, len(store.lengths)))
-        bar.close()
-        store.seal()
+        def tagged():  # every file's lines in turn, tagged with the file: one pipelined tokenizer pass
+            for j, part in enumerate(parts):
+                for file, lineno, raw in read_lines(files, *index, part):
+                    yield file, lineno, raw, j
+
+        tokenize_into(tagged(), ArticleTokenizer(tok, cfg.article), store, metrics, cfg.ignore_input_format_error,
+                      skipped, total=sum(len(p) for p in parts), desc=f"tokenizing {kind}")
+        tags = np.frombuffer(store.tags, dtype=np.int32)
+        cuts = np.searchsorted(tags, np.arange(len(parts) + 1), side="left")
+        bounds = [(int(cuts[j]), int(cuts[j + 1])) for j in range(len(parts))]
         rows, allp = [], Plan()
-        for j, (lo, hi) in enumerate(bounds):
-            seqs = pack_store(store, cfg.max_seq_length, pconf, cfg.article.keep_prompt_only_sequences, metrics,
-                              lo, hi)
-            if pconf.style == "bfd":  # bfd sorts by length: restore a random order of sequences
-                seqs = seqs.select(np.random.default_rng(cfg.seed + 1 + j).permutation(len(seqs)))
-            rows.append(list(range(len(allp), len(allp) + len(seqs))))
-            allp.extend(seqs)
+        if pconf.style == "bfd":  # ours: best fit over the whole split, in a seeded order, cut into files
+            allp = pack_store(store, cfg.max_seq_length, pconf, cfg.article.keep_prompt_only_sequences, metrics)
+            allp = allp.select(np.random.default_rng(cfg.seed + 1).permutation(len(allp)))
+            rows = [list(range(lo, hi)) for lo, hi in chunks(len(allp), len(parts))]
+        else:  # gdp: each file packed on its own
+            for lo, hi in bounds:
+                seqs = pack_store(store, cfg.max_seq_length, pconf, cfg.article.keep_prompt_only_sequences,
+                                  metrics, lo, hi)
+                rows.append(list(range(len(allp), len(allp) + len(seqs))))
+                allp.extend(seqs)
         record_sequences(store, allp, cfg.max_seq_length, metrics)
         if allp and metrics.tokens["completion"] == 0:
             raise DataError(f"{kind} split has no completion tokens: nothing would be trained; check "

@@ -66,10 +66,13 @@ class SplitMetrics:
 def _parsed_batches(lines, settings, metrics, ignore_errors, skipped_log) -> Iterator[list[LineParts]]:
     """Parse lines into batches of BATCH_LINES; bad lines raise, or are logged and counted."""
     batch: list[LineParts] = []
-    for file, lineno, raw in lines:
+    for item in lines:  # (file, line number, raw line[, tag])
+        file, lineno, raw = item[0], item[1], item[2]
         metrics.lines += 1
         try:
             parts = parse_line(raw, settings)
+            if len(item) > 3:
+                parts.tag = item[3]
         except InputFormatError as exc:
             if not ignore_errors:
                 raise DataError(f"{file}:{lineno}: {exc} (fix the line, or pass --ignore_input_format_error "
@@ -89,7 +92,7 @@ def _parsed_batches(lines, settings, metrics, ignore_errors, skipped_log) -> Ite
 
 def tokenize_into(lines: Iterable[tuple[str, int, bytes]], atok: ArticleTokenizer, store: TokenStore,
                   metrics: SplitMetrics, ignore_errors: bool, skipped_log: list[bytes], total: int | None = None,
-                  desc: str = "tokenizing", seal: bool = True, bar=None) -> None:
+                  desc: str = "tokenizing") -> None:
     """Parse, encode and store every line's articles, in order.
 
     Pipelined: while the Rust tokenizer encodes batch k on a worker thread (GIL released), this thread
@@ -97,18 +100,16 @@ def tokenize_into(lines: Iterable[tuple[str, int, bytes]], atok: ArticleTokenize
     """
 
     def store_batch(parts_list, encoded):
-        for articles in atok.assemble(parts_list, encoded):
+        for parts, articles in zip(parts_list, atok.assemble(parts_list, encoded)):
             for art in articles:
-                counts = store.add(art)
+                counts = store.add(art, parts.tag)
                 metrics.articles += 1
                 metrics.article_lengths.append(len(art.ids))
                 src = metrics.by_source[art.source or "-"]
                 for t, name in TYPE_NAMES.items():
                     src[name] += int(counts[t])
 
-    own_bar = bar is None
-    if own_bar:
-        bar = tqdm(total=total, desc=desc, unit="line", mininterval=1.0, file=sys.stderr)
+    bar = tqdm(total=total, desc=desc, unit="line", mininterval=1.0, file=sys.stderr)
     with ThreadPoolExecutor(max_workers=1) as pool:
         pending = None
         for batch in _parsed_batches(lines, atok.settings, metrics, ignore_errors, skipped_log):
@@ -120,10 +121,8 @@ def tokenize_into(lines: Iterable[tuple[str, int, bytes]], atok: ArticleTokenize
         if pending is not None:
             store_batch(pending[0], pending[1].result())
             bar.update(len(pending[0]))
-    if own_bar:
-        bar.close()
-    if seal:
-        store.seal()
+    bar.close()
+    store.seal()
 
 
 def pack_store(store: TokenStore, max_len: int, config: PackingConfig, keep_prompt_only: bool,

@@ -124,6 +124,11 @@ def test_bad_input_is_one_clear_line(tmp_path, chat_jsonl):
         (pipe_args(bad, tmp_path / "o4") + ["--num_training_splits", "500"], "cannot fill 500 training"),
         (pipe_args(bad, "/proc/forbidden/out"), "cannot write"),
         (pipe_args(bad, tmp_path / "o5", "--input_packing_config", "greedy"), "greedy::drop"),
+        (pipe_args(bad, tmp_path / "o6", "--dev_ratio", "0.1"), "--dev_ratio cannot be combined"),
+        (pipe_args(bad, tmp_path / "o7")[:-6] + ["--num_dev_splits", "1"], "need all three"),
+        (pipe_args(bad, tmp_path / "o8", "--special_tokens_dict", "{pad: <x>"), "--special_tokens_dict"),
+        (pipe_args(bad, tmp_path / "o9", "--categories_path", str(tmp_path / "nope.json")), "--categories_path"),
+        (pipe_args(bad, tmp_path / "o10")[:-6] + ["--num_training_splits", "0"], "must be at least 1"),
     ]
     for args, needle in cases:
         r = cli(*args)

@@ -36,7 +36,13 @@ def test_topologies_and_process_counts_train_the_same_step(token_dirs, stage_con
     ref_w, ref_m = results["m1a4"]
     assert [r["step"] for r in ref_m] == [1, 2, 3]
     for name, (w, m) in results.items():
-        assert max_abs_diff(ref_w, w) < LR * 1e-2, name  # far below one step's change (~lr per weight)
+        # far below one step's change (~lr per weight). The input embedding gets 5x that: AdamW divides a row's
+        # near-zero gradient (a rare token's) by its own RMS, so fp32 summation-order noise of another micro-batch
+        # split moves it by a visible fraction of lr (3.4e-5 seen at micro 4 vs 1)
+        emb = "gpt_neox.embed_in.weight"
+        assert max_abs_diff({k: v for k, v in ref_w.items() if k != emb}, {k: v for k, v in w.items() if k != emb}) \
+            < LR * 1e-2, name
+        assert max_abs_diff({emb: ref_w[emb]}, {emb: w[emb]}) < LR * 5e-2, name
         assert len(m) == len(ref_m), name
         for a, b in zip(ref_m, m, strict=True):
             assert b["loss"] == pytest.approx(a["loss"], rel=1e-5), name  # global, token-weighted
