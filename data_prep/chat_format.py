@@ -93,8 +93,10 @@ def apply_system_rule(system_text: str, turns: list[Turn], rule: str) -> tuple[l
     if rule == "reject":
         return turns, "system message (the chat format has no system role; --system fold puts it at the start " \
                       "of the first user message)"
-    if not turns or turns[0].role != HUMAN:
+    if not turns:
         return turns, "a system message but no user message to fold it into"
+    if turns[0].role != HUMAN:
+        return turns, "first turn is not human"
     if not system_text.strip():
         return turns, None
     return [Turn(HUMAN, f"{system_text.strip()}\n\n{turns[0].text}")] + list(turns[1:]), None

@@ -1,8 +1,9 @@
 """Chat data users already hold: OpenAI-style ``messages`` and ShareGPT ``conversations`` records.
 
 A record is ``{"messages": [{"role": ..., "content": ...}, ...]}`` (OpenAI; ``content`` may also be a list of
-``{"type": "text", "text": ...}`` parts) or ``{"conversations": [{"from": ..., "value": ...}, ...]}`` (ShareGPT;
-role/content items are read there too). Roles map to the chat format's two: user/human -> human,
+``{"type": "text", "text": ...}`` parts) or ``{"conversations": [{"from": ..., "value": ...}, ...]}``
+(ShareGPT; role/content items are read there too; a record-level ``"system"`` string is a leading system
+message). Roles map to the chat format's two: user/human -> human,
 assistant/gpt/bot/chatgpt/model -> bot. System (and OpenAI ``developer``) messages follow one stated rule,
 ``data_prep.chat_format.apply_system_rule``; tool, function and unknown roles, tool calls and non-text parts
 reject the record with a reason. A trailing user message with no reply is left out and counted.
@@ -72,6 +73,11 @@ def chat_record_conversation(obj: dict, conv_id: str, source: str, system: str =
     if not isinstance(items, list):
         return None, f"'{key}' is a {type(items).__name__}, not a list", False
     system_texts: list[str] = []
+    if "system" in obj:  # ShareGPT's record-level system prompt
+        if not isinstance(obj["system"], str):
+            return None, f"'system' is a {type(obj['system']).__name__}, not a string", False
+        if obj["system"].strip():
+            system_texts.append(obj["system"])
     turns: list[Turn] = []
     for i, item in enumerate(items):
         role, text, reason = _message(item, i)

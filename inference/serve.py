@@ -11,6 +11,8 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from data_prep.chat_format import SYSTEM_RULES  # noqa: E402
+
 
 def model_name(path: str) -> str:
     """The id clients use: a stage's name for ``.../<stage>/final``, else the dir name or the hub id."""
@@ -30,7 +32,7 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32"])
     ap.add_argument("--quantize", choices=["8bit", "4bit"])
-    ap.add_argument("--system", choices=["reject", "fold"], default="reject",
+    ap.add_argument("--system", choices=SYSTEM_RULES, default="reject",
                     help="system messages: 400 (the format has none), or fold them into the first user message "
                          "as data_prep/prepare_chat.py --system fold does")
     args = ap.parse_args(argv)

@@ -55,7 +55,7 @@ def dataset_metadata(cfg, tok, model_type: str, counts, sizes: dict, splits: dic
     return meta
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
@@ -68,18 +68,26 @@ def files_metadata_key(out: Path, path: Path) -> str:
     return path.relative_to(out).as_posix().replace("/", "_")
 
 
-def write_files_metadata(out: Path) -> None:
-    """gdp's ``sha256/files_metadata.json``: key -> {sha256, size, modified_time} of every file in the output."""
+def listed_files(out: Path) -> list[Path]:
+    """Every file gdp's ``validate_sha256`` expects a hash for: all but ``sha256/`` (and our temp files)."""
+    return sorted(p for p in out.rglob("*") if p.is_file() and p.relative_to(out).parts[0] != "sha256"
+                  and not (p.name.startswith(".") and p.name.endswith(".tmp")))
+
+
+def write_files_metadata(out: Path, pending: dict[str, bytes]) -> None:
+    """gdp's ``sha256/files_metadata.json``: key -> {sha256, size, modified_time} of every file in the output,
+    plus ``pending`` files (name -> bytes) that will be written after it (the manifest, our last file)."""
+    import time
+
     from data_prep.atomic import atomic_write
 
     entries = {}
-    for path in sorted(p for p in out.rglob("*") if p.is_file()):
-        rel = path.relative_to(out)
-        if rel.parts[0] == "sha256" or any(part.startswith(".") for part in rel.parts) or rel.name == "manifest.sha256":
-            continue
+    for path in listed_files(out):
         st = path.stat()
-        entries[files_metadata_key(out, path)] = {"sha256": _sha256(path), "size": st.st_size,
+        entries[files_metadata_key(out, path)] = {"sha256": sha256_file(path), "size": st.st_size,
                                                   "modified_time": st.st_mtime}
+    for name, data in pending.items():  # gdp rehashes when the time differs, so the hash is what counts
+        entries[name] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data), "modified_time": time.time()}
     (out / "sha256").mkdir(exist_ok=True)
     with atomic_write(out / FILES_METADATA) as fh:
         fh.write(orjson.dumps(entries))
@@ -106,16 +114,24 @@ def verify(out: Path, max_seq_length: int | None = None) -> list[str]:
     if not fm.is_file():
         problems.append(f"{fm}: missing")
     else:
-        listed = orjson.loads(fm.read_bytes())
-        on_disk = {files_metadata_key(out, p): p for p in out.rglob("*") if p.is_file()}
+        try:
+            listed = orjson.loads(fm.read_bytes())
+        except orjson.JSONDecodeError:
+            listed = None
+        if not isinstance(listed, dict) or not all(isinstance(e, dict) and isinstance(e.get("sha256"), str)
+                                                   and isinstance(e.get("size"), int) for e in listed.values()):
+            return problems + [f"{fm}: not gdp's files_metadata.json (key -> sha256, size, modified_time)"]
+        on_disk = {files_metadata_key(out, p): p for p in listed_files(out)}
         for key, entry in listed.items():
             path = on_disk.get(key)
             if path is None:
                 problems.append(f"{key}: listed in {FILES_METADATA} but missing")
             elif "logs" in key:  # as gdp's validate_sha256: the log may be appended to later
                 continue
-            elif os.path.getsize(path) != entry["size"] or _sha256(path) != entry["sha256"]:
+            elif os.path.getsize(path) != entry["size"] or sha256_file(path) != entry["sha256"]:
                 problems.append(f"{key}: changed since it was written (sha256 differs)")
+        problems += [f"{key}: not listed in {FILES_METADATA}" for key in sorted(set(on_disk) - set(listed))
+                     if "logs" not in key]
     from tokenization_prep.pipeline import verify_manifest
 
     problems += [f"{rel}: does not match manifest.sha256" for rel in verify_manifest(out)]

@@ -1,4 +1,5 @@
-"""gdp's ``pipeline``: input lines -> seeded shuffle -> train/dev/test splits -> balanced HDF5 files.
+"""gdp's ``pipeline``: input lines -> train/dev/test splits (gdp's round robin, or our seeded shuffle) ->
+each file tokenized and packed -> balanced HDF5 files, metadata and checksums.
 
 Memory stays flat: lines are indexed by byte offset (the shuffle permutes offsets, so inputs larger
 than memory shuffle out of core) and tokens wait in an on-disk store until written. Every file is
@@ -8,7 +9,6 @@ is incomplete and a rerun replaces it with identical bytes.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 from array import array
@@ -24,13 +24,14 @@ from data_prep.atomic import atomic_write
 from data_prep.readers import DataError
 from tokenization_prep.articles import ArticleSettings, ArticleTokenizer
 from tokenization_prep.hdf5_io import TokenStore, write_hdf5
-from tokenization_prep.metadata import dataset_metadata, write_files_metadata
+from tokenization_prep.metadata import dataset_metadata, sha256_file, write_files_metadata
 from tokenization_prep.packing import PackingConfig, Plan
 from tokenization_prep.prep import (SplitMetrics, category_table, clean_line, pack_store, record_sequences,
                                    tokenize_into)
 from tokenization_prep.report import write_report
 from tokenization_prep.splits import SplitCounts, balance, split_counts, split_names
-from tokenization_prep.tokenizer_io import add_special_tokens, chat_renderer, load_tokenizer, tokenizer_model_type
+from tokenization_prep.tokenizer_io import (add_special_tokens, chat_renderer, load_tokenizer, pad_id,
+                                            tokenizer_model_type)
 
 SHUFFLES = ("False", "on_RAM", "large_file")
 
@@ -147,15 +148,7 @@ def chunks(n: int, parts: int) -> list[tuple[int, int]]:
     return out
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def assign_lines(glob: np.ndarray, n_all: int, counts: SplitCounts, shuffle: str, seed: int) -> list[np.ndarray]:
+def assign_lines(glob: np.ndarray, counts: SplitCounts, shuffle: str, seed: int) -> list[np.ndarray]:
     """Per split index (train files, then test, then dev): positions into the line index, in file order.
 
     ``--shuffle False``: line k of the input (blank lines counted) goes to split ``k % splits``, as gdp does.
@@ -212,11 +205,6 @@ def tokenize_kind(kind: str, parts: list[np.ndarray], files, index, tok, cfg, pc
         store.cleanup()
 
 
-def pad_id(tok) -> int:
-    """gdp's padding token: the tokenizer's pad token when it has one, else EOS."""
-    return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-
-
 def write_lines(path: Path, files, index, part) -> None:
     with atomic_write(path) as fh:
         for _, _, raw in read_lines(files, *index, part):
@@ -258,15 +246,18 @@ def run_pipeline(cfg: PipelineConfig, log=print) -> dict:
     add_special_tokens(tok, cfg.special_tokens_dict)
     if cfg.apply_chat_template:
         cfg.article = replace(cfg.article, chat_render=chat_renderer(tok, cfg.pretrained_tokenizer))
-    model_type = tokenizer_model_type(tok, cfg.model_config or cfg.pretrained_tokenizer)
+    model_type, why = tokenizer_model_type(tok, cfg.model_config or cfg.pretrained_tokenizer)
     categories = read_categories(cfg.categories_path)
     out = Path(cfg.output_path)
+    log_path = Path(cfg.log_file_path) if cfg.log_file_path else out / "logs.log"
+    if log_path.is_dir() or (cfg.log_file_path and not log_path.parent.is_dir()):
+        raise DataError(f"--log_file_path {cfg.log_file_path}: not a file in an existing directory")
     index, glob, n_all = index_lines(files)
     if n_all < counts.total + 2:
         raise DataError(f"{n_all} input lines cannot fill {counts.train} training, {counts.dev} dev and {counts.test} "
                         f"test splits (gdp needs at least splits + 2 lines); lower --num_training_splits or the ratios")
     prepare_output_dir(out, cfg.overwrite_output_path)
-    parts = assign_lines(glob, n_all, counts, cfg.shuffle, cfg.seed)
+    parts = assign_lines(glob, counts, cfg.shuffle, cfg.seed)
     names = split_names(counts)
     by_kind = {kind: [p for p, (k, _) in zip(parts, names) if k == kind] for kind in ("train", "test", "dev")}
     if cfg.keep_split_jsonls:
@@ -291,19 +282,24 @@ def run_pipeline(cfg: PipelineConfig, log=print) -> dict:
     if categories is not None:
         with atomic_write(out / "category_to_id.json") as fh:
             fh.write(orjson.dumps({c: i for i, c in enumerate(categories)}))
+    if cfg.apply_chat_template:  # the template the data was rendered with goes with it
+        tok.chat_template = tok.own_chat_template
     tok.save_pretrained(str(out / "tokenizer"))
     metadata = dataset_metadata(cfg, tok, model_type, counts, sizes, splits, str(pconf), pad_id(tok))
     with atomic_write(out / "metadata.yaml", "w") as fh:
         yaml.safe_dump(metadata, fh, sort_keys=True)
     lines = write_report(splits, cfg.max_seq_length, out, {"metadata": metadata})
-    with atomic_write(Path(cfg.log_file_path) if cfg.log_file_path else out / "logs.log", "w") as fh:
+    if why:  # said once the run succeeded, so that an error stays one line
+        warn(f"warning: metadata.yaml's tokenizer_model_type is unknown ({why}); gdp's validator compares it with "
+             "the model's config type: pass --model_config with the model's dir or hub id")
+    with atomic_write(log_path, "w") as fh:
         fh.write("\n".join(logged + lines) + "\n")
-    write_files_metadata(out)
     entries = sorted(p for p in out.rglob("*") if p.is_file() and p.name not in (MANIFEST, MARKER, "logs.log")
                      and not p.name.startswith(".") and p.relative_to(out).parts[0] != "sha256")
-    with atomic_write(out / MANIFEST, "w") as fh:
-        for p in entries:
-            fh.write(f"{sha256(p)}  {p.relative_to(out).as_posix()}\n")
+    manifest = "".join(f"{sha256_file(p)}  {p.relative_to(out).as_posix()}\n" for p in entries).encode()
+    write_files_metadata(out, {MANIFEST: manifest})
+    with atomic_write(out / MANIFEST) as fh:  # last: an output without it is incomplete
+        fh.write(manifest)
     return {"output": str(out), "metadata": metadata, "report": lines, "splits": splits, "counts": counts}
 
 
@@ -315,7 +311,7 @@ def verify_manifest(out: Path) -> list[str]:
     bad = []
     for line in manifest.read_text().splitlines():
         digest, rel = line.split("  ", 1)
-        if not (out / rel).exists() or sha256(out / rel) != digest:
+        if not (out / rel).exists() or sha256_file(out / rel) != digest:
             bad.append(rel)
     return bad
 

@@ -25,6 +25,7 @@ from tokenization_prep.articles import (COMPLETION, PROMPT, SEP, ArticleSettings
                                         LineParts, parse_line)
 from tokenization_prep.hdf5_io import TokenStore, has_completion, write_hdf5
 from tokenization_prep.packing import PackingConfig, Plan, plan
+from tokenization_prep.tokenizer_io import pad_id
 
 BATCH_LINES = 1024
 TYPE_NAMES = {PROMPT: "prompt", COMPLETION: "completion", SEP: "end_of_article"}
@@ -203,7 +204,7 @@ def data_prep_file(input_path: Path, output_path: Path, tokenizer, max_len: int,
                       ignore_errors, skipped)
         seqs = pack_store(store, max_len, config, settings.keep_prompt_only_sequences, metrics)
         record_sequences(store, seqs, max_len, metrics)
-        write_hdf5(output_path, store, seqs, max_len, tokenizer.eos_token_id, category_table(store, categories))
+        write_hdf5(output_path, store, seqs, max_len, pad_id(tokenizer), category_table(store, categories))
     finally:
         store.cleanup()
     if skipped:

@@ -78,21 +78,27 @@ def chat_renderer(tok, spec: str):
     return render
 
 
-def tokenizer_model_type(tok, spec: str) -> str:
-    """gdp's ``tokenizer_model_type``: ``str(type(AutoConfig.from_pretrained(spec)))``.
+def pad_id(tok) -> int:
+    """gdp's padding token: the tokenizer's pad token when it has one, else EOS."""
+    return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
 
-    ``spec`` is a model dir with ``config.json`` or a hub id. A bare tokenizer dir has no model config: then the
-    value says so (gdp itself cannot load such a dir)."""
+
+def tokenizer_model_type(tok, spec: str) -> tuple[str, str | None]:
+    """gdp's ``tokenizer_model_type``, ``str(type(AutoConfig.from_pretrained(spec)))``, and why it is unknown.
+
+    ``spec`` is a model dir with ``config.json`` or a hub id. Without a readable model config (a bare tokenizer
+    dir, a hub id offline; gdp itself fails there) the value says "unknown" and the reason comes back."""
     path = Path(spec).expanduser()
     if (path / "config.json").is_file() or (not path.exists() and looks_like_hub_id(spec)):
         from transformers import AutoConfig
 
         try:
-            return str(type(AutoConfig.from_pretrained(spec, trust_remote_code=False)))
-        except Exception as exc:  # noqa: BLE001 - any loading failure is one line
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise DataError(f"--model_config {spec}: cannot read the model config ({first})") from None
-    return f"unknown: no config.json in {spec} (pass --model_config with the model's dir or hub id)"
+            return str(type(AutoConfig.from_pretrained(spec, trust_remote_code=False))), None
+        except Exception as exc:  # noqa: BLE001 - any loading failure: recorded, not fatal
+            why = f"cannot read the model config of {spec}: " + (str(exc).strip().splitlines() or ["?"])[0]
+    else:
+        why = f"no config.json in {spec}"
+    return f"unknown ({why})", why
 
 
 def add_special_tokens(tok, spec: str | None) -> None:

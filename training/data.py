@@ -36,8 +36,17 @@ def read_metadata(data_dir: Path) -> dict:
     for key in ("max_seq_length", "vocab_size"):
         if not isinstance(meta.get(key), int):
             raise ConfigError(f"{meta_path}: missing integer field '{key}'")
-    # gdp's vocab_size leaves out added tokens; ours also records len(tokenizer), what the embedding must hold
-    meta["embedding_rows"] = meta.get("total_vocab_size") or meta["vocab_size"]
+    # gdp's vocab_size leaves out added tokens; ours also records len(tokenizer), what the embedding must hold.
+    # A gdp-made dir has only the former: then len() of the tokenizer it saved beside the data
+    rows = meta.get("total_vocab_size")
+    if not isinstance(rows, int) and (data_dir / "tokenizer").is_dir():
+        from transformers import AutoTokenizer
+
+        try:
+            rows = len(AutoTokenizer.from_pretrained(str(data_dir / "tokenizer"), trust_remote_code=False))
+        except (OSError, ValueError):
+            rows = None
+    meta["embedding_rows"] = max(meta["vocab_size"], rows or 0)
     return meta
 
 

@@ -80,3 +80,14 @@ def test_strict_stops_with_one_line_and_cli_errors(tmp_path):
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "missing.jsonl: no such file" in bad.stderr
     ok = subprocess.run(cli + ["--input", str(SHAREGPT), "--system", "fold"], capture_output=True, text=True)
     assert ok.returncode == 0 and "sharegpt: read 10  written 8" in ok.stdout and "OK" in ok.stdout
+
+
+def test_sharegpt_record_level_system_follows_the_rule(tmp_path):
+    src = tmp_path / "sg.jsonl"
+    conv = {"conversations": [{"from": "human", "value": "Name a prime."}, {"from": "gpt", "value": "7"}],
+            "system": "Be terse."}
+    src.write_text(json.dumps(conv) + "\n")
+    rejected = prepare_chat(tmp_path / "r.jsonl", [str(src)])
+    assert rejected.report.sources["sg"].rejected == {next(iter(rejected.report.sources["sg"].rejected)): 1}
+    prepare_chat(tmp_path / "f.jsonl", [str(src)], system="fold")
+    assert rows(tmp_path / "f.jsonl")[0][0]["prompt"] == "<human>: Be terse.\n\nName a prime.\n<bot>:"

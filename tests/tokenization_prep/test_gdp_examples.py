@@ -95,6 +95,16 @@ def test_metadata_equals_gdps(tmp_path):
     assert set(files["metadata.yaml"]) == set(gold_entry) == {"sha256", "size", "modified_time"}
 
 
+def test_data_prep_pads_with_an_added_pad_token(tmp_path):
+    out = tmp_path / "x.hdf5"
+    run("data_prep", "--input_path", str(EX / "dialogue" / "example_dialogue_data.jsonl"), "--output_path", str(out),
+        "--pretrained_tokenizer", str(GPT2_TOKENIZER), "--max_seq_length", "1024", "--input_packing_config",
+        "single::truncate_right", "--special_tokens_dict", '{"pad_token": "<pad>"}')
+    with h5py.File(out) as f:
+        ids, types = f["input_ids"][:], f["token_type_ids"][:]
+    assert (types == 2).any() and (ids[types == 2] == 50257).all()  # the new token, not EOS (50256)
+
+
 @pytest.mark.parametrize("case,packing", [("data_prep_test", "full"), ("no_split_dir", "single::drop")])
 def test_data_prep_file_equals_gdps(tmp_path, case, packing):
     out = tmp_path / "x.hdf5"

@@ -69,8 +69,10 @@ def test_outputs_metadata_and_manifest(tmp_path, chat_jsonl):
     assert verify(out, 1024) == ["max_seq_length is 512, expected 1024"]
     (out / "train_2_of_3.hdf5").write_bytes(b"corrupt")
     assert verify_manifest(out) == ["train_2_of_3.hdf5"]
+    (out / "extra.bin").write_bytes(b"x")
     problems = verify(out)
     assert "train_2_of_3.hdf5: changed since it was written (sha256 differs)" in problems
+    assert "extra.bin: not listed in sha256/files_metadata.json" in problems
     for name in ("data_report.md", "data_report.json", "article_lengths.png", "sequence_fill.png"):
         assert (out / name).stat().st_size > 0
     assert "| padding % |" in (out / "data_report.md").read_text()
