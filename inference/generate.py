@@ -4,7 +4,8 @@
 multi-turn history rendered by ``data_prep.chat_format`` (the exact text training saw), trims the oldest
 turns to fit the context, streams text, and stops at the trained end-of-turn token or at a ``<human>:``
 tag, which is never printed even in part. The KV cache of the previous turn is kept and reused for the
-unchanged token prefix of the next prompt, so a turn costs its new tokens, not the whole history.
+unchanged token prefix of the next prompt, so a turn costs its new tokens, not the whole history; it grows by
+doubling (``inference.kv_cache``), so appending does not copy the history either.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from transformers.generation.streamers import BaseStreamer
 
 from data_prep.chat_format import (BOT, HUMAN, HUMAN_TAG, Conversation, Turn, escape_role_tags,
                                    prompt_for_next_bot_turn, to_pairs)
+from inference.kv_cache import growing_cache
 from inference.loading import load_for_chat
 from inference.sampling import Sampling
 
@@ -226,6 +228,8 @@ class ChatSession:
             kwargs.update(streamer=streamer,
                           stopping_criteria=StoppingCriteriaList([_StopFlag(streamer, should_stop)]))
         cache, reused = self._reusable_cache(ids) if streaming else (None, 0)
+        if streaming and cache is None:
+            cache = growing_cache(self.model, self.context)
         self._cache, self._cache_ids = None, []  # dropped unless generation completes
         start = time.perf_counter()
         stop, out = "length", None

@@ -86,13 +86,7 @@ def parse_line(raw: bytes | str, s: ArticleSettings) -> LineParts:
         return chat_line(obj, s)
     parts = LineParts()
     for pair in obj:
-        if not isinstance(pair, dict):
-            raise InputFormatError("a list line must hold only JSON objects")
-        if s.completion_keyword not in pair:
-            raise InputFormatError(f"completion keyword '{s.completion_keyword}' not found")
-        prompt, completion = pair.get(s.prompt_keyword, ""), pair[s.completion_keyword]
-        if not isinstance(prompt, str) or not isinstance(completion, str):
-            raise InputFormatError(f"'{s.prompt_keyword}' and '{s.completion_keyword}' must be strings")
+        prompt, completion = pair_strings(pair, s)
         if parts.source is None and isinstance(pair.get("source"), str):
             parts.source = pair["source"]
         if not completion and not s.keep_prompt_only_sequences:
@@ -108,6 +102,18 @@ def parse_line(raw: bytes | str, s: ArticleSettings) -> LineParts:
     return parts
 
 
+def pair_strings(pair, s: ArticleSettings) -> tuple[str, str]:
+    """(prompt, completion) of one pair object; the prompt may be missing (empty), the completion may not."""
+    if not isinstance(pair, dict):
+        raise InputFormatError("a list line must hold only JSON objects")
+    if s.completion_keyword not in pair:
+        raise InputFormatError(f"completion keyword '{s.completion_keyword}' not found")
+    prompt, completion = pair.get(s.prompt_keyword, ""), pair[s.completion_keyword]
+    if not isinstance(prompt, str) or not isinstance(completion, str):
+        raise InputFormatError(f"'{s.prompt_keyword}' and '{s.completion_keyword}' must be strings")
+    return prompt, completion
+
+
 def chat_line(obj: list, s: ArticleSettings) -> LineParts:
     """gdp's ``--apply_chat_template``: render user/assistant placeholders with the template, then cut the text
     into prompt/completion pairs where a completion is followed by the text the template puts before the first
@@ -115,13 +121,7 @@ def chat_line(obj: list, s: ArticleSettings) -> LineParts:
     whole conversation, as in gdp. No space separator; empty completions are kept; no category."""
     prompts, completions = [], []
     for pair in obj:
-        if not isinstance(pair, dict):
-            raise InputFormatError("a list line must hold only JSON objects")
-        if s.completion_keyword not in pair:
-            raise InputFormatError(f"completion keyword '{s.completion_keyword}' not found")
-        prompt, completion = pair.get(s.prompt_keyword, ""), pair[s.completion_keyword]
-        if not isinstance(prompt, str) or not isinstance(completion, str):
-            raise InputFormatError(f"'{s.prompt_keyword}' and '{s.completion_keyword}' must be strings")
+        prompt, completion = pair_strings(pair, s)
         prompts.append(prompt)
         completions.append(completion)
     messages = [m for _ in prompts for m in ({"role": "user", "content": PROMPT_PLACEHOLDER},

@@ -23,9 +23,10 @@ PIPELINE = {
                 "--input_packing_config single::truncate_right",
     "generative_tuning": "--num_training_splits 32 --num_dev_splits 0 --num_test_splits 0 "
                          "--input_packing_config single::drop",
-    "no_split_dir": "--num_training_splits 32 --num_dev_splits 0 --num_test_splits 0 --input_packing_config single::drop",
-    "json_load_error_test": "--num_training_splits 32 --num_dev_splits 0 --num_test_splits 0 --input_packing_config full "
-                            "--ignore_input_format_error",
+    "no_split_dir": "--num_training_splits 32 --num_dev_splits 0 --num_test_splits 0 "
+                    "--input_packing_config single::drop",
+    "json_load_error_test": "--num_training_splits 32 --num_dev_splits 0 --num_test_splits 0 "
+                            "--input_packing_config full --ignore_input_format_error",
     "category_ids": "--num_training_splits 32 --num_dev_splits 0 --num_test_splits 0 --max_seq_length 2048 "
                     "--input_packing_config greedy::drop --packing_boundary prompt_completion_pair",
 }
