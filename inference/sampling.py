@@ -13,6 +13,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from training.config import GENERATION_DEFAULTS
+
 MIN_PROMPT_TOKENS = 16  # what a reply may never take from the context
 
 
@@ -29,11 +31,11 @@ class Sampling(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    temperature: float = Field(0.8, ge=0, le=100, allow_inf_nan=False)
-    top_p: float = Field(0.9, gt=0, le=1, allow_inf_nan=False)
+    temperature: float = Field(GENERATION_DEFAULTS["temperature"], ge=0, le=100, allow_inf_nan=False)
+    top_p: float = Field(GENERATION_DEFAULTS["top_p"], gt=0, le=1, allow_inf_nan=False)
     top_k: int = Field(0, ge=0)
-    repetition_penalty: float = Field(1.2, gt=0, le=100, allow_inf_nan=False)
-    max_new_tokens: int = Field(512, ge=1, le=1_000_000)
+    repetition_penalty: float = Field(GENERATION_DEFAULTS["repetition_penalty"], gt=0, le=100, allow_inf_nan=False)
+    max_new_tokens: int = Field(GENERATION_DEFAULTS["max_new_tokens"], ge=1, le=1_000_000)
     do_sample: bool = True
     seed: int | None = Field(None, ge=0, le=2**63 - 1)
 

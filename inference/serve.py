@@ -5,6 +5,7 @@
 """
 
 import argparse
+import socket
 import sys
 from pathlib import Path
 
@@ -12,6 +13,17 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data_prep.chat_format import SYSTEM_RULES  # noqa: E402
+
+
+def port_number(text: str) -> int:
+    """A TCP port for argparse: 0-65535 (0: any free port)."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if not 0 <= n <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port (0-65535)")
+    return n
 
 
 def model_name(path: str) -> str:
@@ -27,7 +39,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", required=True, help="save_pretrained dir, hub id, or LoRA adapter dir")
     ap.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback only)")
-    ap.add_argument("--port", type=int, default=8000)
+    ap.add_argument("--port", type=port_number, default=8000)
     ap.add_argument("--name", default=None, help="model id clients send (default: the stage or dir name)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32"])
@@ -43,6 +55,13 @@ def main(argv=None) -> int:
     from inference.sampling import Sampling, SettingError
     from inference.server import create_app
 
+    try:  # before the model loads: a taken port or a bad address is one line, not a traceback after a minute
+        with socket.create_server((args.host, args.port)):
+            pass
+    except OSError as exc:
+        print(f"error: cannot listen on {args.host}:{args.port} ({exc.strerror or exc}); use --port or --host",
+              file=sys.stderr)
+        return 2
     try:
         loaded = load_for_chat(args.model, args.device, args.dtype, args.quantize)
         defaults = Sampling.from_model_dir(loaded.source)
@@ -53,11 +72,7 @@ def main(argv=None) -> int:
     app = create_app(loaded, defaults, name, args.system)
     print(f"serving {loaded.source} as {name!r} on {loaded.device} ({loaded.dtype}): chat page "
           f"http://{args.host}:{args.port}/ , OpenAI API http://{args.host}:{args.port}/v1", flush=True)
-    try:
-        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
-    except OSError as exc:
-        print(f"error: cannot listen on {args.host}:{args.port} ({exc.strerror or exc}); use --port", file=sys.stderr)
-        return 2
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
 
 

@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
 from data_prep.chat_format import HUMAN, Turn, apply_system_rule
-from inference.generate import ChatSession, Exchange, Reply
+from inference.generate import ChatSession, Exchange, Reply, context_length
 from inference.sampling import Sampling, SettingError
 from training.config import first_line
 
@@ -125,7 +125,7 @@ def create_app(loaded, defaults: Sampling, model_id: str, system: str = "reject"
     app = FastAPI(title="bloomchat-pipeline server", docs_url=None, redoc_url=None)
     worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="generate")  # the request queue
     created = int(time.time())
-    context = ChatSession(loaded.model, loaded.tokenizer, device=loaded.device).context
+    context = context_length(loaded.model, loaded.tokenizer)
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError):

@@ -21,15 +21,14 @@ def add_common(p: argparse.ArgumentParser) -> None:
                    help="JSONL (pairs, prompt/completion) or .txt file; pipeline also takes a directory")
     p.add_argument("--output_path", required=True)
     p.add_argument("--pretrained_tokenizer", required=True, help="hub id or local tokenizer dir")
-    p.add_argument("--model_config", default=None,
-                   help="ours: model dir or hub id for metadata's tokenizer_model_type (default: the tokenizer's)")
     p.add_argument("--special_tokens_dict", default=None,
                    help="special tokens to add, as a JSON dict, e.g. '{\"sep_token\": \"[SEP]\"}'")
     p.add_argument("--prompt_prefix", default=None, help="text put before every non-empty prompt")
     p.add_argument("--prompt_postfix", default=None, help="text put after every non-empty prompt")
     p.add_argument("--apply_chat_template", action="store_true",
                    help="render pairs with the tokenizer's chat template (gdp's rule)")
-    p.add_argument("--log_file_path", default=None, help="log file (default: logs.log beside the output)")
+    p.add_argument("--log_file_path", default=None,
+                   help="log file (pipeline default: logs.log in the output dir; data_prep: none unless given)")
     p.add_argument("--max_seq_length", type=int, default=2048)
     p.add_argument("--input_packing_config", default="full",
                    help="full, or greedy|single|bfd :: drop|truncate_left|truncate_right")
@@ -55,6 +54,8 @@ def make_parser() -> argparse.ArgumentParser:
                       help="False: gdp's round robin, line k to split k %% splits; on_RAM/large_file: our seeded "
                            "shuffle (both shuffle line offsets, out of core)")
     pipe.add_argument("--seed", type=int, default=42, help="ours: the shuffle's seed (gdp's is unseeded)")
+    pipe.add_argument("--model_config", default=None,
+                      help="ours: model dir or hub id for metadata's tokenizer_model_type (default: the tokenizer's)")
     pipe.add_argument("--num_training_splits", type=int, default=None,
                       help="default as gdp: 32 under 10 GiB of input, 128 under 100 GiB, else 256")
     pipe.add_argument("--num_dev_splits", type=int, default=None)
@@ -107,10 +108,8 @@ def run(args) -> int:
     if args.command == "data_prep":
         from tokenization_prep.packing import PackingConfig
         from tokenization_prep.prep import data_prep_file
-        from tokenization_prep.tokenizer_io import load_tokenizer
-
-        from tokenization_prep.pipeline import read_categories
-        from tokenization_prep.tokenizer_io import add_special_tokens, chat_renderer
+        from tokenization_prep.pipeline import check_log_path, read_categories
+        from tokenization_prep.tokenizer_io import tokenizer_for_data
 
         src, out = Path(args.input_path), Path(args.output_path)
         if not src.is_file():
@@ -121,15 +120,20 @@ def run(args) -> int:
             raise DataError(f"--output_path {out} exists; pass --overwrite_output_path")
         config = PackingConfig.parse(args.input_packing_config)
         categories = read_categories(args.categories_path)
-        tok = load_tokenizer(args.pretrained_tokenizer)
-        add_special_tokens(tok, args.special_tokens_dict)
+        log_path = check_log_path(args.log_file_path)
+        tok, render = tokenizer_for_data(args.pretrained_tokenizer, args.special_tokens_dict, args.apply_chat_template)
         settings = article_settings(args, src.suffix == ".txt")
-        if args.apply_chat_template:
-            settings.chat_render = chat_renderer(tok, args.pretrained_tokenizer)
+        settings.chat_render = render
         m = data_prep_file(src, out, tok, args.max_seq_length, config, settings, args.ignore_input_format_error,
                            categories)
+        summary = f"wrote {m.sequences:,} sequences ({m.articles:,} articles from {m.lines:,} lines) to {out}"
+        if log_path:
+            from data_prep.atomic import atomic_write
+
+            with atomic_write(log_path, "w") as fh:
+                fh.write("".join(f"{k}: {v}\n" for k, v in vars(args).items()) + summary + "\n")
         if not args.silent:
-            print(f"wrote {m.sequences:,} sequences ({m.articles:,} articles from {m.lines:,} lines) to {out}")
+            print(summary)
         return 0
     from tokenization_prep.pipeline import PipelineConfig, run_pipeline
 

@@ -30,8 +30,7 @@ from tokenization_prep.prep import (SplitMetrics, category_table, clean_line, pa
                                    tokenize_into)
 from tokenization_prep.report import write_report
 from tokenization_prep.splits import SplitCounts, balance, split_counts, split_names
-from tokenization_prep.tokenizer_io import (add_special_tokens, chat_renderer, load_tokenizer, pad_id,
-                                            tokenizer_model_type)
+from tokenization_prep.tokenizer_io import pad_id, tokenizer_for_data, tokenizer_model_type
 
 SHUFFLES = ("False", "on_RAM", "large_file")
 
@@ -211,6 +210,16 @@ def write_lines(path: Path, files, index, part) -> None:
             fh.write(raw + b"\n")
 
 
+def check_log_path(spec: str | None) -> Path | None:
+    """``--log_file_path`` checked before any work: a file (new or old) in an existing directory."""
+    if not spec:
+        return None
+    path = Path(spec)
+    if path.is_dir() or not path.parent.is_dir():
+        raise DataError(f"--log_file_path {spec}: not a file in an existing directory")
+    return path
+
+
 def read_categories(spec: str | None) -> list[str] | None:
     if not spec:
         return None
@@ -242,16 +251,13 @@ def run_pipeline(cfg: PipelineConfig, log=print) -> dict:
                           cfg.num_test_splits, cfg.dev_ratio, cfg.test_ratio)
     for w in counts.warnings:
         warn(w)
-    tok = load_tokenizer(cfg.pretrained_tokenizer)
-    add_special_tokens(tok, cfg.special_tokens_dict)
-    if cfg.apply_chat_template:
-        cfg.article = replace(cfg.article, chat_render=chat_renderer(tok, cfg.pretrained_tokenizer))
+    tok, render = tokenizer_for_data(cfg.pretrained_tokenizer, cfg.special_tokens_dict, cfg.apply_chat_template)
+    if render:
+        cfg.article = replace(cfg.article, chat_render=render)
     model_type, why = tokenizer_model_type(tok, cfg.model_config or cfg.pretrained_tokenizer)
     categories = read_categories(cfg.categories_path)
     out = Path(cfg.output_path)
-    log_path = Path(cfg.log_file_path) if cfg.log_file_path else out / "logs.log"
-    if log_path.is_dir() or (cfg.log_file_path and not log_path.parent.is_dir()):
-        raise DataError(f"--log_file_path {cfg.log_file_path}: not a file in an existing directory")
+    log_path = check_log_path(cfg.log_file_path) or out / "logs.log"
     index, glob, n_all = index_lines(files)
     if n_all < counts.total + 2:
         raise DataError(f"{n_all} input lines cannot fill {counts.train} training, {counts.dev} dev and {counts.test} "

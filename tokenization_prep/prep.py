@@ -67,13 +67,11 @@ class SplitMetrics:
 def _parsed_batches(lines, settings, metrics, ignore_errors, skipped_log) -> Iterator[list[LineParts]]:
     """Parse lines into batches of BATCH_LINES; bad lines raise, or are logged and counted."""
     batch: list[LineParts] = []
-    for item in lines:  # (file, line number, raw line[, tag])
-        file, lineno, raw = item[0], item[1], item[2]
+    for file, lineno, raw, *tag in lines:  # an optional tag: the output file the line goes to
         metrics.lines += 1
         try:
             parts = parse_line(raw, settings)
-            if len(item) > 3:
-                parts.tag = item[3]
+            parts.tag = tag[0] if tag else 0
         except InputFormatError as exc:
             if not ignore_errors:
                 raise DataError(f"{file}:{lineno}: {exc} (fix the line, or pass --ignore_input_format_error "

@@ -118,3 +118,10 @@ def add_special_tokens(tok, spec: str | None) -> None:
         tok.add_special_tokens(tokens)
     except (ValueError, TypeError, AttributeError) as exc:
         raise DataError(f"--special_tokens_dict {spec!r}: {exc}") from None
+
+
+def tokenizer_for_data(spec: str, special_tokens_dict: str | None = None, apply_chat_template: bool = False):
+    """(tokenizer with gdp's ``--special_tokens_dict`` added, the ``--apply_chat_template`` renderer or None)."""
+    tok = load_tokenizer(spec)
+    add_special_tokens(tok, special_tokens_dict)
+    return tok, (chat_renderer(tok, spec) if apply_chat_template else None)

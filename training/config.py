@@ -12,6 +12,10 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+# BLOOMChat's sampling settings: written into every final model's generation_config.json, and the chat's
+# defaults when a model has none (inference.sampling)
+GENERATION_DEFAULTS = {"temperature": 0.8, "top_p": 0.9, "repetition_penalty": 1.2, "max_new_tokens": 512}
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

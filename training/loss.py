@@ -16,9 +16,9 @@ from torch import nn
 CHUNK_BYTES = 512 * 2**20  # fp32 logits of one chunk
 
 
-def chunk_tokens(tokens: int, vocab: int, budget: int | None = None) -> int:
-    """How many tokens' fp32 logits fit in ``budget`` bytes (default ``CHUNK_BYTES``; at least one, at most all)."""
-    return max(1, min(tokens, (budget or CHUNK_BYTES) // (4 * vocab)))
+def chunk_tokens(tokens: int, vocab: int) -> int:
+    """How many tokens' fp32 logits fit in ``CHUNK_BYTES`` (at least one, at most all)."""
+    return max(1, min(tokens, CHUNK_BYTES // (4 * vocab)))
 
 
 def _chunk(hidden, weight, targets, w, want_grads: bool):
@@ -71,8 +71,8 @@ class LinearCrossEntropy(torch.autograd.Function):
         return scale(grad_h), scale(grad_w), None, None, None
 
 
-def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, input_ids: torch.Tensor, weights: torch.Tensor,
-                         budget: int | None = None) -> torch.Tensor:
+def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, input_ids: torch.Tensor,
+                         weights: torch.Tensor) -> torch.Tensor:
     """Summed weighted next-token CE of (B, L, H) hidden states under a (V, H) head; ``weights[:, i]`` weighs
     predicting token i+1 (the last column never counts). Only tokens with a nonzero weight are computed."""
     w = weights.clone()
@@ -82,7 +82,7 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, input_ids: 
     targets = input_ids.roll(-1, dims=1).reshape(-1)[keep]
     h = hidden.reshape(-1, hidden.shape[-1])[keep]
     w_keep = flat_w[keep].float()
-    chunk = chunk_tokens(len(keep), weight.shape[0], budget)
+    chunk = chunk_tokens(len(keep), weight.shape[0])
     if not (torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad)):  # eval: the loss alone
         return sum((_chunk(h[lo:lo + chunk], weight, targets[lo:lo + chunk], w_keep[lo:lo + chunk], False)[0]
                     for lo in range(0, len(keep), chunk)), torch.zeros((), device=h.device))

@@ -24,7 +24,7 @@ import torch
 from data_prep.atomic import atomic_write
 from training import checkpoint
 from training.attention import check_attention
-from training.config import ConfigError, StageConfig, deepspeed_dict, first_line
+from training.config import GENERATION_DEFAULTS, ConfigError, StageConfig, deepspeed_dict, first_line
 from training.data import PackedDataset, StepSampler, collate, split_files, step_loader
 from training.distributed import global_sum, init_process_group, rank, to_device, world_size
 from training.loading import DsFacts, check_hardware
@@ -253,8 +253,7 @@ class StageRunner:
         tok = AutoTokenizer.from_pretrained(str(self.data_dir / "tokenizer"))
         tok.save_pretrained(str(staged[final]))
         GenerationConfig(eos_token_id=tok.eos_token_id, pad_token_id=tok.eos_token_id, do_sample=True,
-                         temperature=0.8, top_p=0.9, repetition_penalty=1.2, max_new_tokens=512).save_pretrained(
-            str(staged[final]))
+                         **GENERATION_DEFAULTS).save_pretrained(str(staged[final]))
         parent = self.init / "lineage.json" if self.init else None
         lineage = {
             "stage": self.cfg.name, "config": self.cfg.model_dump(), "deepspeed": self.ds_config,

@@ -136,3 +136,20 @@ def test_system_messages_follow_data_preps_rule(tmp_path):
     late = ChatRequest(model="ckpt", messages=msgs[1:3] + [msgs[0], msgs[3]])
     with pytest.raises(ApiError, match="only leading system messages"):
         to_session_inputs(late, "fold")
+
+
+def test_a_taken_or_bad_port_is_one_line_before_loading(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    with socket.create_server(("127.0.0.1", 0)) as taken:  # the model path does not exist: the port is checked first
+        port = str(taken.getsockname()[1])
+        r = subprocess.run([sys.executable, "-m", "inference.serve", "--model", str(tmp_path / "none"), "--port", port],
+                           cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "cannot listen on 127.0.0.1" in r.stderr and r.stderr.count("\n") == 1, r.stderr
+    r = subprocess.run([sys.executable, "-m", "inference.serve", "--model", "x", "--port", "70000"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "is not a port" in r.stderr and "Traceback" not in r.stderr

@@ -100,7 +100,10 @@ def test_data_prep_pads_with_an_added_pad_token(tmp_path):
     out = tmp_path / "x.hdf5"
     run("data_prep", "--input_path", str(EX / "dialogue" / "example_dialogue_data.jsonl"), "--output_path", str(out),
         "--pretrained_tokenizer", str(GPT2_TOKENIZER), "--max_seq_length", "1024", "--input_packing_config",
-        "single::truncate_right", "--special_tokens_dict", '{"pad_token": "<pad>"}')
+        "single::truncate_right", "--special_tokens_dict", '{"pad_token": "<pad>"}', "--log_file_path",
+        str(tmp_path / "prep.log"))
+    assert "wrote 1 sequences" not in (tmp_path / "prep.log").read_text() and "special_tokens_dict" in \
+        (tmp_path / "prep.log").read_text()
     with h5py.File(out) as f:
         ids, types = f["input_ids"][:], f["token_type_ids"][:]
     assert (types == 2).any() and (ids[types == 2] == 50257).all()  # the new token, not EOS (50256)

@@ -131,6 +131,7 @@ def test_bad_input_is_one_clear_line(tmp_path, chat_jsonl):
         (pipe_args(bad, tmp_path / "o8", "--special_tokens_dict", "{pad: <x>"), "--special_tokens_dict"),
         (pipe_args(bad, tmp_path / "o9", "--categories_path", str(tmp_path / "nope.json")), "--categories_path"),
         (pipe_args(bad, tmp_path / "o10")[:-6] + ["--num_training_splits", "0"], "must be at least 1"),
+        (pipe_args(bad, tmp_path / "o11", "--log_file_path", str(tmp_path)), "--log_file_path"),
     ]
     for args, needle in cases:
         r = cli(*args)
