@@ -62,6 +62,12 @@ def make_parser() -> argparse.ArgumentParser:
     pipe.add_argument("--num_test_splits", type=int, default=None)
     pipe.add_argument("--dev_ratio", type=float, default=None)
     pipe.add_argument("--test_ratio", type=float, default=None)
+    pipe.add_argument("--mix", default=None,
+                      help="ours: SOURCE=SHARE,... of the training split's supervised tokens (dolly=0.7,oasst=0.3),"
+                           " or SOURCE=xN repeat factors (oig=x1001); sources from each record's 'source'")
+    pipe.add_argument("--mix_tokens", default="input",
+                      help="ours: the supervised-token budget of share weights: input (default: the split's own), "
+                           "upsample (no named source loses data) or a number")
     pipe.add_argument("--do_not_balance_hdf5", action="store_true",
                       help="keep each file's own rows (default: equal row counts within one, as gdp)")
     pipe.add_argument("--keep_split_jsonls", action="store_true", help="keep splits/ with each file's input lines")
@@ -75,6 +81,8 @@ def make_parser() -> argparse.ArgumentParser:
     dec.add_argument("file")
     dec.add_argument("--index", type=int, default=None)
     dec.add_argument("--pretrained_tokenizer", default=None, help="default: the tokenizer/ saved beside the file")
+    dec.add_argument("--explain", action="store_true",
+                     help="print each article's origin (INPUT_FILE:LINE, source, id, category), then its text")
     return ap
 
 
@@ -92,7 +100,7 @@ def run(args) -> int:
         from tokenization_prep.tokenizer_io import load_tokenizer
 
         tok = load_tokenizer(args.pretrained_tokenizer or str(Path(args.file).resolve().parent / "tokenizer"))
-        for block in decode_file(Path(args.file), tok, args.index):
+        for block in decode_file(Path(args.file), tok, args.index, args.explain):
             print(block)
         return 0
     if args.command == "verify":
@@ -142,7 +150,8 @@ def run(args) -> int:
                          args.num_training_splits, args.num_dev_splits, args.num_test_splits, args.dev_ratio,
                          args.test_ratio, args.ignore_input_format_error, args.overwrite_output_path,
                          args.categories_path, args.do_not_balance_hdf5, args.keep_split_jsonls,
-                         args.special_tokens_dict, args.model_config, args.log_file_path, args.apply_chat_template)
+                         args.special_tokens_dict, args.model_config, args.log_file_path, args.apply_chat_template,
+                         args.mix, args.mix_tokens)
     result = run_pipeline(cfg, log=lambda line: print(line, file=sys.stderr))
     print("\n".join(result["report"]))
     c = result["counts"]

@@ -51,12 +51,15 @@ class ArticleSettings:
 
 @dataclass
 class Article:
-    """One packing unit: token ids and types, plus the category and source of the line."""
+    """One packing unit: token ids and types, plus where it came from (provenance of its line)."""
 
     ids: np.ndarray
     types: np.ndarray
     category: str | None = None
     source: str | None = None
+    record_id: str | None = None
+    file: str | None = None  # the input file as given to the pipeline
+    line: int = 0  # 1-based line number in that file
 
 
 @dataclass
@@ -65,6 +68,9 @@ class LineParts:
 
     pairs: list[tuple[str, str, str | None]] = field(default_factory=list)
     source: str | None = None
+    record_id: str | None = None
+    file: str | None = None
+    line: int = 0
     skipped_empty_completions: int = 0
     tag: int = 0  # which output file of the split the line goes to
 
@@ -84,11 +90,9 @@ def parse_line(raw: bytes | str, s: ArticleSettings) -> LineParts:
         raise InputFormatError("a line must be a JSON object or a non-empty list of objects")
     if s.chat_render is not None:
         return chat_line(obj, s)
-    parts = LineParts()
+    parts = LineParts(source=_first(obj, "source"), record_id=_first(obj, "id"))
     for pair in obj:
         prompt, completion = pair_strings(pair, s)
-        if parts.source is None and isinstance(pair.get("source"), str):
-            parts.source = pair["source"]
         if not completion and not s.keep_prompt_only_sequences:
             parts.skipped_empty_completions += 1
             continue
@@ -100,6 +104,15 @@ def parse_line(raw: bytes | str, s: ArticleSettings) -> LineParts:
         category = pair.get("category")
         parts.pairs.append((prompt, completion, category if isinstance(category, str) else None))
     return parts
+
+
+def _first(obj: list, key: str) -> str | None:
+    """The first pair's value of a record-level key (``source``, ``id``): data_prep writes it on every pair."""
+    for pair in obj:
+        value = pair.get(key) if isinstance(pair, dict) else None
+        if isinstance(value, (str, int)) and not isinstance(value, bool):
+            return str(value)
+    return None
 
 
 def pair_strings(pair, s: ArticleSettings) -> tuple[str, str]:
@@ -132,7 +145,7 @@ def chat_line(obj: list, s: ArticleSettings) -> LineParts:
         if piece == PROMPT_PLACEHOLDER:
             break
         prefix += piece
-    parts = LineParts(source=next((p["source"] for p in obj if isinstance(p.get("source"), str)), None))
+    parts = LineParts(source=_first(obj, "source"), record_id=_first(obj, "id"))
     state, cur_p, cur_c, pi, ci = "prompt", "", "", 0, 0
     for piece in pieces:
         if piece == PROMPT_PLACEHOLDER:
@@ -192,16 +205,17 @@ def build_articles(parts: LineParts, encoded: list[list[int]], eos: int, s: Arti
         if s.attention_boundary == "prompt_completion_pair" and types:
             types[-1] = SEP
         if s.packing_boundary == "prompt_completion_pair" and i != last:
-            articles.append(_article(ids, types, category, parts.source))
+            articles.append(_article(ids, types, category, parts))
             ids, types = [], []
     if types:
         types[-1] = SEP
-    articles.append(_article(ids, types, category, parts.source))
+    articles.append(_article(ids, types, category, parts))
     return articles
 
 
-def _article(ids: list[int], types: list[int], category, source) -> Article:
-    return Article(np.asarray(ids, dtype=np.int32), np.asarray(types, dtype=np.int8), category, source)
+def _article(ids: list[int], types: list[int], category, parts: LineParts) -> Article:
+    return Article(np.asarray(ids, dtype=np.int32), np.asarray(types, dtype=np.int8), category, parts.source,
+                   parts.record_id, parts.file, parts.line)
 
 
 def strings_to_encode(parts: LineParts) -> list[str]:
@@ -239,6 +253,3 @@ class ArticleTokenizer:
             out.append(build_articles(parts, encoded[pos:pos + n], self.eos, self.settings, self.bos))
             pos += n
         return out
-
-    def __call__(self, parts_list: list[LineParts]) -> list[list[Article]]:
-        return self.assemble(parts_list, self.encode(parts_list))

@@ -30,12 +30,38 @@ def decode_sequence(tokenizer, ids: np.ndarray, types: np.ndarray) -> str:
     return "".join(out)
 
 
-def decode_file(path: Path, tokenizer, index: int | None = None) -> list[str]:
+def explain_row(tokenizer, f, row: int) -> str:
+    """Each article piece of a row: its origin (``INPUT_FILE:LINE``, source, id, category, token range), then its
+    text with token types marked; trailing padding as a count."""
+    from tokenization_prep.provenance import row_pieces
+
+    ids, types = f["input_ids"][row], f["token_type_ids"][row]
+    out, end = [], 0
+    for k, p in enumerate(row_pieces(f, row)):
+        end = p.row_position + p.token_end - p.token_start
+        part = "" if (p.token_start, p.token_end) == (0, p.article_tokens) else \
+            f" tokens {p.token_start}-{p.token_end} of {p.article_tokens}"
+        out.append(f"--- article {k + 1}: {p.origin}  source={p.source or '-'} id={p.record_id or '-'} "
+                   f"category={p.category or '-'}{part}{' TRUNCATED' if p.truncated else ''}")
+        out.append(decode_sequence(tokenizer, ids[p.row_position:end], types[p.row_position:end]))
+    if end < len(ids):
+        out.append(decode_sequence(tokenizer, ids[end:], types[end:]))
+    return "\n".join(out)
+
+
+def decode_file(path: Path, tokenizer, index: int | None = None, explain: bool = False) -> list[str]:
     import h5py
+
+    from tokenization_prep.provenance import has_provenance
 
     with h5py.File(path, "r") as f:
         ids, types = f["input_ids"], f["token_type_ids"]
         rows = range(len(ids)) if index is None else [index]
         if index is not None and not 0 <= index < len(ids):
             raise IndexError(f"--index {index} out of range: {path} has {len(ids)} sequences")
+        if explain and not has_provenance(f):
+            raise ValueError(f"{path} has no provenance (written by generative_data_prep or an older "
+                             "tokenization_prep); re-tokenize it with python -m tokenization_prep to use --explain")
+        if explain:
+            return [f"=== sequence {r} ===\n" + explain_row(tokenizer, f, r) for r in rows]
         return [f"=== sequence {r} ===\n" + decode_sequence(tokenizer, ids[r], types[r]) for r in rows]

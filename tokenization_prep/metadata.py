@@ -50,7 +50,8 @@ def dataset_metadata(cfg, tok, model_type: str, counts, sizes: dict, splits: dic
         meta.update({f"{kind}_{k}": v for k, v in m.gdp_metrics(cfg.max_seq_length).items()})
     meta.update({"total_vocab_size": len(tok), "eos_token_id": tok.eos_token_id, "pad_token_id": pad,
                  "input_packing_config": packing, "shuffle": cfg.shuffle, "seed": cfg.seed,
-                 "category_ids": cfg.categories_path is not None, "tokenizer_dir": "tokenizer"})
+                 "category_ids": cfg.categories_path is not None, "tokenizer_dir": "tokenizer",
+                 "mix": cfg.mix, "mix_tokens": cfg.mix_tokens if cfg.mix else None, "provenance": True})
     DatasetMetadata.model_validate(meta)
     return meta
 

@@ -26,8 +26,9 @@ from tokenization_prep.articles import ArticleSettings, ArticleTokenizer
 from tokenization_prep.hdf5_io import TokenStore, write_hdf5
 from tokenization_prep.metadata import dataset_metadata, sha256_file, write_files_metadata
 from tokenization_prep.packing import PackingConfig, Plan
-from tokenization_prep.prep import (SplitMetrics, category_table, clean_line, pack_store, record_sequences,
-                                   tokenize_into)
+from tokenization_prep.mixing import MixSpec, realized, select, trainable_supervised
+from tokenization_prep.prep import (SplitMetrics, category_table, clean_line, lost_articles, pack_store,
+                                   record_sequences, tokenize_into)
 from tokenization_prep.report import write_report
 from tokenization_prep.splits import SplitCounts, balance, split_counts, split_names
 from tokenization_prep.tokenizer_io import pad_id, tokenizer_for_data, tokenizer_model_type
@@ -64,6 +65,8 @@ class PipelineConfig:
     model_config: str | None = None
     log_file_path: str | None = None  # default: logs.log in the output dir
     apply_chat_template: bool = False
+    mix: str | None = None  # ours: SOURCE=WEIGHT,... token-budget mixing of the training split (mixing.py)
+    mix_tokens: str = "input"
 
 
 def input_files(spec: str) -> list[Path]:
@@ -160,7 +163,7 @@ def assign_lines(glob: np.ndarray, counts: SplitCounts, shuffle: str, seed: int)
     return [order[lo:hi] for lo, hi in chunks(len(order), n_splits)]
 
 
-def tokenize_kind(kind: str, parts: list[np.ndarray], files, index, tok, cfg, pconf, out, categories, skipped):
+def tokenize_kind(kind: str, parts: list[np.ndarray], files, index, tok, cfg, pconf, out, categories, skipped, warn):
     """Tokenize each file of one split kind (train or dev) on its own, pack it on its own, balance, write."""
     metrics, store = SplitMetrics(), TokenStore(out, kind)
     try:
@@ -171,18 +174,27 @@ def tokenize_kind(kind: str, parts: list[np.ndarray], files, index, tok, cfg, pc
 
         tokenize_into(tagged(), ArticleTokenizer(tok, cfg.article), store, metrics, cfg.ignore_input_format_error,
                       skipped, total=sum(len(p) for p in parts), desc=f"tokenizing {kind}")
-        tags = np.frombuffer(store.tags, dtype=np.int32)
-        cuts = np.searchsorted(tags, np.arange(len(parts) + 1), side="left")
-        bounds = [(int(cuts[j]), int(cuts[j + 1])) for j in range(len(parts))]
+        requested = None
+        if kind == "train" and cfg.mix:  # the mixed articles, in a seeded order, cut into near-equal files
+            sup = trainable_supervised(store, cfg.max_seq_length, pconf)
+            order, requested, warnings = select(store, MixSpec.parse(cfg.mix, cfg.mix_tokens), sup, cfg.seed)
+            for w in warnings:
+                warn(w)
+            orders = [order[lo:hi] for lo, hi in chunks(len(order), len(parts))]
+        else:  # each file's own articles (lines were tagged with their file)
+            tags = np.frombuffer(store.tags, dtype=np.int32)
+            cuts = np.searchsorted(tags, np.arange(len(parts) + 1), side="left")
+            orders = [np.arange(cuts[j], cuts[j + 1], dtype=np.int32) for j in range(len(parts))]
         rows, allp = [], Plan()
         if pconf.style == "bfd":  # ours: best fit over the whole split, in a seeded order, cut into files
-            allp = pack_store(store, cfg.max_seq_length, pconf, cfg.article.keep_prompt_only_sequences, metrics)
+            allp = pack_store(store, cfg.max_seq_length, pconf, cfg.article.keep_prompt_only_sequences, metrics,
+                              np.concatenate(orders))
             allp = allp.select(np.random.default_rng(cfg.seed + 1).permutation(len(allp)))
             rows = [list(range(lo, hi)) for lo, hi in chunks(len(allp), len(parts))]
         else:  # gdp: each file packed on its own
-            for lo, hi in bounds:
+            for order in orders:
                 seqs = pack_store(store, cfg.max_seq_length, pconf, cfg.article.keep_prompt_only_sequences,
-                                  metrics, lo, hi)
+                                  metrics, order)
                 rows.append(list(range(len(allp), len(allp) + len(seqs))))
                 allp.extend(seqs)
         record_sequences(store, allp, cfg.max_seq_length, metrics)
@@ -196,9 +208,12 @@ def tokenize_kind(kind: str, parts: list[np.ndarray], files, index, tok, cfg, pc
             raise DataError(f"{kind} file {empty[0]} of {len(rows)} would hold no sequences ({len(allp)} in all); "
                             f"lower --num_{'training' if kind == 'train' else kind}_splits")
         cat_ids = category_table(store, categories)
+        truncated = lost_articles(store, metrics)
+        metrics.mix = realized(store, metrics.trained, metrics.per_article["copies"], metrics.per_article["kept"],
+                               requested)
         for j, r in enumerate(rows):
             write_hdf5(out / f"{kind}_{j + 1}_of_{len(rows)}.hdf5", store, allp.select(r), cfg.max_seq_length,
-                       pad_id(tok), cat_ids)
+                       pad_id(tok), cat_ids, truncated)
         return metrics, [len(r) for r in rows]
     finally:
         store.cleanup()
@@ -281,7 +296,7 @@ def run_pipeline(cfg: PipelineConfig, log=print) -> dict:
     for kind in ("train", "dev"):
         if by_kind[kind]:
             splits[kind], sizes[kind] = tokenize_kind(kind, by_kind[kind], files, index, tok, cfg, pconf, out,
-                                                      categories, skipped)
+                                                      categories, skipped, warn)
     if skipped:
         with atomic_write(out / "skipped_lines.jsonl") as fh:
             fh.write(b"\n".join(skipped) + b"\n")

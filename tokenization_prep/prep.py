@@ -45,6 +45,21 @@ class SplitMetrics:
     article_lengths: array = field(default_factory=lambda: array("i"))
     fill: array = field(default_factory=lambda: array("f"))  # non-padding fraction per sequence
     prompt_only_sequences: int = 0  # packed sequences dropped for having no completion token
+    # per store article: copies packed, tokens after overflow handling, tokens in written rows
+    per_article: dict = field(default_factory=dict)
+    lost: list = field(default_factory=list)  # dropped and truncated articles (lost_articles)
+    trained: Counter = field(default_factory=Counter)  # source code -> supervised tokens in the written rows
+    mix: dict | None = None  # source -> requested/realized/supervised_tokens/articles/repeats (mixing.realized)
+
+    def count_articles(self, n: int, order: np.ndarray | None, seqs: Plan, stage: str) -> None:
+        """Add the copies of ``order`` and the tokens ``seqs`` holds per article to the per-article counts."""
+        for key in ("copies", "packed", "kept"):
+            self.per_article.setdefault(key, np.zeros(n, dtype=np.int64))
+        if order is not None:
+            np.add.at(self.per_article["copies"], order, 1)
+        art = np.frombuffer(seqs.art, dtype=np.int32)
+        took = np.frombuffer(seqs.end, dtype=np.int32) - np.frombuffer(seqs.start, dtype=np.int32)
+        np.add.at(self.per_article[stage], art, took)
 
     def gdp_metrics(self, max_len: int) -> dict:
         """gdp's per-split metrics under its names (``Metrics``), with its meanings: ``articles`` counts lines
@@ -61,7 +76,8 @@ class SplitMetrics:
     def as_dict(self) -> dict:
         return {"lines": self.lines, "skipped_lines": self.skipped_lines, "articles": self.articles,
                 "sequences": self.sequences, "tokens": dict(self.tokens), "tokens_dropped": dict(self.dropped),
-                "tokens_by_source": {k: dict(v) for k, v in sorted(self.by_source.items())}}
+                "tokens_by_source": {k: dict(v) for k, v in sorted(self.by_source.items())},
+                "lost_articles": self.lost, "mix": self.mix}
 
 
 def _parsed_batches(lines, settings, metrics, ignore_errors, skipped_log) -> Iterator[list[LineParts]]:
@@ -71,7 +87,7 @@ def _parsed_batches(lines, settings, metrics, ignore_errors, skipped_log) -> Ite
         metrics.lines += 1
         try:
             parts = parse_line(raw, settings)
-            parts.tag = tag[0] if tag else 0
+            parts.tag, parts.file, parts.line = (tag[0] if tag else 0), file, lineno
         except InputFormatError as exc:
             if not ignore_errors:
                 raise DataError(f"{file}:{lineno}: {exc} (fix the line, or pass --ignore_input_format_error "
@@ -125,13 +141,14 @@ def tokenize_into(lines: Iterable[tuple[str, int, bytes]], atok: ArticleTokenize
 
 
 def pack_store(store: TokenStore, max_len: int, config: PackingConfig, keep_prompt_only: bool,
-               metrics: SplitMetrics, lo: int = 0, hi: int | None = None) -> Plan:
-    """Plan sequences of articles [lo, hi), drop completion-less ones unless kept, count dropped tokens."""
-    hi = len(store.lengths) if hi is None else hi
-    lengths = np.frombuffer(store.lengths, dtype=np.int32)[lo:hi]
+               metrics: SplitMetrics, order: np.ndarray | None = None) -> Plan:
+    """Plan sequences of the articles ``order`` (store indices, repeats allowed; default all, in store order), drop
+    completion-less ones unless kept, and count dropped tokens, in all and per article."""
+    order = np.arange(len(store), dtype=np.int32) if order is None else np.asarray(order, dtype=np.int32)
+    lengths = np.frombuffer(store.lengths, dtype=np.int32)[order]
     seqs = plan(lengths.tolist(), max_len, config)
-    if lo:
-        seqs.art = array("i", (np.frombuffer(seqs.art, dtype=np.int32) + lo).tobytes())
+    seqs.art = array("i", order[np.frombuffer(seqs.art, dtype=np.int32)].tobytes())
+    metrics.count_articles(len(store), order, seqs, "packed")
     kept = np.frombuffer(seqs.end, dtype=np.int32).sum() - np.frombuffer(seqs.start, dtype=np.int32).sum()
     lost = int(lengths.sum() - kept)
     if config.overflow and lost:
@@ -148,7 +165,30 @@ def pack_store(store: TokenStore, max_len: int, config: PackingConfig, keep_prom
                 metrics.prompt_only_sequences += 1
         if len(keep) < len(seqs):
             seqs = seqs.select(keep)
+    metrics.count_articles(len(store), None, seqs, "kept")
     return seqs
+
+
+def lost_articles(store: TokenStore, metrics: SplitMetrics) -> np.ndarray:
+    """Fill ``metrics.lost`` with every article that lost tokens (origin, reason, tokens kept), and return the
+    per-article truncated flags for the provenance. An article left out by ``--mix`` is not lost."""
+    pa = metrics.per_article
+    lengths = np.frombuffer(store.lengths, dtype=np.int32)
+    expected = pa["copies"] * lengths
+    truncated = pa["kept"] < expected
+    files, sources, cats = (store.names(t) for t in (store.file_names, store.source_names, store.category_names))
+    for a in np.flatnonzero(truncated).tolist():
+        copies = int(pa["copies"][a])
+        reasons = (["longer than max_seq_length"] if pa["packed"][a] < expected[a] else []) + \
+            (["in a row without completion tokens"] if pa["kept"][a] < pa["packed"][a] else [])
+        metrics.lost.append({
+            "status": "dropped" if pa["kept"][a] == 0 else "truncated", "reason": " + ".join(reasons),
+            "file": files[store.files[a]] if store.files[a] >= 0 else None, "line": store.lines[a],
+            "id": store.record_id(a), "source": sources[store.sources[a]] if store.sources[a] >= 0 else None,
+            "category": cats[store.categories[a]] if store.categories[a] >= 0 else None,
+            "tokens": int(lengths[a]), "copies": copies, "tokens_kept": int(pa["kept"][a]) // copies})
+    metrics.lost.sort(key=lambda r: (r["file"] or "", r["line"]))
+    return truncated
 
 
 def record_sequences(store: TokenStore, seqs, max_len: int, metrics: SplitMetrics) -> None:
@@ -161,6 +201,7 @@ def record_sequences(store: TokenStore, seqs, max_len: int, metrics: SplitMetric
             counts = store.range_counts(a, s, e)
             for t, name in TYPE_NAMES.items():
                 metrics.tokens[name] += int(counts[t])
+            metrics.trained[store.sources[a]] += int(counts[COMPLETION] + counts[SEP])
 
 
 def clean_line(raw: bytes, at_file_start: bool) -> bytes:
@@ -202,7 +243,8 @@ def data_prep_file(input_path: Path, output_path: Path, tokenizer, max_len: int,
                       ignore_errors, skipped)
         seqs = pack_store(store, max_len, config, settings.keep_prompt_only_sequences, metrics)
         record_sequences(store, seqs, max_len, metrics)
-        write_hdf5(output_path, store, seqs, max_len, pad_id(tokenizer), category_table(store, categories))
+        write_hdf5(output_path, store, seqs, max_len, pad_id(tokenizer), category_table(store, categories),
+                   lost_articles(store, metrics))
     finally:
         store.cleanup()
     if skipped:

@@ -1,4 +1,5 @@
-"""The data report: a metrics table (printed and saved) and PNG histograms of article lengths and fill."""
+"""The data report: a metrics table (printed and saved), the realized source mix (table and mix.png), the dropped
+and truncated articles with their input lines, and PNG histograms of article lengths and fill."""
 
 from __future__ import annotations
 
@@ -36,6 +37,58 @@ def source_table(splits: dict) -> list[str]:
     return out
 
 
+def mix_table(splits: dict) -> list[str]:
+    """Per split and source: requested and realized shares of the supervised tokens, tokens, articles, repeats."""
+    out = ["| split | source | requested | realized | supervised tokens | articles | repeats |",
+           "|---|---|---:|---:|---:|---:|---:|"]
+    for name, m in splits.items():
+        for src, r in sorted((m.mix or {}).items()):
+            req = "-" if r["requested"] is None else f"{100 * r['requested']:.2f}%"
+            out.append(f"| {name} | {src} | {req} | {100 * r['realized']:.2f}% | {r['supervised_tokens']:,} | "
+                       f"{r['articles']:,} | {r['repeats']:g} |")
+    return out
+
+
+def lost_table(splits: dict, limit: int = 20) -> list[str]:
+    """Dropped and truncated articles with their input lines (the first ``limit`` a split; all in the JSON)."""
+    out = ["| split | status | origin | source | id | tokens | kept | reason |", "|---|---|---|---|---|---:|---:|---|"]
+    more = []
+    for name, m in splits.items():
+        for r in m.lost[:limit]:
+            out.append(f"| {name} | {r['status']} | {r['file']}:{r['line']} | {r['source'] or '-'} | {r['id'] or '-'} "
+                       f"| {r['tokens']:,} | {r['tokens_kept']:,} | {r['reason']} |")
+        if len(m.lost) > limit:
+            more.append(f"{name}: {len(m.lost) - limit:,} more")
+    if more:
+        out.append(f"\n({'; '.join(more)}: all under splits.*.lost_articles in data_report.json)")
+    return out if len(out) > 2 else ["no article lost tokens"]
+
+
+def plot_mix(splits: dict, out_dir: Path) -> Path:
+    """mix.png: requested vs realized share of supervised tokens per source of the training split."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    mix = (splits.get("train") or next(iter(splits.values()))).mix or {}
+    names = sorted(mix)
+    fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(names) + 2), 4))
+    x = np.arange(len(names))
+    if any(mix[n]["requested"] is not None for n in names):
+        ax.bar(x - 0.2, [100 * (mix[n]["requested"] or 0) for n in names], 0.4, label="requested")
+    ax.bar(x + 0.2, [100 * mix[n]["realized"] for n in names], 0.4, label="realized")
+    ax.set_xticks(x, names, rotation=20)
+    ax.set_ylabel("% of supervised tokens (train)")
+    ax.legend()
+    fig.tight_layout()
+    path = out_dir / "mix.png"
+    with atomic_write(path) as fh:
+        fig.savefig(fh, format="png", dpi=100, metadata={"Software": None})
+    plt.close(fig)
+    return path
+
+
 def plot_histograms(splits: dict, max_len: int, out_dir: Path) -> list[Path]:
     """article_lengths.png and sequence_fill.png (written atomically)."""
     import matplotlib
@@ -67,11 +120,14 @@ def plot_histograms(splits: dict, max_len: int, out_dir: Path) -> list[Path]:
 
 def write_report(splits: dict, max_len: int, out_dir: Path, extra: dict) -> list[str]:
     """Write data_report.md / .json and the PNGs; return the lines to print."""
-    lines = metrics_table(splits) + [""] + source_table(splits)
+    lines = metrics_table(splits) + [""] + source_table(splits) + ["", "Source mix (shares of supervised tokens):"] + \
+        mix_table(splits) + ["", "Dropped and truncated articles:"] + lost_table(splits)
     with atomic_write(out_dir / "data_report.md", "w") as fh:
         fh.write("# Data report\n\n" + "\n".join(lines) + "\n")
-    data = {"splits": {n: m.as_dict() for n, m in splits.items()}, **extra}
+    data = {"splits": {n: m.as_dict() for n, m in splits.items()},
+            "mix": (splits.get("train") or next(iter(splits.values()))).mix, **extra}
     with atomic_write(out_dir / "data_report.json") as fh:
         fh.write(orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
     plot_histograms(splits, max_len, out_dir)
+    plot_mix(splits, out_dir)
     return lines

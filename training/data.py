@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import yaml
 
+from tokenization_prep.provenance import TokenGroups
 from training.config import ConfigError
 
 PROMPT, COMPLETION, PADDING, SEP = 0, 1, 2, 3
@@ -58,9 +59,10 @@ def split_files(data_dir: Path, split: str) -> list[Path]:
 
 
 class PackedDataset(torch.utils.data.Dataset):
-    """All rows of a split's HDF5 files; each file checked against metadata.yaml's sequence length."""
+    """All rows of a split's HDF5 files; each file checked against metadata.yaml's sequence length. With ``groups``
+    each row also carries ``source_ids`` / ``category_ids`` per token, from the files' provenance (-1: none)."""
 
-    def __init__(self, data_dir: Path, split: str, prompt_loss_weight: float):
+    def __init__(self, data_dir: Path, split: str, prompt_loss_weight: float, groups: bool = False):
         self.meta = read_metadata(data_dir)
         self.seq_len = self.meta["max_seq_length"]
         self.files = split_files(data_dir, split)
@@ -75,6 +77,14 @@ class PackedDataset(torch.utils.data.Dataset):
                     raise ConfigError(f"{path}: rows of length {shape[1:]} but metadata.yaml says max_seq_length "
                                       f"{self.seq_len}; re-run tokenization_prep")
                 self.index += [(i, r) for r in range(shape[0])]
+        self.groups = None
+        if groups:
+            handles = [h5py.File(p, "r") for p in self.files]
+            try:
+                self.groups = TokenGroups(handles)
+            finally:
+                for f in handles:
+                    f.close()
         self._handles: dict[int, h5py.File] = {}
         self._pid = os.getpid()
 
@@ -102,8 +112,11 @@ class PackedDataset(torch.utils.data.Dataset):
             rows, inverse = np.unique([r for r, _ in pairs], return_inverse=True)
             f = self._file(i)
             ids, types = f["input_ids"][rows], f["token_type_ids"][rows]
-            for (_, j), u in zip(pairs, inverse, strict=True):
+            for (r, j), u in zip(pairs, inverse, strict=True):
                 out[j] = row_features(ids[u], types[u], self.plw)
+                if self.groups is not None:
+                    for table, codes in self.groups.row(i, r, self.seq_len).items():
+                        out[j][f"{table}_ids"] = torch.from_numpy(codes)
         return out
 
 

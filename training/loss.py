@@ -21,11 +21,13 @@ def chunk_tokens(tokens: int, vocab: int) -> int:
     return max(1, min(tokens, CHUNK_BYTES // (4 * vocab)))
 
 
-def _chunk(hidden, weight, targets, w, want_grads: bool):
-    """Summed weighted CE of one chunk and, if asked, d(loss)/d(logits) in the weight's dtype."""
+def _chunk(hidden, weight, targets, w, want_grads: bool, per_token: bool = False):
+    """Summed (or, ``per_token``, each token's) weighted CE of one chunk and, if asked, d(loss)/d(logits) in the
+    weight's dtype."""
     logits = (hidden @ weight.t()).float()
     lse = torch.logsumexp(logits, dim=-1)
-    loss = ((lse - logits.gather(1, targets[:, None]).squeeze(1)) * w).sum()
+    losses = (lse - logits.gather(1, targets[:, None]).squeeze(1)) * w
+    loss = losses if per_token else losses.sum()
     if not want_grads:
         return loss, None
     probs = logits.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
@@ -72,9 +74,10 @@ class LinearCrossEntropy(torch.autograd.Function):
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, input_ids: torch.Tensor,
-                         weights: torch.Tensor) -> torch.Tensor:
+                         weights: torch.Tensor, per_token: bool = False) -> torch.Tensor:
     """Summed weighted next-token CE of (B, L, H) hidden states under a (V, H) head; ``weights[:, i]`` weighs
-    predicting token i+1 (the last column never counts). Only tokens with a nonzero weight are computed."""
+    predicting token i+1 (the last column never counts). Only tokens with a nonzero weight are computed.
+    ``per_token`` (evaluation, no gradients): the (B, L) weighted losses instead of their sum."""
     w = weights.clone()
     w[:, -1] = 0
     flat_w = w.reshape(-1)
@@ -83,6 +86,13 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, input_ids: 
     h = hidden.reshape(-1, hidden.shape[-1])[keep]
     w_keep = flat_w[keep].float()
     chunk = chunk_tokens(len(keep), weight.shape[0])
+    if per_token:
+        out = torch.zeros(flat_w.shape, dtype=torch.float32, device=h.device)
+        with torch.no_grad():
+            for lo in range(0, len(keep), chunk):
+                out[keep[lo:lo + chunk]] = _chunk(h[lo:lo + chunk], weight, targets[lo:lo + chunk],
+                                                  w_keep[lo:lo + chunk], False, per_token=True)[0]
+        return out.reshape(weights.shape)
     if not (torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad)):  # eval: the loss alone
         return sum((_chunk(h[lo:lo + chunk], weight, targets[lo:lo + chunk], w_keep[lo:lo + chunk], False)[0]
                     for lo in range(0, len(keep), chunk)), torch.zeros((), device=h.device))
@@ -95,12 +105,13 @@ class LinearCEHead(nn.Linear):
     The loss is computed inside the head's own forward so that ZeRO-3 gathers its weight once for the
     whole batch (and again for backward) exactly as for a plain head call."""
 
-    def forward(self, hidden: torch.Tensor, targets: torch.Tensor | None = None, weights: torch.Tensor | None = None):
+    def forward(self, hidden: torch.Tensor, targets: torch.Tensor | None = None, weights: torch.Tensor | None = None,
+                per_token: bool = False):
         if targets is None:
             return super().forward(hidden)
         if self.bias is not None:
             raise ValueError("LinearCEHead: heads with a bias are not supported")
-        return linear_cross_entropy(hidden, self.weight, targets, weights)
+        return linear_cross_entropy(hidden, self.weight, targets, weights, per_token)
 
 
 def as_loss_head(head: nn.Linear) -> LinearCEHead:

@@ -29,7 +29,7 @@ class PackedLM:
     """Mixin: ``forward(input_ids, position_ids, loss_weights=...)`` returns the summed weighted loss (``.loss``),
     ``packed=True`` the logits; any other call is the stock forward (generation)."""
 
-    def forward(self, input_ids=None, position_ids=None, loss_weights=None, packed=False, **kwargs):
+    def forward(self, input_ids=None, position_ids=None, loss_weights=None, packed=False, per_token=False, **kwargs):
         if loss_weights is None and not packed:
             if position_ids is not None:
                 kwargs["position_ids"] = position_ids
@@ -38,7 +38,7 @@ class PackedLM:
         head = self.get_output_embeddings()
         if loss_weights is None:
             return CausalLMOutput(logits=head(hidden))
-        return CausalLMOutput(loss=head(hidden, input_ids, loss_weights))
+        return CausalLMOutput(loss=head(hidden, input_ids, loss_weights, per_token))
 
 
 class PackedGPTNeoXForCausalLM(PackedLM, GPTNeoXForCausalLM):
@@ -131,6 +131,12 @@ def build_model(mc: ModelConfig, vocab_size: int, max_len: int, init_from: Path 
 def packed_loss(model, batch: dict) -> torch.Tensor:
     """Summed weighted next-token loss of packed rows (attention isolated per article, no full fp32 logits)."""
     return model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], loss_weights=batch["weights"]).loss
+
+
+def packed_token_losses(model, batch: dict) -> torch.Tensor:
+    """Per-token weighted next-token losses (B, L) of packed rows, for evaluation by source and category."""
+    return model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], loss_weights=batch["weights"],
+                 per_token=True).loss
 
 
 def packed_forward(model, batch: dict) -> torch.Tensor:

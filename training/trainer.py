@@ -28,7 +28,7 @@ from training.config import GENERATION_DEFAULTS, ConfigError, StageConfig, deeps
 from training.data import PackedDataset, StepSampler, collate, split_files, step_loader
 from training.distributed import global_sum, init_process_group, rank, to_device, world_size
 from training.loading import DsFacts, check_hardware
-from training.modeling import apply_lora, build_model, enable_checkpointing, packed_loss
+from training.modeling import apply_lora, build_model, enable_checkpointing, packed_loss, packed_token_losses
 
 
 def check_inputs(cfg: StageConfig) -> tuple[Path, Path | None]:
@@ -72,6 +72,35 @@ def sha256_file(path: Path) -> str | None:
 
 
 
+def eval_record(result: dict | None, prefix: str = "eval_loss") -> dict:
+    """metrics.jsonl / lineage keys of an evaluation: ``eval_loss``, ``eval_loss_by_source``, ...by_category."""
+    if result is None:
+        return {prefix: None}
+    return {prefix: result["loss"], f"{prefix}_by_source": result["by_source"],
+            f"{prefix}_by_category": result["by_category"]}
+
+
+def log_eval(writer, record: dict, step: int) -> None:
+    """TensorBoard scalars eval/loss, eval/loss_by_source/NAME and eval/loss_by_category/NAME."""
+    if record.get("eval_loss") is None:
+        return
+    writer.add_scalar("eval/loss", record["eval_loss"], step)
+    for table in ("source", "category"):
+        for name, value in record[f"eval_loss_by_{table}"].items():
+            writer.add_scalar(f"eval/loss_by_{table}/{name}", value, step)
+
+
+def eval_table(stage: str, result: dict) -> list[str]:
+    """The end-of-stage table: dev loss in all, per source and per category, with supervised tokens."""
+    out = [f"dev loss of {stage} (token-weighted; - means no source or category):",
+           "| group | name | supervised tokens | dev loss |", "|---|---|---:|---:|",
+           f"| all | all | {sum(result['tokens_by_source'].values()):,} | {result['loss']:.4f} |"]
+    for table in ("source", "category"):
+        for name, value in sorted(result[f"by_{table}"].items()):
+            out.append(f"| {table} | {name} | {result[f'tokens_by_{table}'][name]:,} | {value:.4f} |")
+    return out
+
+
 class StageRunner:
     """Owns the engine, the data and the bookkeeping of one stage."""
 
@@ -81,8 +110,8 @@ class StageRunner:
         self.out = cfg.out_dir
         self.rank, self.world = rank(), world_size()
         self.train = PackedDataset(self.data_dir, "train", cfg.prompt_loss_weight)
-        self.dev = PackedDataset(self.data_dir, "dev", cfg.prompt_loss_weight) if split_files(self.data_dir, "dev") \
-            else None
+        self.dev = PackedDataset(self.data_dir, "dev", cfg.prompt_loss_weight, groups=True) \
+            if split_files(self.data_dir, "dev") else None
         self.ds_config = deepspeed_dict(cfg, self.world)
         facts = DsFacts.of(self.ds_config)
         check_hardware(facts, cfg.deepspeed)
@@ -139,27 +168,47 @@ class StageRunner:
         return iter(step_loader(self.train, sampler, cfg.dataloader_workers, cfg.dataloader_prefetch,
                                 pin=self.device.type == "cuda"))
 
-    def evaluate(self) -> float | None:
-        """Token-weighted dev loss, rows sharded over ranks (equal counts; fill rows weigh 0), sums all-reduced."""
+    def evaluate(self) -> dict | None:
+        """Token-weighted dev loss, in all and per source and category of the articles (their provenance), rows
+        sharded over ranks (equal counts; fill rows weigh 0), sums all-reduced: {"loss", "by_source", ...}."""
         if self.dev is None or not len(self.dev):
             return None
         mb = self.cfg.micro_batch_size
         mine = list(range(self.rank, len(self.dev), self.world))
         per_rank = math.ceil(len(self.dev) / self.world)
         fill = per_rank - len(mine) + (-per_rank) % mb  # every rank runs the same number of same-shape forwards
-        self.engine.eval()
+        names = self.dev.groups.names
+        sums = {t: torch.zeros((2, len(names[t]) + 1), dtype=torch.float64, device=self.device) for t in names}
         num = torch.zeros((), dtype=torch.float64, device=self.device)
         den = 0.0
+        self.engine.eval()
         with torch.no_grad():
-            rows = [self.dev[i] for i in mine] + [dict(self.dev[0], weights=torch.zeros_like(self.dev[0]["weights"]))
-                                                  for _ in range(fill)]
-            for lo in range(0, len(rows), mb):
-                batch = collate(rows[lo:lo + mb])
-                den += float(batch["weights"][:, :-1].sum())
-                num += packed_loss(self.engine, to_device(batch, self.device))
+            for lo in range(0, len(mine) + fill, mb):
+                rows = self.dev.__getitems__([mine[k] if k < len(mine) else 0 for k in range(lo, lo + mb)])
+                for k, row in zip(range(lo, lo + mb), rows):
+                    if k >= len(mine):  # a fill row: same shape, no weight
+                        row["weights"] = torch.zeros_like(row["weights"])
+                batch = to_device(collate(rows), self.device)
+                losses = packed_token_losses(self.engine, batch).double()
+                w = batch["weights"].double()
+                w[:, -1] = 0
+                den += float(w.sum())
+                num += losses.sum()
+                for t, acc in sums.items():  # code -1 (none) lands in the last column
+                    codes = batch[f"{t}_ids"].reshape(-1) % acc.shape[1]
+                    acc[0].index_add_(0, codes, losses.reshape(-1))
+                    acc[1].index_add_(0, codes, w.reshape(-1))
         self.engine.train()
-        num, den = global_sum([num, den], self.device)
-        return num / max(den, 1e-8)
+        flat = global_sum([num, den, *torch.cat([a.reshape(-1) for a in sums.values()]).unbind()], self.device)
+        out, pos = {"loss": flat[0] / max(flat[1], 1e-8)}, 2
+        for t, acc in sums.items():
+            n = acc.shape[1]
+            loss, weight = flat[pos:pos + n], flat[pos + n:pos + 2 * n]
+            pos += 2 * n
+            labels = names[t] + ["-"]
+            out[f"by_{t}"] = {labels[c]: loss[c] / weight[c] for c in range(n) if weight[c] > 0}
+            out[f"tokens_by_{t}"] = {labels[c]: int(weight[c]) for c in range(n) if weight[c] > 0}
+        return out
 
     # ---- loop ----
     def train_step(self, loader) -> tuple[float, float, float]:
@@ -199,7 +248,7 @@ class StageRunner:
                    unit="step")
         self.engine.train()
         t0, tokens, sup = time.perf_counter(), 0.0, 0.0
-        last_loss = None
+        last_loss, final_eval = None, None
         loader = self.batches(self.engine.global_steps)
         for step0 in range(self.engine.global_steps, self.total_steps):
             last_loss, w, real = self.train_step(loader)
@@ -214,12 +263,15 @@ class StageRunner:
                 if self.device.type == "cuda":
                     record["peak_gpu_mem_gb"] = torch.cuda.max_memory_allocated(self.device) / 1024**3
                 tokens, sup = 0.0, 0.0
-            if cfg.eval_every and step % cfg.eval_every == 0:
-                record["eval_loss"] = self.evaluate()
+            if (cfg.eval_every and step % cfg.eval_every == 0) or step == self.total_steps:  # and at the end
+                result = self.evaluate()
+                record.update(eval_record(result))
+                final_eval = result if step == self.total_steps else None
             if main:
-                for key in ("loss", "lr", "tokens_per_s", "supervised_tokens", "eval_loss"):
+                for key in ("loss", "lr", "tokens_per_s", "supervised_tokens"):
                     if record.get(key) is not None:
-                        writer.add_scalar(f"train/{key}" if key != "eval_loss" else "eval/loss", record[key], step)
+                        writer.add_scalar(f"train/{key}", record[key], step)
+                log_eval(writer, record, step)
                 log.write(json.dumps(record) + "\n")
                 log.flush()
             bar.set_postfix(loss=f"{last_loss:.3f}")
@@ -228,10 +280,11 @@ class StageRunner:
             if step % cfg.log_every == 0:
                 t0 = time.perf_counter()  # throughput windows hold training only, not eval or saving
         bar.close()
-        final_eval = self.evaluate()
+        if final_eval is None:  # a resumed run with no step left
+            final_eval = self.evaluate()
         if main:
             if final_eval is not None:
-                writer.add_scalar("eval/loss", final_eval, self.engine.global_steps)
+                print("\n".join(eval_table(cfg.name, final_eval)), flush=True)
             writer.close()
             log.close()
         return self.save_final(last_loss, final_eval)
@@ -261,7 +314,8 @@ class StageRunner:
             "data_manifest_sha256": sha256_file(self.data_dir / "manifest.sha256"),
             "init_from": str(self.init) if self.init else None,
             "parent": json.loads(parent.read_text()) if parent and parent.is_file() else None,
-            "steps": self.engine.global_steps, "final_train_loss": last_loss, "final_eval_loss": final_eval,
+            "steps": self.engine.global_steps, "final_train_loss": last_loss,
+            **eval_record(final_eval, prefix="final_eval_loss"),
         }
         with atomic_write(staged[final] / "lineage.json", "w") as fh:
             json.dump(lineage, fh, indent=2)
