@@ -1,7 +1,8 @@
 """The main job on the bundled real data, end to end, with finished steps skipped on rerun.
 
-data_prep (Dolly+OASST, OIG) -> tokenization of both -> stage 1 on OIG -> stage 2 on Dolly+OASST (tiny
-Pythia-shaped model, real Pythia tokenizer) -> one chat reply from the final model. A step is skipped
+data_prep (Dolly+OASST, OIG) -> tokenization of both (Dolly+OASST with a dev split) -> stage 1 on OIG -> stage 2
+on Dolly+OASST (tiny Pythia-shaped model, real Pythia tokenizer) -> evaluation of the untrained model, stage 1 and
+stage 2 on the dev split (dev loss and stop rates per source) -> one chat reply from the final model. A step is skipped
 only when its stamp file records the sha256 of its inputs and outputs and they all still match; a
 changed input or a damaged output reruns it (and the steps after it, whose inputs then change).
 
@@ -88,9 +89,11 @@ def main() -> int:
     step("data_prep_oig", [PY, "data_prep/subsample_openchatkit.py", "--oig", "data/samples/oig", "--output", ock],
          ["data/samples/oig"], [ock])
     tok_oa, tok_ock = "tokenization_prep/oasst1_dolly_out", "tokenization_prep/bloom_ock_100k_out"
-    for name, src, out, script in (("tokenize_oa_dolly", oa, tok_oa, "tokenization_oa_dolly.sh"),
-                                   ("tokenize_oig", ock, tok_ock, "tokenization_openchatkit.sh")):
-        step(name, ["bash", f"tokenization_prep/{script}", TOKENIZER, src, out, "--overwrite_output_path"],
+    # Dolly+OASST gets a dev split (BLOOMChat used none): 0.12 gives one dev file beside the 8 training files
+    for name, src, out, script, extra in (("tokenize_oa_dolly", oa, tok_oa, "tokenization_oa_dolly.sh",
+                                           ["--dev_ratio", "0.12"]),
+                                          ("tokenize_oig", ock, tok_ock, "tokenization_openchatkit.sh", [])):
+        step(name, ["bash", f"tokenization_prep/{script}", TOKENIZER, src, out, "--overwrite_output_path", *extra],
              [src, f"{TOKENIZER}/tokenizer.json"], [out])
     s1, s2 = "training/ckpt/stage1_oig/final", "training/ckpt/stage2_oa_dolly/final"
     step("train_stage1_oig", [PY, "-m", "training.run", "--config", "training/configs/demo/stage1_oig.yaml", *steps],
@@ -98,6 +101,10 @@ def main() -> int:
     step("train_stage2_oa_dolly", [PY, "-m", "training.run", "--config",
                                    "training/configs/demo/stage2_oa_dolly.yaml", *steps],
          [tok_oa, s1, "training/configs/demo/stage2_oa_dolly.yaml"], [s2])
+    evaluation = "training/ckpt/evaluation.json"
+    step("evaluate", [PY, "-m", "training.evaluate", "--untrained", "training/configs/demo/stage1_oig.yaml",
+                      "--model", s1, "--model", s2, "--data", tok_oa, "--prompts", "8", "--max_new_tokens", "48",
+                      "--out", evaluation], [tok_oa, s1, s2, "training/configs/demo/stage1_oig.yaml"], [evaluation])
     curves = "training/ckpt/loss_curves.png"
     subprocess.run([PY, "-m", "training.plot_losses", curves, "training/ckpt/stage1_oig",
                     "training/ckpt/stage2_oa_dolly"], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
@@ -105,11 +112,11 @@ def main() -> int:
     subprocess.run([PY, "inference/chat.py", "--model", s2, "--greedy", "--verbose", "--max-new-tokens", "48",
                     "--message", CHAT_MESSAGE], cwd=ROOT, check=True, env={**os.environ,
                                                                            "TRANSFORMERS_VERBOSITY": "error"})
-    summary(t0, [tok_oa, tok_ock], curves)
+    summary(t0, [tok_oa, tok_ock], curves, evaluation)
     return 0
 
 
-def summary(t0: float, tok_dirs: list[str], curves: str) -> None:
+def summary(t0: float, tok_dirs: list[str], curves: str, evaluation: str) -> None:
     print("\n== summary", flush=True)
     for label, path in (("Dolly+OASST chat JSONL", "data_prep/oasst1_dolly.jsonl"),
                         ("OIG chat JSONL", "data_prep/bloom_ock_100K_each.jsonl"),
@@ -117,11 +124,19 @@ def summary(t0: float, tok_dirs: list[str], curves: str) -> None:
                         ("Dolly+OASST HDF5 splits", tok_dirs[0]), ("OIG HDF5 splits", tok_dirs[1]),
                         ("stage 1 model", "training/ckpt/stage1_oig/final"),
                         ("stage 2 model", "training/ckpt/stage2_oa_dolly/final"),
-                        ("TensorBoard logs", "training/ckpt/*/logs"), ("loss curves", curves)):
+                        ("TensorBoard logs", "training/ckpt/*/logs"), ("loss curves", curves),
+                        ("evaluation", evaluation)):
         print(f"  {label:<24} {path}")
     for d in tok_dirs:
         print(f"\ndata report of {d} (also data_report.md, article_lengths.png, sequence_fill.png there):")
         print((ROOT / d / "data_report.md").read_text().split("\n", 2)[2].rstrip())
+    from training.evaluate import table
+
+    result = json.loads((ROOT / evaluation).read_text())
+    print(f"\nwhat the models learned, on the dev split of {result['data']} (python -m training.evaluate; greedy "
+          f"replies to {result['prompts_per_source']} dev prompts per source, at most {result['max_new_tokens']} "
+          "tokens):")
+    print("\n".join(table(result)))
     print(f"\ndone in {time.time() - t0:.0f} s")
 
 

@@ -257,6 +257,8 @@ def run_pipeline(cfg: PipelineConfig, log=print) -> dict:
         log(line)
 
     pconf = PackingConfig.parse(cfg.input_packing_config)
+    if cfg.mix:  # the spelling is checked before any work; the sources once the training split is read
+        MixSpec.parse(cfg.mix, cfg.mix_tokens)
     files = input_files(cfg.input_path)
     if files[0].suffix == ".txt" and not cfg.article.is_text:
         cfg.article = replace(cfg.article, is_text=True)

@@ -124,7 +124,7 @@ def tokenize_into(lines: Iterable[tuple[str, int, bytes]], atok: ArticleTokenize
                 for t, name in TYPE_NAMES.items():
                     src[name] += int(counts[t])
 
-    bar = tqdm(total=total, desc=desc, unit="line", mininterval=1.0, file=sys.stderr)
+    bar = tqdm(total=total, desc=desc, unit="line", mininterval=1.0, file=sys.stderr, disable=None)  # off without a tty
     with ThreadPoolExecutor(max_workers=1) as pool:
         pending = None
         for batch in _parsed_batches(lines, atok.settings, metrics, ignore_errors, skipped_log):

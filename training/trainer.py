@@ -25,6 +25,7 @@ from data_prep.atomic import atomic_write
 from training import checkpoint
 from training.attention import check_attention
 from training.config import GENERATION_DEFAULTS, ConfigError, StageConfig, deepspeed_dict, first_line
+from training.dev_loss import GroupedLoss, eval_record, eval_table, log_eval
 from training.data import PackedDataset, StepSampler, collate, split_files, step_loader
 from training.distributed import global_sum, init_process_group, rank, to_device, world_size
 from training.loading import DsFacts, check_hardware
@@ -70,35 +71,6 @@ def logged_step(line: str) -> float:
 def sha256_file(path: Path) -> str | None:
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
 
-
-
-def eval_record(result: dict | None, prefix: str = "eval_loss") -> dict:
-    """metrics.jsonl / lineage keys of an evaluation: ``eval_loss``, ``eval_loss_by_source``, ...by_category."""
-    if result is None:
-        return {prefix: None}
-    return {prefix: result["loss"], f"{prefix}_by_source": result["by_source"],
-            f"{prefix}_by_category": result["by_category"]}
-
-
-def log_eval(writer, record: dict, step: int) -> None:
-    """TensorBoard scalars eval/loss, eval/loss_by_source/NAME and eval/loss_by_category/NAME."""
-    if record.get("eval_loss") is None:
-        return
-    writer.add_scalar("eval/loss", record["eval_loss"], step)
-    for table in ("source", "category"):
-        for name, value in record[f"eval_loss_by_{table}"].items():
-            writer.add_scalar(f"eval/loss_by_{table}/{name}", value, step)
-
-
-def eval_table(stage: str, result: dict) -> list[str]:
-    """The end-of-stage table: dev loss in all, per source and per category, with supervised tokens."""
-    out = [f"dev loss of {stage} (token-weighted; - means no source or category):",
-           "| group | name | supervised tokens | dev loss |", "|---|---|---:|---:|",
-           f"| all | all | {sum(result['tokens_by_source'].values()):,} | {result['loss']:.4f} |"]
-    for table in ("source", "category"):
-        for name, value in sorted(result[f"by_{table}"].items()):
-            out.append(f"| {table} | {name} | {result[f'tokens_by_{table}'][name]:,} | {value:.4f} |")
-    return out
 
 
 class StageRunner:
@@ -177,10 +149,7 @@ class StageRunner:
         mine = list(range(self.rank, len(self.dev), self.world))
         per_rank = math.ceil(len(self.dev) / self.world)
         fill = per_rank - len(mine) + (-per_rank) % mb  # every rank runs the same number of same-shape forwards
-        names = self.dev.groups.names
-        sums = {t: torch.zeros((2, len(names[t]) + 1), dtype=torch.float64, device=self.device) for t in names}
-        num = torch.zeros((), dtype=torch.float64, device=self.device)
-        den = 0.0
+        acc = GroupedLoss(self.dev.groups.names, self.device)
         self.engine.eval()
         with torch.no_grad():
             for lo in range(0, len(mine) + fill, mb):
@@ -189,26 +158,9 @@ class StageRunner:
                     if k >= len(mine):  # a fill row: same shape, no weight
                         row["weights"] = torch.zeros_like(row["weights"])
                 batch = to_device(collate(rows), self.device)
-                losses = packed_token_losses(self.engine, batch).double()
-                w = batch["weights"].double()
-                w[:, -1] = 0
-                den += float(w.sum())
-                num += losses.sum()
-                for t, acc in sums.items():  # code -1 (none) lands in the last column
-                    codes = batch[f"{t}_ids"].reshape(-1) % acc.shape[1]
-                    acc[0].index_add_(0, codes, losses.reshape(-1))
-                    acc[1].index_add_(0, codes, w.reshape(-1))
+                acc.add(batch, packed_token_losses(self.engine, batch))
         self.engine.train()
-        flat = global_sum([num, den, *torch.cat([a.reshape(-1) for a in sums.values()]).unbind()], self.device)
-        out, pos = {"loss": flat[0] / max(flat[1], 1e-8)}, 2
-        for t, acc in sums.items():
-            n = acc.shape[1]
-            loss, weight = flat[pos:pos + n], flat[pos + n:pos + 2 * n]
-            pos += 2 * n
-            labels = names[t] + ["-"]
-            out[f"by_{t}"] = {labels[c]: loss[c] / weight[c] for c in range(n) if weight[c] > 0}
-            out[f"tokens_by_{t}"] = {labels[c]: int(weight[c]) for c in range(n) if weight[c] > 0}
-        return out
+        return acc.result(global_sum(acc.sums(), self.device))
 
     # ---- loop ----
     def train_step(self, loader) -> tuple[float, float, float]:

@@ -1,0 +1,213 @@
+"""Evaluate trained models on a tokenized dir's dev split, per source: did the model learn to stop, and how well
+does it predict the dev replies. Several models side by side (an untrained one, stage 1, stage 2).
+
+    python -m training.evaluate --model training/ckpt/stage1_oig/final --model training/ckpt/stage2_oa_dolly/final \\
+        --untrained training/configs/demo/stage1_oig.yaml --data tokenization_prep/oasst1_dolly_out --out eval.json
+
+For each model and source (the articles' provenance): greedy replies to the first ``--prompts`` dev prompts (each
+conversation up to its last bot turn) and the share that stops at EOS (``stop_eos``), at a ``<human>:`` tag
+(``stop_tag``, where the chat would cut) or at ``--max_new_tokens`` (``stop_length``); ``forged_tags``, the share
+whose reply writes a role tag; the mean reply length in tokens; and the token-weighted dev loss of the whole dev
+split (``dev_loss``, the number the trainer's final evaluation prints). JSON under ``models.<label>.sources`` plus a
+markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+
+from data_prep.atomic import atomic_write
+from data_prep.chat_format import BOT_TAG, HUMAN_TAG
+from tokenization_prep.provenance import has_provenance, row_pieces
+from training.config import ConfigError, ModelConfig, first_line, load_config
+from training.data import COMPLETION, PROMPT, SEP, PackedDataset, collate, read_metadata, split_files
+from training.dev_loss import GroupedLoss
+from training.modeling import build_model, packed_token_losses
+
+KINDS = {"gpt_neox": "pythia", "bloom": "bloom"}
+STOPS = ("stop_eos", "stop_tag", "stop_length")
+
+
+def dev_prompts(dev: PackedDataset, per_source: int) -> dict[str, list[np.ndarray]]:
+    """Per source, up to ``per_source`` prompts in dev order: whole articles cut before their last completion."""
+    out: dict[str, list[np.ndarray]] = {}
+    for path in dev.files:
+        with h5py.File(path, "r") as f:
+            ids, types = f["input_ids"], f["token_type_ids"]
+            for r in range(len(ids)):
+                row_ids, row_types = ids[r], types[r]
+                if has_provenance(f):
+                    spans = [(p.source or "-", p.row_position, p.row_position + p.token_end - p.token_start)
+                             for p in row_pieces(f, r) if not p.truncated and p.token_start == 0
+                             and p.token_end == p.article_tokens]
+                else:  # gdp's files: articles end at token type 3
+                    ends = np.flatnonzero(row_types == SEP) + 1
+                    spans = [("-", lo, hi) for lo, hi in zip(np.concatenate([[0], ends[:-1]]), ends)]
+                for source, lo, hi in spans:
+                    bucket = out.setdefault(source, [])
+                    prompt_at = np.flatnonzero(row_types[lo:hi] == PROMPT)
+                    if len(bucket) >= per_source or not len(prompt_at) or \
+                            not (row_types[lo + prompt_at[-1] + 1:hi] == COMPLETION).any():
+                        continue
+                    bucket.append(np.asarray(row_ids[lo:lo + prompt_at[-1] + 1], dtype=np.int64))
+    return out
+
+
+def classify(reply_ids: list[int], tokenizer, eos: int) -> tuple[str, bool, int]:
+    """(how the reply stopped, whether it wrote a role tag, its length in tokens up to the stop)."""
+    end = reply_ids.index(eos) if eos in reply_ids else len(reply_ids)
+    text = tokenizer.decode(reply_ids[:end])
+    forged = HUMAN_TAG in text or BOT_TAG in text
+    if HUMAN_TAG in text:
+        cut = text.index(HUMAN_TAG)
+        return "stop_tag", forged, len(tokenizer(text[:cut], add_special_tokens=False)["input_ids"])
+    return ("stop_eos" if end < len(reply_ids) else "stop_length"), forged, end
+
+
+def generate_stats(model, tokenizer, prompts: list[np.ndarray], max_new: int, batch: int, device) -> dict:
+    """Greedy replies in left-padded batches; shares of each stop reason, of forged tags, mean reply tokens."""
+    from transformers import GenerationConfig
+
+    eos = tokenizer.eos_token_id
+    gen = GenerationConfig(max_new_tokens=max_new, do_sample=False, num_beams=1, eos_token_id=eos, pad_token_id=eos,
+                           stop_strings=[HUMAN_TAG], temperature=None, top_p=None, top_k=None)
+    counts = {k: 0 for k in STOPS}
+    forged, lengths = 0, []
+    for lo in range(0, len(prompts), batch):
+        part = prompts[lo:lo + batch]
+        width = max(len(p) for p in part)
+        ids = torch.full((len(part), width), eos, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for j, p in enumerate(part):
+            ids[j, width - len(p):] = torch.from_numpy(p)
+            mask[j, width - len(p):] = 1
+        with torch.no_grad():
+            out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=gen,
+                                 tokenizer=tokenizer)
+        for row in out[:, width:].tolist():
+            how, tag, n = classify(row, tokenizer, eos)
+            counts[how] += 1
+            forged += tag
+            lengths.append(n)
+    n = max(1, len(prompts))
+    return {**{k: v / n for k, v in counts.items()}, "forged_tags": forged / n,
+            "mean_reply_tokens": float(np.mean(lengths)) if lengths else 0.0, "prompts": len(prompts)}
+
+
+def dev_loss(model, dev: PackedDataset, batch: int, device) -> dict:
+    """Token-weighted dev loss of the whole dev split, in all and per source (as the trainer computes it)."""
+    acc = GroupedLoss(dev.groups.names, device)
+    with torch.no_grad():
+        for lo in range(0, len(dev), batch):
+            b = {k: v.to(device) for k, v in collate(dev.__getitems__(list(range(lo, min(len(dev), lo + batch)))))
+                 .items()}
+            acc.add(b, packed_token_losses(model, b))
+    return acc.result([float(x) for x in acc.sums()])
+
+
+def load_model(spec: str, meta: dict, seed_config: Path | None = None):
+    """(model, tokenizer dir) of a save_pretrained dir, or of ``seed_config``'s untrained initialization."""
+    rows, seq = meta["embedding_rows"], meta["max_seq_length"]
+    if seed_config is not None:
+        cfg = load_config(seed_config)
+        return build_model(cfg.model, rows, seq, None, cfg.seed)[0], None
+    path = Path(spec)
+    config = path / "config.json"
+    if not config.is_file():
+        raise ConfigError(f"--model {spec}: not a model dir (no config.json); give a stage's final/ dir")
+    try:
+        kind = KINDS.get(json.loads(config.read_text()).get("model_type"))
+    except (ValueError, AttributeError):
+        raise ConfigError(f"--model {spec}: config.json is not valid JSON") from None
+    if kind is None:
+        raise ConfigError(f"--model {spec}: model type not supported here (Pythia/GPT-NeoX and BLOOM are)")
+    if not any(path.glob("*.safetensors")):
+        raise ConfigError(f"--model {spec}: no safetensors weights (this project loads no pickle)")
+    return build_model(ModelConfig(kind=kind, name_or_path=str(path)), rows, seq, None)[0], path
+
+
+def evaluate(models: list[tuple[str, str, Path | None]], data_dir: Path, per_source: int, max_new: int,
+             batch: int) -> dict:
+    """The evaluation of every (label, model dir, untrained config) on ``data_dir``'s dev split."""
+    from transformers import AutoTokenizer
+
+    if not data_dir.is_dir():
+        raise ConfigError(f"--data {data_dir}: no such directory; give a tokenization_prep output dir")
+    meta = read_metadata(data_dir)
+    if not split_files(data_dir, "dev"):
+        raise ConfigError(f"--data {data_dir}: no dev split; tokenize with --num_dev_splits or --dev_ratio")
+    dev = PackedDataset(data_dir, "dev", 0.0, groups=True)
+    prompts = dev_prompts(dev, per_source)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    result = {"data": str(data_dir), "max_new_tokens": max_new, "prompts_per_source": per_source, "models": {}}
+    for label, spec, seed_config in models:
+        model, tok_dir = load_model(spec, meta, seed_config)
+        model.to(device).eval()
+        tokenizer = AutoTokenizer.from_pretrained(str(tok_dir or data_dir / "tokenizer"))
+        if tokenizer.eos_token_id is None:
+            raise ConfigError(f"{tok_dir or data_dir / 'tokenizer'}: the tokenizer has no EOS token")
+        losses = dev_loss(model, dev, batch, device)
+        sources = {}
+        for source in sorted(set(prompts) | set(losses["by_source"])):
+            stats = generate_stats(model, tokenizer, prompts.get(source, []), max_new, batch, device)
+            sources[source] = {**stats, "dev_loss": losses["by_source"].get(source),
+                               "dev_tokens": losses["tokens_by_source"].get(source, 0)}
+        result["models"][label] = {"path": spec, "dev_loss": losses["loss"], "sources": sources}
+        del model
+    return result
+
+
+def table(result: dict) -> list[str]:
+    out = ["| model | source | dev loss | stop: EOS | stop: <human>: | stop: length | forged tags | reply tokens |"
+           " prompts |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for label, m in result["models"].items():
+        for source, s in m["sources"].items():
+            loss = "-" if s["dev_loss"] is None else f"{s['dev_loss']:.3f}"
+            out.append(f"| {label} | {source} | {loss} | {100 * s['stop_eos']:.0f}% | {100 * s['stop_tag']:.0f}% | "
+                       f"{100 * s['stop_length']:.0f}% | {100 * s['forged_tags']:.0f}% | "
+                       f"{s['mean_reply_tokens']:.1f} | {s['prompts']} |")
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.splitlines()[0])
+    ap.add_argument("--model", action="append", default=[], help="a save_pretrained dir (repeat for several)")
+    ap.add_argument("--untrained", action="append", default=[],
+                    help="a stage config: its model as initialized, before training (repeatable)")
+    ap.add_argument("--data", required=True, help="a tokenization_prep output dir with a dev split")
+    ap.add_argument("--out", default=None, help="write the results as JSON here")
+    ap.add_argument("--prompts", type=int, default=32, help="dev prompts per source to reply to (default 32)")
+    ap.add_argument("--max_new_tokens", type=int, default=256)
+    ap.add_argument("--batch_size", type=int, default=8)
+    args = ap.parse_args(argv)
+    try:
+        if not args.model and not args.untrained:
+            raise ConfigError("give at least one --model DIR (or --untrained STAGE_CONFIG)")
+        if min(args.prompts, args.max_new_tokens, args.batch_size) < 1:
+            raise ConfigError("--prompts, --max_new_tokens and --batch_size must be at least 1")
+        models = [(f"untrained ({Path(c).stem})", c, Path(c)) for c in args.untrained] + \
+            [(m, m, None) for m in args.model]
+        result = evaluate(models, Path(args.data), args.prompts, args.max_new_tokens, args.batch_size)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (OSError, ValueError, RuntimeError) as exc:
+        print(f"error: {first_line(exc)}", file=sys.stderr)
+        return 2
+    print("\n".join(table(result)))
+    if args.out:
+        with atomic_write(Path(args.out), "w") as fh:
+            json.dump(result, fh, indent=2)
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
