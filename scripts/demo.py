@@ -129,7 +129,11 @@ def summary(t0: float, tok_dirs: list[str], curves: str, evaluation: str) -> Non
         print(f"  {label:<24} {path}")
     for d in tok_dirs:
         print(f"\ndata report of {d} (also data_report.md, article_lengths.png, sequence_fill.png there):")
-        print((ROOT / d / "data_report.md").read_text().split("\n", 2)[2].rstrip())
+        report = (ROOT / d / "data_report.md").read_text().split("\n", 2)[2]
+        lost = sum(len(m["lost_articles"]) for m in json.loads((ROOT / d / "data_report.json").read_text())
+                   ["splits"].values())
+        print(report.split("Dropped and truncated articles:")[0].rstrip())
+        print(f"{lost} dropped or truncated articles, each with its input line, in data_report.md / .json")
     from training.evaluate import table
 
     result = json.loads((ROOT / evaluation).read_text())

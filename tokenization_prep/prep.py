@@ -54,7 +54,7 @@ class SplitMetrics:
     def count_articles(self, n: int, order: np.ndarray | None, seqs: Plan, stage: str) -> None:
         """Add the copies of ``order`` and the tokens ``seqs`` holds per article to the per-article counts."""
         for key in ("copies", "packed", "kept"):
-            self.per_article.setdefault(key, np.zeros(n, dtype=np.int64))
+            self.per_article.setdefault(key, np.zeros(n, dtype=np.int32))
         if order is not None:
             np.add.at(self.per_article["copies"], order, 1)
         art = np.frombuffer(seqs.art, dtype=np.int32)

@@ -49,7 +49,7 @@ def mix_table(splits: dict) -> list[str]:
     return out
 
 
-def lost_table(splits: dict, limit: int = 20) -> list[str]:
+def lost_table(splits: dict, limit: int = 10) -> list[str]:
     """Dropped and truncated articles with their input lines (the first ``limit`` a split; all in the JSON)."""
     out = ["| split | status | origin | source | id | tokens | kept | reason |", "|---|---|---|---|---|---:|---:|---|"]
     more = []

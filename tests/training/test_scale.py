@@ -48,6 +48,10 @@ def test_topologies_and_process_counts_train_the_same_step(token_dirs, stage_con
             assert b["loss"] == pytest.approx(a["loss"], rel=1e-5), name  # global, token-weighted
             assert b["supervised_tokens"] == a["supervised_tokens"], name  # all ranks counted
         assert m[-1]["eval_loss"] == pytest.approx(ref_m[-1]["eval_loss"], rel=1e-5), name  # sharded eval
+        for table in ("eval_loss_by_source", "eval_loss_by_category"):  # per-group sums all-reduced too
+            assert m[-1][table].keys() == ref_m[-1][table].keys() and m[-1][table], name
+            for k, v in ref_m[-1][table].items():
+                assert m[-1][table][k] == pytest.approx(v, rel=1e-5), (name, table, k)
     lineage = json.loads((tmp_path / "ckpt" / "m1a2x2" / "final" / "lineage.json").read_text())
     assert lineage["topology"]["world_size"] == 2 and lineage["deepspeed"]["train_batch_size"] == 4
     # resume the two-process run's step-2 checkpoint in one process with the same global batch: exact
