@@ -103,7 +103,7 @@ def main() -> int:
          [tok_oa, s1, "training/configs/demo/stage2_oa_dolly.yaml"], [s2])
     evaluation = "training/ckpt/evaluation.json"
     step("evaluate", [PY, "-m", "training.evaluate", "--untrained", "training/configs/demo/stage1_oig.yaml",
-                      "--model", s1, "--model", s2, "--data", tok_oa, "--prompts", "8", "--max_new_tokens", "48",
+                      "--model", s1, "--model", s2, "--data", tok_oa, "--prompts", "8", "--max-new-tokens", "48",
                       "--out", evaluation], [tok_oa, s1, s2, "training/configs/demo/stage1_oig.yaml"], [evaluation])
     curves = "training/ckpt/loss_curves.png"
     subprocess.run([PY, "-m", "training.plot_losses", curves, "training/ckpt/stage1_oig",

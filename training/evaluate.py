@@ -6,7 +6,7 @@ does it predict the dev replies. Several models side by side (an untrained one, 
 
 For each model and source (the articles' provenance): greedy replies to the first ``--prompts`` dev prompts (each
 conversation up to its last bot turn) and the share that stops at EOS (``stop_eos``), at a ``<human>:`` tag
-(``stop_tag``, where the chat would cut) or at ``--max_new_tokens`` (``stop_length``); ``forged_tags``, the share
+(``stop_tag``, where the chat would cut) or at ``--max-new-tokens`` (``stop_length``); ``forged_tags``, the share
 whose reply writes a role tag; the mean reply length in tokens; and the token-weighted dev loss of the whole dev
 split (``dev_loss``, the number the trainer's final evaluation prints). JSON under ``models.<label>.sources`` plus a
 markdown table.
@@ -184,14 +184,14 @@ def main(argv=None) -> int:
     ap.add_argument("--data", required=True, help="a tokenization_prep output dir with a dev split")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     ap.add_argument("--prompts", type=int, default=32, help="dev prompts per source to reply to (default 32)")
-    ap.add_argument("--max_new_tokens", type=int, default=256)
-    ap.add_argument("--batch_size", type=int, default=8)
+    ap.add_argument("--max-new-tokens", type=int, default=256)
+    ap.add_argument("--batch-size", type=int, default=8)
     args = ap.parse_args(argv)
     try:
         if not args.model and not args.untrained:
             raise ConfigError("give at least one --model DIR (or --untrained STAGE_CONFIG)")
         if min(args.prompts, args.max_new_tokens, args.batch_size) < 1:
-            raise ConfigError("--prompts, --max_new_tokens and --batch_size must be at least 1")
+            raise ConfigError("--prompts, --max-new-tokens and --batch-size must be at least 1")
         models = [(f"untrained ({Path(c).stem})", c, Path(c)) for c in args.untrained] + \
             [(m, m, None) for m in args.model]
         result = evaluate(models, Path(args.data), args.prompts, args.max_new_tokens, args.batch_size)

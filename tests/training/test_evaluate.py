@@ -104,7 +104,7 @@ def test_evaluate_command_side_by_side(mixed_dir, tmp_path):
                                    "model": {"kind": "pythia", "tiny": SHAPE}}))
     out = tmp_path / "eval.json"
     r = run_eval("--untrained", str(cfg), "--model", str(model_dir), "--data", str(mixed_dir), "--prompts", "3",
-                 "--max_new_tokens", "6", "--out", str(out))
+                 "--max-new-tokens", "6", "--out", str(out))
     assert r.returncode == 0, r.stderr[-2000:]
     result = json.loads(out.read_text())
     untrained, saved = result["models"]["untrained (stage)"], result["models"][str(model_dir)]
