@@ -1,4 +1,4 @@
-"""Atomic file writing: write to a temp file beside the target, fsync, then rename.
+"""File helpers every stage shares: atomic writing (a temp file beside the target, fsync, then rename) and sha256.
 
 A run killed at any point leaves either the old file or the complete new one, never a
 half-written file that looks complete.
@@ -7,6 +7,7 @@ half-written file that looks complete.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -29,3 +30,12 @@ def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
