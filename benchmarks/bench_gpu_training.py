@@ -148,12 +148,14 @@ def packing_check(kind: str, shape: dict, data: Path, device: str) -> dict:
     import torch
 
     from training.config import ModelConfig, TinyShape
-    from training.data import read_metadata, row_features, split_files
+    from training.data import load_data, row_features
     from training.modeling import build_model, packed_forward
 
     torch.set_float32_matmul_precision("highest")  # fp32 really fp32 (no TF32) for the fp32 comparison
-    meta = read_metadata(data)
-    with h5py.File(split_files(data, "train")[0]) as f:
+    loaded = load_data(data)
+    meta = {"max_seq_length": loaded.meta.max_seq_length, "vocab_size": loaded.meta.vocab_size,
+            "embedding_rows": loaded.embedding_rows}
+    with h5py.File(loaded.splits["train"][0]) as f:
         types = f["token_type_ids"][:]
         row = int(np.argmax((types == 3).sum(axis=1)))  # the row holding the most articles
         ids, types = f["input_ids"][row], types[row]
@@ -223,7 +225,7 @@ def main() -> int:
     from training.data import PackedDataset
 
     train = PackedDataset(data, "train", 0.0)
-    vocab, seq_len = train.meta["vocab_size"], train.meta["max_seq_length"]
+    vocab, seq_len = train.data.embedding_rows, train.seq_len
     log(f"data: {len(train)} packed rows of {seq_len} tokens ({args.packing}), tokenizer vocab {vocab}")
     shapes = {k: (TINY if args.tiny else SHAPES[k]) for k in kinds}
     params = {k: param_count(k, shapes[k], vocab, seq) for k in kinds}

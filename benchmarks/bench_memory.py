@@ -62,7 +62,7 @@ def child(data: str, kind: str, vocab: int, checkpointing: bool, fused: bool, st
     from training.data import collate
 
     ds = PackedDataset(Path(data), "train", 0.0)
-    model = build_model(ModelConfig(kind=kind, tiny=TinyShape(**SHAPES[kind])), max(vocab, ds.meta["vocab_size"]),
+    model = build_model(ModelConfig(kind=kind, tiny=TinyShape(**SHAPES[kind])), max(vocab, ds.data.embedding_rows),
                         2048, seed=0)[0]
     if checkpointing:
         enable_checkpointing(model)

@@ -54,7 +54,7 @@ def child(layout: str, data_dir: str, steps: int, dyn_batch: int) -> None:
     torch.manual_seed(0)
     ds = PackedDataset(Path(data_dir), "train", 0.0)
     model, _ = build_model(ModelConfig(kind="pythia", tiny=TinyShape(hidden_size=64, num_layers=2, num_heads=4)),
-                           ds.meta["vocab_size"], SEQ, seed=0)
+                           ds.data.embedding_rows, SEQ, seed=0)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     order = np.random.default_rng(0).permutation(len(ds))
     per_step = PACKED_ROWS if layout == "packed" else dyn_batch

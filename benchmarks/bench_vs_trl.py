@@ -118,7 +118,7 @@ def ours_isolated(data_dir: Path) -> float:
     ds = PackedDataset(data_dir, "train", 0.0)
     row = next(r for r in (ds[i] for i in range(len(ds))) if int(r["segment_ids"].max()) >= 2)
     model, _ = build_model(ModelConfig(kind="pythia", tiny=TinyShape(hidden_size=HIDDEN, num_layers=LAYERS,
-                                                                      num_heads=HEADS)), ds.meta["vocab_size"], SEQ)
+                                                                      num_heads=HEADS)), ds.data.embedding_rows, SEQ)
     model.eval()
     seg = row["segment_ids"] == 1
     with torch.no_grad():

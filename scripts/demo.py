@@ -29,15 +29,17 @@ CHAT_MESSAGE = "What is the capital of France?"
 
 def digest(path: Path) -> str:
     """sha256 of a file, or of a directory's manifest.sha256 / file list (sorted names and contents)."""
+    from data_prep.atomic import sha256_file
+
     path = ROOT / path
     if path.is_file():
-        return hashlib.sha256(path.read_bytes()).hexdigest()
+        return sha256_file(path)
     if (path / "manifest.sha256").is_file():
-        return hashlib.sha256((path / "manifest.sha256").read_bytes()).hexdigest()
+        return sha256_file(path / "manifest.sha256")
     if path.is_dir():
         h = hashlib.sha256()
         for p in sorted(q for q in path.rglob("*") if q.is_file()):
-            h.update(str(p.relative_to(path)).encode() + hashlib.sha256(p.read_bytes()).digest())
+            h.update(str(p.relative_to(path)).encode() + bytes.fromhex(sha256_file(p)))
         return h.hexdigest()
     return "missing"
 

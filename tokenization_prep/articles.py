@@ -23,7 +23,8 @@ from typing import Callable
 import numpy as np
 import orjson
 
-PROMPT, COMPLETION, PADDING, SEP = 0, 1, 2, 3
+from tokenization_prep.schema import COMPLETION, PADDING, PROMPT, SEP  # noqa: F401 (re-exported)
+
 BOUNDARIES = ("jsonl", "prompt_completion_pair")
 PROMPT_PLACEHOLDER, COMPLETION_PLACEHOLDER = "<prompt_placeholder>", "<completion_placeholder>"
 _PLACEHOLDERS = re.compile(f"({PROMPT_PLACEHOLDER}|{COMPLETION_PLACEHOLDER})")

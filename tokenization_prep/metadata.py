@@ -15,26 +15,11 @@ from pathlib import Path
 
 import orjson
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import ValidationError
 
+from data_prep.atomic import sha256_file
 from data_prep.readers import DataError
-
-FILES_METADATA = Path("sha256") / "files_metadata.json"
-
-
-class DatasetMetadata(BaseModel):
-    """gdp's ``DatasetMetadata`` fields (``utils/metadata_generation.py``); extra keys are allowed, as there."""
-
-    model_config = ConfigDict(extra="allow")
-    max_seq_length: int
-    token_type_ids: bool
-    vocab_size: int
-    tokenizer_model_type: str
-    number_of_training_files: int
-    number_of_dev_files: int
-    number_of_test_files: int
-    max_batch_size_train: int
-    max_batch_size_dev: int | None
+from tokenization_prep.schema import FILES_METADATA, DatasetMetadata, TokenizedMetadata, tokenizer_fingerprint
 
 
 def dataset_metadata(cfg, tok, model_type: str, counts, sizes: dict, splits: dict, packing: str, pad: int) -> dict:
@@ -51,17 +36,10 @@ def dataset_metadata(cfg, tok, model_type: str, counts, sizes: dict, splits: dic
     meta.update({"total_vocab_size": len(tok), "eos_token_id": tok.eos_token_id, "pad_token_id": pad,
                  "input_packing_config": packing, "shuffle": cfg.shuffle, "seed": cfg.seed,
                  "category_ids": cfg.categories_path is not None, "tokenizer_dir": "tokenizer",
-                 "mix": cfg.mix, "mix_tokens": cfg.mix_tokens if cfg.mix else None, "provenance": True})
-    DatasetMetadata.model_validate(meta)
+                 "mix": cfg.mix, "mix_tokens": cfg.mix_tokens if cfg.mix else None, "provenance": True,
+                 "tokenizer_sha256": tokenizer_fingerprint(tok)})
+    TokenizedMetadata.model_validate(meta)
     return meta
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def files_metadata_key(out: Path, path: Path) -> str:

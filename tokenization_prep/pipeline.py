@@ -20,23 +20,22 @@ import numpy as np
 import orjson
 import yaml
 
-from data_prep.atomic import atomic_write
+from data_prep.atomic import atomic_write, sha256_file
 from data_prep.readers import DataError
 from tokenization_prep.articles import ArticleSettings, ArticleTokenizer
 from tokenization_prep.hdf5_io import TokenStore, write_hdf5
-from tokenization_prep.metadata import dataset_metadata, sha256_file, write_files_metadata
-from tokenization_prep.packing import PackingConfig, Plan
+from tokenization_prep.metadata import dataset_metadata, write_files_metadata
 from tokenization_prep.mixing import MixSpec, realized, select, trainable_supervised
+from tokenization_prep.packing import PackingConfig, Plan
 from tokenization_prep.prep import (SplitMetrics, category_table, clean_line, lost_articles, pack_store,
                                    record_sequences, tokenize_into)
 from tokenization_prep.report import write_report
+from tokenization_prep.schema import MANIFEST, MARKER
 from tokenization_prep.splits import SplitCounts, balance, split_counts, split_names
 from tokenization_prep.tokenizer_io import pad_id, tokenizer_for_data, tokenizer_model_type
 
 SHUFFLES = ("False", "on_RAM", "large_file")
 
-MARKER = ".tokenization_prep"
-MANIFEST = "manifest.sha256"
 
 
 @dataclass

@@ -91,11 +91,11 @@ def dir_tokenizer_sha256(directory: Path) -> str | None:
     """The fingerprint of the tokenizer saved in ``directory`` (None when it holds none)."""
     if not any((directory / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json")):
         return None
-    from transformers import AutoTokenizer
+    from tokenization_prep.tokenizer_io import load_tokenizer
 
     try:
-        return tokenizer_fingerprint(AutoTokenizer.from_pretrained(str(directory), trust_remote_code=False))
-    except (OSError, ValueError):
+        return tokenizer_fingerprint(load_tokenizer(str(directory)))
+    except (DataError, OSError, ValueError):
         return None
 
 

@@ -101,6 +101,8 @@ class StageConfig(Strict):
     dataloader_prefetch: int = Field(2, ge=1)  # micro-batches each worker reads ahead
     # attention over packed rows, isolated per article (training/attention.py); checked to be installed
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2", "flex_attention"] = "sdpa"
+    # data_dir check before training: file sizes (and a re-hash of files whose time changed), or every sha256
+    verify_data: Literal["size", "sha256"] = "size"
 
     def resolve(self, path: str | None) -> Path | None:
         if path is None:

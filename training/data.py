@@ -15,57 +15,34 @@ target in another article. Example row (P prompt, C completion, S end-of-article
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
 import h5py
 import numpy as np
 import torch
-import yaml
 
+from data_prep.readers import DataError
 from tokenization_prep.provenance import TokenGroups
+from tokenization_prep.schema import COMPLETION, PADDING, PROMPT, SEP, TokenizedDir, load_tokenized_dir
 from training.config import ConfigError
 
-PROMPT, COMPLETION, PADDING, SEP = 0, 1, 2, 3
-
-
-def read_metadata(data_dir: Path) -> dict:
-    meta_path = data_dir / "metadata.yaml"
-    if not meta_path.is_file():
-        raise ConfigError(f"{data_dir}: no metadata.yaml; point data_dir at a tokenization_prep output directory")
-    meta = yaml.safe_load(meta_path.read_text())
-    for key in ("max_seq_length", "vocab_size"):
-        if not isinstance(meta.get(key), int):
-            raise ConfigError(f"{meta_path}: missing integer field '{key}'")
-    # gdp's vocab_size leaves out added tokens; ours also records len(tokenizer), what the embedding must hold.
-    # A gdp-made dir has only the former: then len() of the tokenizer it saved beside the data
-    rows = meta.get("total_vocab_size")
-    if not isinstance(rows, int) and (data_dir / "tokenizer").is_dir():
-        from transformers import AutoTokenizer
-
-        try:
-            rows = len(AutoTokenizer.from_pretrained(str(data_dir / "tokenizer"), trust_remote_code=False))
-        except (OSError, ValueError):
-            rows = None
-    meta["embedding_rows"] = max(meta["vocab_size"], rows or 0)
-    return meta
-
-
-def split_files(data_dir: Path, split: str) -> list[Path]:
-    """``{split}_{i}_of_{N}.hdf5`` in index order."""
-    pat = re.compile(rf"{split}_(\d+)_of_(\d+)\.hdf5$")
-    found = [(int(m.group(1)), p) for p in data_dir.iterdir() if (m := pat.match(p.name))]
-    return [p for _, p in sorted(found)]
+def load_data(data_dir: Path, full: bool = False, name: str = "data_dir") -> TokenizedDir:
+    """The tokenized dir checked against tokenization_prep's schema (finished, unaltered, file counts, metadata),
+    as one ConfigError line naming the file and the fix."""
+    try:
+        return load_tokenized_dir(data_dir, full)
+    except DataError as exc:
+        raise ConfigError(f"{name} {exc}") from None
 
 
 class PackedDataset(torch.utils.data.Dataset):
     """All rows of a split's HDF5 files; each file checked against metadata.yaml's sequence length. With ``groups``
     each row also carries ``source_ids`` / ``category_ids`` per token, from the files' provenance (-1: none)."""
 
-    def __init__(self, data_dir: Path, split: str, prompt_loss_weight: float, groups: bool = False):
-        self.meta = read_metadata(data_dir)
-        self.seq_len = self.meta["max_seq_length"]
-        self.files = split_files(data_dir, split)
+    def __init__(self, data: TokenizedDir | Path, split: str, prompt_loss_weight: float, groups: bool = False):
+        self.data = data = data if isinstance(data, TokenizedDir) else load_data(Path(data))
+        self.seq_len = data.meta.max_seq_length
+        self.files = data.splits[split]
         self.plw = prompt_loss_weight
         self.index: list[tuple[int, int]] = []
         for i, path in enumerate(self.files):

@@ -26,8 +26,9 @@ import torch
 from data_prep.atomic import atomic_write
 from data_prep.chat_format import BOT_TAG, HUMAN_TAG
 from tokenization_prep.provenance import has_provenance, row_pieces
+from tokenization_prep.schema import TokenizedDir
 from training.config import ConfigError, ModelConfig, first_line, load_config
-from training.data import COMPLETION, PROMPT, SEP, PackedDataset, collate, read_metadata, split_files
+from training.data import COMPLETION, PROMPT, SEP, PackedDataset, collate, load_data
 from training.dev_loss import GroupedLoss
 from training.modeling import build_model, packed_token_losses
 
@@ -112,9 +113,9 @@ def dev_loss(model, dev: PackedDataset, batch: int, device) -> dict:
     return acc.result([float(x) for x in acc.sums()])
 
 
-def load_model(spec: str, meta: dict, seed_config: Path | None = None):
+def load_model(spec: str, data: TokenizedDir, seed_config: Path | None = None):
     """(model, tokenizer dir) of a save_pretrained dir, or of ``seed_config``'s untrained initialization."""
-    rows, seq = meta["embedding_rows"], meta["max_seq_length"]
+    rows, seq = data.embedding_rows, data.meta.max_seq_length
     if seed_config is not None:
         cfg = load_config(seed_config)
         return build_model(cfg.model, rows, seq, None, cfg.seed)[0], None
@@ -138,17 +139,15 @@ def evaluate(models: list[tuple[str, str, Path | None]], data_dir: Path, per_sou
     """The evaluation of every (label, model dir, untrained config) on ``data_dir``'s dev split."""
     from transformers import AutoTokenizer
 
-    if not data_dir.is_dir():
-        raise ConfigError(f"--data {data_dir}: no such directory; give a tokenization_prep output dir")
-    meta = read_metadata(data_dir)
-    if not split_files(data_dir, "dev"):
+    data = load_data(data_dir, name="--data")
+    if not data.splits["dev"]:
         raise ConfigError(f"--data {data_dir}: no dev split; tokenize with --num_dev_splits or --dev_ratio")
-    dev = PackedDataset(data_dir, "dev", 0.0, groups=True)
+    dev = PackedDataset(data, "dev", 0.0, groups=True)
     prompts = dev_prompts(dev, per_source)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     result = {"data": str(data_dir), "max_new_tokens": max_new, "prompts_per_source": per_source, "models": {}}
     for label, spec, seed_config in models:
-        model, tok_dir = load_model(spec, meta, seed_config)
+        model, tok_dir = load_model(spec, data, seed_config)
         model.to(device).eval()
         tokenizer = AutoTokenizer.from_pretrained(str(tok_dir or data_dir / "tokenizer"))
         if tokenizer.eos_token_id is None:

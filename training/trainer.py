@@ -12,7 +12,6 @@ plus ``lineage.json``, written in ``.final.tmp`` and renamed when complete.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import shutil
@@ -21,31 +20,62 @@ from pathlib import Path
 
 import torch
 
-from data_prep.atomic import atomic_write
+from data_prep.atomic import atomic_write, sha256_file
 from training import checkpoint
+from tokenization_prep.schema import TokenizedDir, dir_tokenizer_sha256, tokenizer_fingerprint
 from training.attention import check_attention
 from training.config import GENERATION_DEFAULTS, ConfigError, StageConfig, deepspeed_dict, first_line
 from training.dev_loss import GroupedLoss, eval_record, eval_table, log_eval
-from training.data import PackedDataset, StepSampler, collate, split_files, step_loader
+from training.data import PackedDataset, StepSampler, collate, load_data, step_loader
 from training.distributed import global_sum, init_process_group, rank, to_device, world_size
 from training.loading import DsFacts, check_hardware
 from training.modeling import apply_lora, build_model, enable_checkpointing, packed_loss, packed_token_losses
 
 
-def check_inputs(cfg: StageConfig) -> tuple[Path, Path | None]:
-    """Everything that can be wrong before training starts, as one ConfigError line."""
-    data_dir = cfg.resolve(cfg.data_dir)
-    if not data_dir.is_dir():
-        raise ConfigError(f"data_dir {data_dir} does not exist; run tokenization_prep first")
-    if not split_files(data_dir, "train"):
-        raise ConfigError(f"data_dir {data_dir} holds no train_*_of_*.hdf5 files")
-    if not (data_dir / "tokenizer").is_dir():
-        raise ConfigError(f"data_dir {data_dir} has no tokenizer/ beside the HDF5 files; re-run tokenization_prep")
+def check_inputs(cfg: StageConfig) -> tuple[TokenizedDir, Path | None]:
+    """Everything that can be wrong before training starts, as one ConfigError line: the data dir against
+    tokenization_prep's schema (finished, unaltered, file counts), its tokenizer against ``init_from``'s."""
+    data = load_data(cfg.resolve(cfg.data_dir), full=cfg.verify_data == "sha256")
+    load_data_tokenizer(data)
     init = cfg.resolve(cfg.init_from)
     if init is not None and not (init / "config.json").is_file():
         raise ConfigError(f"init_from {init} is not a saved model (no config.json); run the earlier stage first")
+    if init is not None:
+        check_same_tokenizer(data, init)
     check_attention(cfg.model.kind, cfg.attn_implementation)
-    return data_dir, init
+    return data, init
+
+
+def load_data_tokenizer(data: TokenizedDir):
+    """The tokenizer saved beside the data (the final model gets it), checked against the fingerprint in
+    metadata.yaml and against the embedding size, before training."""
+    from transformers import AutoTokenizer
+
+    path = data.path / "tokenizer"
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"data_dir {path}: no readable tokenizer ({first_line(exc)}); re-run tokenization_prep") \
+            from None
+    if data.meta.tokenizer_sha256 and tokenizer_fingerprint(tok) != data.meta.tokenizer_sha256:
+        raise ConfigError(f"data_dir {path}: not the tokenizer metadata.yaml records (tokenizer_sha256 differs); "
+                          "re-run tokenization_prep")
+    if len(tok) > data.embedding_rows:
+        raise ConfigError(f"data_dir {path}: {len(tok)} tokens but metadata.yaml sizes the embedding for "
+                          f"{data.embedding_rows}; re-run tokenization_prep")
+    return tok
+
+
+def check_same_tokenizer(data: TokenizedDir, init: Path) -> None:
+    """Refuse data tokenized with another tokenizer than the one ``init``'s model was trained with (its lineage's
+    record, else the tokenizer saved beside it)."""
+    lineage = init / "lineage.json"
+    theirs = json.loads(lineage.read_text()).get("tokenizer_sha256") if lineage.is_file() else None
+    theirs = theirs or dir_tokenizer_sha256(init)
+    if theirs and data.tokenizer_sha256 and theirs != data.tokenizer_sha256:
+        raise ConfigError(f"data_dir {data.path} was tokenized with another tokenizer (sha256 "
+                          f"{data.tokenizer_sha256[:12]}) than init_from {init}'s model ({theirs[:12]}); re-tokenize "
+                          f"with --pretrained_tokenizer {init}")
 
 
 def make_scheduler(cfg: StageConfig, total_steps: int):
@@ -68,22 +98,18 @@ def logged_step(line: str) -> float:
         return math.inf
 
 
-def sha256_file(path: Path) -> str | None:
-    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
-
-
-
 class StageRunner:
     """Owns the engine, the data and the bookkeeping of one stage."""
 
     def __init__(self, cfg: StageConfig, resume: bool = False):
         self.cfg, self.resume = cfg, resume
-        self.data_dir, self.init = check_inputs(cfg)
+        self.data, self.init = check_inputs(cfg)
+        self.data_dir = self.data.path
         self.out = cfg.out_dir
         self.rank, self.world = rank(), world_size()
-        self.train = PackedDataset(self.data_dir, "train", cfg.prompt_loss_weight)
-        self.dev = PackedDataset(self.data_dir, "dev", cfg.prompt_loss_weight, groups=True) \
-            if split_files(self.data_dir, "dev") else None
+        self.train = PackedDataset(self.data, "train", cfg.prompt_loss_weight)
+        self.dev = PackedDataset(self.data, "dev", cfg.prompt_loss_weight, groups=True) if self.data.splits["dev"] \
+            else None
         self.ds_config = deepspeed_dict(cfg, self.world)
         facts = DsFacts.of(self.ds_config)
         check_hardware(facts, cfg.deepspeed)
@@ -108,9 +134,8 @@ class StageRunner:
             if saved["universal"]:
                 load_tag = checkpoint.to_universal(self.ckpt, load_tag)
                 self.ds_config["checkpoint"] = {"load_universal": True}
-        meta = self.train.meta
-        model, self._keep_alive = build_model(cfg.model, meta["embedding_rows"], meta["max_seq_length"], self.init,
-                                              cfg.seed, ds=self.ds_config, ds_name=cfg.deepspeed,
+        model, self._keep_alive = build_model(cfg.model, self.data.embedding_rows, self.data.meta.max_seq_length,
+                                              self.init, cfg.seed, ds=self.ds_config, ds_name=cfg.deepspeed,
                                               lora=cfg.lora is not None, attn=cfg.attn_implementation)
         if cfg.gradient_checkpointing:
             enable_checkpointing(model)
@@ -243,7 +268,7 @@ class StageRunner:
 
     def save_final(self, last_loss, final_eval) -> Path:
         """save_pretrained dir (merged if LoRA) + tokenizer + generation config + lineage.json, by rank 0."""
-        from transformers import AutoTokenizer, GenerationConfig
+        from transformers import GenerationConfig
 
         from training.export import save_model
 
@@ -255,7 +280,7 @@ class StageRunner:
         save_model(self.engine, self.cfg, staged[final], staged[adapter])  # every rank: ZeRO-3 gathers collectively
         if self.rank != 0:
             return final
-        tok = AutoTokenizer.from_pretrained(str(self.data_dir / "tokenizer"))
+        tok = load_data_tokenizer(self.data)
         tok.save_pretrained(str(staged[final]))
         GenerationConfig(eos_token_id=tok.eos_token_id, pad_token_id=tok.eos_token_id, do_sample=True,
                          **GENERATION_DEFAULTS).save_pretrained(str(staged[final]))
@@ -263,7 +288,9 @@ class StageRunner:
         lineage = {
             "stage": self.cfg.name, "config": self.cfg.model_dump(), "deepspeed": self.ds_config,
             "topology": self.topology, "data_dir": str(self.data_dir),
-            "data_manifest_sha256": sha256_file(self.data_dir / "manifest.sha256"),
+            "data_manifest_sha256": sha256_file(self.data_dir / "manifest.sha256")
+            if (self.data_dir / "manifest.sha256").is_file() else None,
+            "tokenizer_sha256": self.data.tokenizer_sha256,
             "init_from": str(self.init) if self.init else None,
             "parent": json.loads(parent.read_text()) if parent and parent.is_file() else None,
             "steps": self.engine.global_steps, "final_train_loss": last_loss,

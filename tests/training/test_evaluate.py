@@ -16,7 +16,7 @@ from tests.conftest import DOLLY, OASST_TREES, PYTHIA_TOKENIZER, ROOT
 from tokenization_prep.pipeline import PipelineConfig, run_pipeline
 from tokenization_prep.provenance import row_pieces
 from training.config import ModelConfig, TinyShape
-from training.data import PackedDataset, collate, read_metadata, row_features
+from training.data import PackedDataset, collate, load_data, row_features
 from training.dev_loss import GroupedLoss
 from training.evaluate import classify
 from training.modeling import build_model, packed_token_losses, weighted_loss
@@ -40,9 +40,8 @@ def mixed_dir(tmp_path_factory):
 
 
 def tiny(data_dir):
-    meta = read_metadata(data_dir)
-    model, _ = build_model(ModelConfig(kind="pythia", tiny=TinyShape(**SHAPE)), meta["embedding_rows"], SEQ, None,
-                           SEED)
+    model, _ = build_model(ModelConfig(kind="pythia", tiny=TinyShape(**SHAPE)), load_data(data_dir).embedding_rows,
+                           SEQ, None, SEED)
     return model.eval()
 
 
@@ -117,9 +116,8 @@ def test_evaluate_command_side_by_side(mixed_dir, tmp_path):
            (("--model", str(model_dir), "--data", str(tmp_path / "nope")), "no such directory"),
            (("--data", str(mixed_dir)), "give at least one --model")]
     no_dev = tmp_path / "no_dev"
-    no_dev.mkdir()
-    for name in ("metadata.yaml", "train_1_of_2.hdf5"):
-        (no_dev / name).write_bytes((mixed_dir / name).read_bytes())
+    run_pipeline(PipelineConfig(str(mixed_dir.parent / "chat.jsonl"), str(no_dev), str(PYTHIA_TOKENIZER), SEQ,
+                                "greedy::drop", num_training_splits=1))
     bad.append((("--model", str(model_dir), "--data", str(no_dev)), "no dev split"))
     for args, needle in bad:
         r = run_eval(*args)

@@ -10,8 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
-from tests.conftest import ROOT
+from data_prep.pipeline import prepare_oa_dolly
+from tests.conftest import GPT2_TOKENIZER, OASST_TREES, ROOT
+from tokenization_prep.pipeline import PipelineConfig, run_pipeline
 from tests.training.conftest import final_weights, run_stage, stage_command, stage_env
 
 
@@ -39,6 +42,18 @@ def test_two_stages_outputs_and_lineage(token_dirs, stage_config, tmp_path):
     lineage = json.loads((tmp_path / "ckpt" / "s2" / "final" / "lineage.json").read_text())
     assert lineage["init_from"] == str(final1) and lineage["parent"]["stage"] == "s1"
     assert lineage["data_manifest_sha256"] and lineage["steps"] == 6
+    meta = yaml.safe_load((oa / "metadata.yaml").read_text())
+    assert lineage["tokenizer_sha256"] == meta["tokenizer_sha256"] == lineage["parent"]["tokenizer_sha256"]
+    assert lineage["final_eval_loss_by_source"] == {"oasst": pytest.approx(lineage["final_eval_loss"])}
+    # data tokenized with another tokenizer than stage 1's model: one line, before DeepSpeed starts
+    src = tmp_path / "oa.jsonl"
+    prepare_oa_dolly(src, None, str(OASST_TREES))
+    gpt2 = tmp_path / "gpt2_tok"
+    run_pipeline(PipelineConfig(str(src), str(gpt2), str(GPT2_TOKENIZER), 128, "greedy::truncate_left",
+                                num_training_splits=2, num_dev_splits=1, num_test_splits=0))
+    r3 = run_stage(stage_config("s3", gpt2, init_from=str(final1)))
+    assert r3.returncode == 2 and r3.stderr.count("\n") == 1, r3.stderr[-2000:]
+    assert "tokenized with another tokenizer" in r3.stderr and f"--pretrained_tokenizer {final1}" in r3.stderr
 
 
 @pytest.mark.slow
