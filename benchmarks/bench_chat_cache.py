@@ -58,9 +58,18 @@ def build(work: Path, shape: str) -> Path:
 
     tok = load_tokenizer(str(ROOT / "data/tokenizers/gpt-neox-20b"))  # with EOS and the chat template
     torch.manual_seed(0)
-    cfg = GPTNeoXConfig(vocab_size=50304, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-                        intermediate_size=4 * hidden, max_position_embeddings=4096, rotary_pct=0.25,
-                        tie_word_embeddings=False, bos_token_id=0, eos_token_id=0)
+    cfg = GPTNeoXConfig(
+        vocab_size=50304,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=4 * hidden,
+        max_position_embeddings=4096,
+        rotary_pct=0.25,
+        tie_word_embeddings=False,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
     GPTNeoXForCausalLM(cfg).save_pretrained(str(out))
     tok.save_pretrained(str(out))
     return out
@@ -70,8 +79,9 @@ def session_ttft(loaded, texts: list[str], reuse: bool) -> list[float]:
     from inference.generate import ChatSession
     from inference.sampling import Sampling
 
-    s = ChatSession(loaded.model, loaded.tokenizer, sampling=Sampling(do_sample=False, max_new_tokens=16),
-                    device=loaded.device)
+    s = ChatSession(
+        loaded.model, loaded.tokenizer, sampling=Sampling(do_sample=False, max_new_tokens=16), device=loaded.device
+    )
     out = []
     for text in texts:
         if not reuse:
@@ -87,8 +97,11 @@ def main() -> None:
     ap.add_argument("--shape", choices=list(SHAPES), default="76m")
     ap.add_argument("--turns", type=int, default=20)
     ap.add_argument("--repeats", type=int, default=3, help="sessions per mode; the median per turn is shown")
-    ap.add_argument("--no-baseline", action="store_true",
-                    help="skip the no-reuse sessions (minutes per session at 410m and up on a CPU)")
+    ap.add_argument(
+        "--no-baseline",
+        action="store_true",
+        help="skip the no-reuse sessions (minutes per session at 410m and up on a CPU)",
+    )
     ap.add_argument("--work", type=Path, default=Path("/tmp/bench_chat_cache"))
     args = ap.parse_args()
     import torch
@@ -105,11 +118,16 @@ def main() -> None:
         runs = [session_ttft(loaded, texts, reuse) for _ in range(args.repeats)]
         res[reuse] = [statistics.median(r[i] for r in runs) for i in range(args.turns)]
     n = sum(p.numel() for p in loaded.model.parameters())
-    print(f"Pythia-shaped {n / 1e6:.1f}M parameters, {loaded.device} {loaded.dtype}, {args.turns} turns of ~100-token "
-          f"Dolly messages, greedy, 16 new tokens a reply; median of {args.repeats} sessions")
+    print(
+        f"Pythia-shaped {n / 1e6:.1f}M parameters, {loaded.device} {loaded.dtype}, {args.turns} turns of ~100-token "
+        f"Dolly messages, greedy, 16 new tokens a reply; median of {args.repeats} sessions"
+    )
     shown = sorted({0, 4, 9, 14, args.turns - 1} & set(range(args.turns)))
-    print(f"{'time to first token (ms)':<28}" + "".join(f"{'turn ' + str(i + 1):>10}" for i in shown)
-          + f"{'last/first':>12}")
+    print(
+        f"{'time to first token (ms)':<28}"
+        + "".join(f"{'turn ' + str(i + 1):>10}" for i in shown)
+        + f"{'last/first':>12}"
+    )
     for reuse, label in ((True, "KV cache reused"), (False, "no reuse (before)")):
         if reuse not in res:
             continue

@@ -50,8 +50,11 @@ def child(case: str, arg: str, out: str) -> None:
     secs = time.perf_counter() - t0
     read = sum(s.read for s in res.report.sources.values())
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"case": case, "records_read": read, "lines_written": res.lines, "seconds": secs,
-                      "peak_rss_mb": rss}))
+    print(
+        json.dumps(
+            {"case": case, "records_read": read, "lines_written": res.lines, "seconds": secs, "peak_rss_mb": rss}
+        )
+    )
 
 
 def main() -> None:
@@ -70,12 +73,24 @@ def main() -> None:
             cases.append((f"oig-{n}", str(path)))
         print(f"{'case':<16}{'records':>10}{'written':>10}{'seconds':>9}{'lines/s':>11}{'peak RSS MB':>13}")
         for case, arg in cases:
-            proc = subprocess.run([sys.executable, __file__, "--child", case.split("-")[0] if case.startswith("oig")
-                                   else case, arg, str(Path(tmp) / "out.jsonl")],
-                                  capture_output=True, text=True, check=True)
+            proc = subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--child",
+                    case.split("-")[0] if case.startswith("oig") else case,
+                    arg,
+                    str(Path(tmp) / "out.jsonl"),
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             r = json.loads(proc.stdout.strip().splitlines()[-1])
-            print(f"{case:<16}{r['records_read']:>10,}{r['lines_written']:>10,}{r['seconds']:>9.2f}"
-                  f"{r['records_read'] / r['seconds']:>11,.0f}{r['peak_rss_mb']:>13,.0f}")
+            print(
+                f"{case:<16}{r['records_read']:>10,}{r['lines_written']:>10,}{r['seconds']:>9.2f}"
+                f"{r['records_read'] / r['seconds']:>11,.0f}{r['peak_rss_mb']:>13,.0f}"
+            )
 
 
 if __name__ == "__main__":

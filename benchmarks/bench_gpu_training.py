@@ -32,18 +32,35 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-SHAPES = {"pythia": {"hidden_size": 1024, "num_layers": 24, "num_heads": 16, "intermediate_size": 4096},
-          "bloom": {"hidden_size": 1024, "num_layers": 24, "num_heads": 16}}  # BLOOM's MLP is always 4 x hidden
+SHAPES = {
+    "pythia": {"hidden_size": 1024, "num_layers": 24, "num_heads": 16, "intermediate_size": 4096},
+    "bloom": {"hidden_size": 1024, "num_layers": 24, "num_heads": 16},
+}  # BLOOM's MLP is always 4 x hidden
 TINY = {"hidden_size": 64, "num_layers": 2, "num_heads": 4}
 LORA = {"r": 8, "alpha": 16, "dropout": 0.05}
 DS = "training/configs/ds/"
-GPU_CONFIGS = {"zero2": (DS + "zero2_bf16.json", False), "zero3": (DS + "zero3_bf16.json", False),
-               "zero3_lora": (DS + "zero3_bf16.json", True)}
-CPU_CONFIGS = {"zero2": (DS + "cpu.json", False), "zero3": (DS + "zero3_offload_bf16.json", False),
-               "zero3_lora": (DS + "zero3_offload_bf16.json", True)}
+GPU_CONFIGS = {
+    "zero2": (DS + "zero2_bf16.json", False),
+    "zero3": (DS + "zero3_bf16.json", False),
+    "zero3_lora": (DS + "zero3_bf16.json", True),
+}
+CPU_CONFIGS = {
+    "zero2": (DS + "cpu.json", False),
+    "zero3": (DS + "zero3_offload_bf16.json", False),
+    "zero3_lora": (DS + "zero3_offload_bf16.json", True),
+}
 # bf16 dense tensor-core peaks (no sparsity); the first name found in torch.cuda.get_device_name() wins
-PEAK_BF16 = [("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H200", 989e12), ("H100", 989e12), ("GH200", 989e12),
-             ("A100", 312e12), ("L40S", 362e12), ("A10G", 70e12), ("L4", 121e12)]
+PEAK_BF16 = [
+    ("H100 PCIe", 756e12),
+    ("H100 NVL", 835e12),
+    ("H200", 989e12),
+    ("H100", 989e12),
+    ("GH200", 989e12),
+    ("A100", 312e12),
+    ("L40S", 362e12),
+    ("A10G", 70e12),
+    ("L4", 121e12),
+]
 
 
 def log(msg: str) -> None:
@@ -61,11 +78,24 @@ def prepare_data(work: Path, seq: int, packing: str) -> Path:
     work.mkdir(parents=True, exist_ok=True)
     src = work / "oa_dolly.jsonl"
     if not src.is_file():
-        prepare_oa_dolly(src, str(ROOT / "data/samples/dolly/databricks-dolly-15k.jsonl.gz"),
-                         str(ROOT / "data/samples/oasst1/oasst1_validation_en.jsonl"))
+        prepare_oa_dolly(
+            src,
+            str(ROOT / "data/samples/dolly/databricks-dolly-15k.jsonl.gz"),
+            str(ROOT / "data/samples/oasst1/oasst1_validation_en.jsonl"),
+        )
     t0 = time.perf_counter()
-    run_pipeline(PipelineConfig(str(src), str(out), str(ROOT / "data/tokenizers/gpt-neox-20b"), seq, packing,
-                                shuffle="on_RAM", num_training_splits=1, overwrite_output_path=True))
+    run_pipeline(
+        PipelineConfig(
+            str(src),
+            str(out),
+            str(ROOT / "data/tokenizers/gpt-neox-20b"),
+            seq,
+            packing,
+            shuffle="on_RAM",
+            num_training_splits=1,
+            overwrite_output_path=True,
+        )
+    )
     log(f"tokenized {src.name} at {seq} ({packing}) into {out} in {time.perf_counter() - t0:.0f} s")
     return out
 
@@ -105,10 +135,23 @@ def run_one(name: str, kind: str, shape: dict, ds: str, lora: bool, attn: str, d
     import yaml
 
     run_dir = work / "runs" / name
-    stage = {"name": name, "data_dir": str(data), "output_dir": str(run_dir), "model": {"kind": kind, "tiny": shape},
-             "deepspeed": ds, "epochs": 1000, "max_steps": args.steps, "micro_batch_size": args.micro_batch,
-             "gradient_accumulation_steps": 1, "lr": 1e-4, "log_every": 1, "save_every": 0, "eval_every": 0,
-             "attn_implementation": attn, "gradient_checkpointing": args.gradient_checkpointing}
+    stage = {
+        "name": name,
+        "data_dir": str(data),
+        "output_dir": str(run_dir),
+        "model": {"kind": kind, "tiny": shape},
+        "deepspeed": ds,
+        "epochs": 1000,
+        "max_steps": args.steps,
+        "micro_batch_size": args.micro_batch,
+        "gradient_accumulation_steps": 1,
+        "lr": 1e-4,
+        "log_every": 1,
+        "save_every": 0,
+        "eval_every": 0,
+        "attn_implementation": attn,
+        "gradient_checkpointing": args.gradient_checkpointing,
+    }
     if lora:
         stage["lora"] = LORA
     cfg = work / "runs" / f"{name}.yaml"
@@ -135,10 +178,17 @@ def run_one(name: str, kind: str, shape: dict, ds: str, lora: bool, attn: str, d
     timed = recs[warm:] or recs
     mem = [r["peak_gpu_mem_gb"] for r in recs if "peak_gpu_mem_gb" in r]
     log(f"[{name}] done in {wall:.0f} s ({len(recs)} steps, {warm} warm-up not timed)")
-    return {"steps_timed": len(timed), "warmup_steps": warm, "step_s": statistics.median(r["step_s"] for r in timed),
-            "tokens_per_s": statistics.mean(r["tokens_per_s"] for r in timed),
-            "peak_gpu_mem_gb": max(mem) if mem else None, "first_loss": recs[0]["loss"], "last_loss": recs[-1]["loss"],
-            "wall_s": wall, "log": str(out_log)}
+    return {
+        "steps_timed": len(timed),
+        "warmup_steps": warm,
+        "step_s": statistics.median(r["step_s"] for r in timed),
+        "tokens_per_s": statistics.mean(r["tokens_per_s"] for r in timed),
+        "peak_gpu_mem_gb": max(mem) if mem else None,
+        "first_loss": recs[0]["loss"],
+        "last_loss": recs[-1]["loss"],
+        "wall_s": wall,
+        "log": str(out_log),
+    }
 
 
 def packing_check(kind: str, shape: dict, data: Path, device: str) -> dict:
@@ -153,8 +203,11 @@ def packing_check(kind: str, shape: dict, data: Path, device: str) -> dict:
 
     torch.set_float32_matmul_precision("highest")  # fp32 really fp32 (no TF32) for the fp32 comparison
     loaded = load_data(data)
-    meta = {"max_seq_length": loaded.meta.max_seq_length, "vocab_size": loaded.meta.vocab_size,
-            "embedding_rows": loaded.embedding_rows}
+    meta = {
+        "max_seq_length": loaded.meta.max_seq_length,
+        "vocab_size": loaded.meta.vocab_size,
+        "embedding_rows": loaded.embedding_rows,
+    }
     with h5py.File(loaded.splits["train"][0]) as f:
         types = f["token_type_ids"][:]
         row = int(np.argmax((types == 3).sum(axis=1)))  # the row holding the most articles
@@ -162,8 +215,13 @@ def packing_check(kind: str, shape: dict, data: Path, device: str) -> dict:
     ends = np.flatnonzero(types == 3)
     spans = list(zip(np.concatenate([[0], ends[:-1] + 1]), ends + 1))
     batch = {k: v[None].to(device) for k, v in row_features(ids, types, 0.0).items()}
-    model = build_model(ModelConfig(kind=kind, tiny=TinyShape(**shape)), meta["vocab_size"], meta["max_seq_length"],
-                        seed=0)[0].eval().to(device)
+    model = (
+        build_model(
+            ModelConfig(kind=kind, tiny=TinyShape(**shape)), meta["vocab_size"], meta["max_seq_length"], seed=0
+        )[0]
+        .eval()
+        .to(device)
+    )
     res = {"articles": len(spans), "last_article_start": int(spans[-1][0]), "row_tokens": int(ends[-1] + 1)}
     with torch.no_grad():
         for dtype in (torch.float32, torch.bfloat16):
@@ -174,8 +232,11 @@ def packing_check(kind: str, shape: dict, data: Path, device: str) -> dict:
                 alone = model(input_ids=batch["input_ids"][:, lo:hi], use_cache=False).logits[0].float()
                 gaps.append((packed[lo:hi] - alone).abs().max().item())
             tag = str(dtype).removeprefix("torch.")
-            res[tag] = {"max_dlogit": max(gaps), "max_dlogit_last_article": gaps[-1],
-                        "max_abs_logit": packed[:spans[-1][1]].abs().max().item()}
+            res[tag] = {
+                "max_dlogit": max(gaps),
+                "max_dlogit_last_article": gaps[-1],
+                "max_abs_logit": packed[: spans[-1][1]].abs().max().item(),
+            }
             if dtype == torch.float32 and len(spans) > 1:  # sanity: without the block mask article 2 sees article 1
                 lo, hi = spans[1]
                 naive = model(input_ids=batch["input_ids"][:, :hi], use_cache=False).logits[0, lo:hi].float()
@@ -193,8 +254,12 @@ def main() -> int:
     ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "bench_gpu_training")
     ap.add_argument("--kinds", default="pythia,bloom")
     ap.add_argument("--configs", default="zero2,zero3,zero3_lora")
-    ap.add_argument("--attn", default="sdpa", help="attention implementations to run, comma-separated "
-                    "(one that is not installed, or cannot isolate articles on a kind, is reported and skipped)")
+    ap.add_argument(
+        "--attn",
+        default="sdpa",
+        help="attention implementations to run, comma-separated "
+        "(one that is not installed, or cannot isolate articles on a kind, is reported and skipped)",
+    )
     ap.add_argument("--gradient-checkpointing", action="store_true")
     ap.add_argument("--micro-batch", type=int, default=4, help="rows of --seq tokens per step (no accumulation)")
     ap.add_argument("--packing", default="bfd::drop")
@@ -205,7 +270,9 @@ def main() -> int:
     import torch
 
     if not args.tiny and not torch.cuda.is_available():
-        print("bench_gpu_training: no CUDA GPU here (torch.cuda.is_available() is False); use --tiny for a CPU smoke run")
+        print(
+            "bench_gpu_training: no CUDA GPU here (torch.cuda.is_available() is False); use --tiny for a CPU smoke run"
+        )
         return 1
     kinds, confs = args.kinds.split(","), args.configs.split(",")
     table = CPU_CONFIGS if args.tiny else GPU_CONFIGS
@@ -233,8 +300,10 @@ def main() -> int:
         log(f"{k}: {shapes[k]} vocab {-(-vocab // 64) * 64} -> {params[k] / 1e6:.1f}M parameters")
     if "bloom" in kinds and not args.tiny:
         real = param_count("bloom", SHAPES["bloom"], 250880, seq)
-        log(f"note: real BLOOM-560M has vocab 250880 ({real / 1e6:.1f}M parameters); 'bloom' here uses the data's "
-            f"tokenizer vocab, so its embedding (and MFU's N) is {(real - params['bloom']) / 1e6:.0f}M smaller")
+        log(
+            f"note: real BLOOM-560M has vocab 250880 ({real / 1e6:.1f}M parameters); 'bloom' here uses the data's "
+            f"tokenizer vocab, so its embedding (and MFU's N) is {(real - params['bloom']) / 1e6:.0f}M smaller"
+        )
 
     from training.attention import check_attention
     from training.config import ConfigError
@@ -251,8 +320,17 @@ def main() -> int:
                 ds, lora = table[conf]
                 name = f"{kind}_{conf}_{attn}" + ("_tiny" if args.tiny else "")
                 r = run_one(name, kind, shapes[kind], ds, lora, attn, data, args.work, args)
-                r.update(run=name, kind=kind, config=conf, attn=attn, deepspeed=ds, lora=LORA if lora else None,
-                         params=params[kind], seq=seq, micro_batch=args.micro_batch)
+                r.update(
+                    run=name,
+                    kind=kind,
+                    config=conf,
+                    attn=attn,
+                    deepspeed=ds,
+                    lora=LORA if lora else None,
+                    params=params[kind],
+                    seq=seq,
+                    micro_batch=args.micro_batch,
+                )
                 # MFU = 6 N tokens/s / peak, N = every parameter of the model (embeddings included). 6N per token
                 # is forward 2N + backward 4N; it leaves out attention's score/value matmuls (~12 x layers x hidden x
                 # seq per token; flash kernels skip cross-article blocks) and counts the embedding lookup as a
@@ -275,40 +353,66 @@ def main() -> int:
     if args.tiny:
         mode = "CPU smoke run (--tiny)"
     else:
-        mode = f"{device_name}, bf16 peak {peak / 1e12:.0f} TFLOPS" if peak else \
-            f"{device_name} (unknown peak: give --peak-tflops for MFU)"
+        mode = (
+            f"{device_name}, bf16 peak {peak / 1e12:.0f} TFLOPS"
+            if peak
+            else f"{device_name} (unknown peak: give --peak-tflops for MFU)"
+        )
     log(f"\n{mode}; {args.steps} steps/run, micro-batch {args.micro_batch} x {seq} tokens, 1 process")
-    log(f"{'run':<40}{'deepspeed':<26}{'params':>9}{'step s':>9}{'tokens/s':>11}{'MFU':>7}{'peak GB':>9}"
-        f"{'loss first->last':>19}")
+    log(
+        f"{'run':<40}{'deepspeed':<26}{'params':>9}{'step s':>9}{'tokens/s':>11}{'MFU':>7}{'peak GB':>9}"
+        f"{'loss first->last':>19}"
+    )
     for r in results:
         if "error" in r:
-            log(f"{r['run']:<40}{Path(r['deepspeed']).name:<26}{r['params'] / 1e6:>8.1f}M  FAILED ({r['error']}, "
-                f"see {r['log']})")
+            log(
+                f"{r['run']:<40}{Path(r['deepspeed']).name:<26}{r['params'] / 1e6:>8.1f}M  FAILED ({r['error']}, "
+                f"see {r['log']})"
+            )
             continue
         mfu = f"{r['mfu']:.1%}" if "mfu" in r else "n/a"
         mem = f"{r['peak_gpu_mem_gb']:.1f}" if r["peak_gpu_mem_gb"] is not None else "n/a"
-        log(f"{r['run']:<40}{Path(r['deepspeed']).name + (' +LoRA' if r['lora'] else ''):<26}"
+        log(
+            f"{r['run']:<40}{Path(r['deepspeed']).name + (' +LoRA' if r['lora'] else ''):<26}"
             f"{r['params'] / 1e6:>8.1f}M{r['step_s']:>9.3f}{r['tokens_per_s']:>11,.0f}{mfu:>7}{mem:>9}"
-            f"{r['first_loss']:>10.3f} ->{r['last_loss']:>6.3f}")
-    log("MFU = 6 x params x tokens/s / peak (LoRA rows: same formula; hardware work is ~4N/token, so x2/3); "
-        "peak GB = torch.cuda.max_memory_allocated")
+            f"{r['first_loss']:>10.3f} ->{r['last_loss']:>6.3f}"
+        )
+    log(
+        "MFU = 6 x params x tokens/s / peak (LoRA rows: same formula; hardware work is ~4N/token, so x2/3); "
+        "peak GB = torch.cuda.max_memory_allocated"
+    )
     first = {(r["kind"], r["config"], r["attn"]): r["first_loss"] for r in results if "first_loss" in r}
     for (kind, conf, attn), loss in first.items():  # same data and seed: another step-1 loss means another init
         base = first.get((kind, "zero2", attn))
         if conf != "zero2" and base is not None and abs(loss - base) > 1:
-            log(f"note: {kind} {conf} starts at loss {loss:.1f}, zero2 at {base:.1f}: the random init under "
-                "deepspeed.zero.Init is not the model's _init_weights")
+            log(
+                f"note: {kind} {conf} starts at loss {loss:.1f}, zero2 at {base:.1f}: the random init under "
+                "deepspeed.zero.Init is not the model's _init_weights"
+            )
     for kind, c in checks.items():
         if "error" in c:
             log(f"packed vs alone, {kind}: FAILED {c['error']}")
             continue
-        log(f"packed vs alone, {kind} ({c['articles']} articles in {c['row_tokens']} tokens, last from position "
+        log(
+            f"packed vs alone, {kind} ({c['articles']} articles in {c['row_tokens']} tokens, last from position "
             f"{c['last_article_start']}): max |dlogit| fp32 {c['float32']['max_dlogit']:.2e}, bf16 "
             f"{c['bfloat16']['max_dlogit']:.2e} (last article {c['bfloat16']['max_dlogit_last_article']:.2e}; "
-            f"|logit| up to {c['bfloat16']['max_abs_logit']:.1f}); no mask: {c.get('float32_no_mask_article2', 0):.2e}")
+            f"|logit| up to {c['bfloat16']['max_abs_logit']:.1f}); no mask: {c.get('float32_no_mask_article2', 0):.2e}"
+        )
     out = args.work / ("results_tiny.json" if args.tiny else "results.json")
-    out.write_text(json.dumps({"device": device_name, "peak_flops": peak, "vocab_size": vocab, "steps": args.steps,
-                               "runs": results, "packing_check": checks}, indent=2))
+    out.write_text(
+        json.dumps(
+            {
+                "device": device_name,
+                "peak_flops": peak,
+                "vocab_size": vocab,
+                "steps": args.steps,
+                "runs": results,
+                "packing_check": checks,
+            },
+            indent=2,
+        )
+    )
     log(f"results: {out}")
     return 1 if any("error" in r for r in results) else 0
 

@@ -79,7 +79,7 @@ def max_diff(model, src: str) -> tuple[float, int]:
             where.update({k: f for k in st.keys()})
     prefix, worst, n = model.base_model_prefix + ".", 0.0, 0
     for name, p in model.named_parameters():
-        key = name if name in where else name[len(prefix):]
+        key = name if name in where else name[len(prefix) :]
         with deepspeed.zero.GatheredParameters(p):
             if torch.distributed.get_rank() == 0:
                 with safe_open(str(where[key]), "pt") as st:
@@ -113,18 +113,28 @@ def child(path: str, src: str) -> None:
         with torch.no_grad():  # read every weight once, as deepspeed.initialize will: lazily mapped pages count
             sum(float(p.sum()) for p in model.parameters())
     else:
-        model, _keep = build_model(ModelConfig(kind="bloom", name_or_path=src), VOCAB, 2048, seed=0, ds=ds_dict(),
-                                  ds_name=DS_NAME)
+        model, _keep = build_model(
+            ModelConfig(kind="bloom", name_or_path=src), VOCAB, 2048, seed=0, ds=ds_dict(), ds_name=DS_NAME
+        )
     secs = time.perf_counter() - t0
     sampler.done.set()
     sampler.join()
     end = status()
     params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
     at = sampler.best
-    rec = {"path": path, "rank": rank, "seconds": secs, "params": params, "base": base["VmRSS"],
-           "peak": end["VmHWM"] - base["VmRSS"], "end": end["VmRSS"] - base["VmRSS"],
-           "sampled": at["VmRSS"] - base["VmRSS"], "anon": at["RssAnon"] - base["RssAnon"],
-           "file": at["RssFile"] - base["RssFile"], "dtype": str(next(model.parameters()).dtype)}
+    rec = {
+        "path": path,
+        "rank": rank,
+        "seconds": secs,
+        "params": params,
+        "base": base["VmRSS"],
+        "peak": end["VmHWM"] - base["VmRSS"],
+        "end": end["VmRSS"] - base["VmRSS"],
+        "sampled": at["VmRSS"] - base["VmRSS"],
+        "anon": at["RssAnon"] - base["RssAnon"],
+        "file": at["RssFile"] - base["RssFile"],
+        "dtype": str(next(model.parameters()).dtype),
+    }
     if path == "new":
         rec["max_diff"], rec["compared"] = max_diff(model, src)
     os.write(1, f"BENCH {json.dumps(rec)}\n".encode())  # one write (< PIPE_BUF): ranks share the launcher's pipe
@@ -140,8 +150,16 @@ def make_model(work: Path, layers: int, save_dtype: str) -> Path:
     from transformers import BloomConfig, BloomForCausalLM
 
     torch.manual_seed(0)
-    cfg = BloomConfig(vocab_size=VOCAB, hidden_size=1024, n_layer=layers, n_head=16, hidden_dropout=0.0,
-                      attention_dropout=0.0, bos_token_id=0, eos_token_id=0)
+    cfg = BloomConfig(
+        vocab_size=VOCAB,
+        hidden_size=1024,
+        n_layer=layers,
+        n_head=16,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
     model = BloomForCausalLM(cfg).to(torch.bfloat16 if save_dtype == "bf16" else torch.float32)
     tmp = out.with_name(out.name + ".tmp")
     model.save_pretrained(tmp)  # safetensors is transformers 5's only format
@@ -153,13 +171,22 @@ def run_path(path: str, src: Path) -> tuple[list[dict], float]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
-                                                               "MASTER_PORT")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+    }
     env.update(DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
     launcher = Path(sys.executable).parent / "deepspeed"
     t0 = time.perf_counter()
-    proc = subprocess.run([str(launcher), "--num_accelerators", "2", "--master_port", str(port), __file__,
-                           "--child", path, str(src)], cwd=ROOT, env=env, capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        [str(launcher), "--num_accelerators", "2", "--master_port", str(port), __file__, "--child", path, str(src)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     wall = time.perf_counter() - t0
     recs = [json.loads(line[6:]) for line in proc.stdout.splitlines() if line.startswith("BENCH ")]
     if proc.returncode or len(recs) != 2:
@@ -184,24 +211,36 @@ def main() -> None:
     res = {p: run_path(p, src) for p in ("old", "new")}
     params = res["new"][0][0]["params"]
     fp32 = params * 4
-    print(f"BLOOM {params / 1e6:.1f}M parameters (hidden 1024, {args.layers} layers, vocab {VOCAB}), saved in "
-          f"{args.save_dtype} ({sum(f.stat().st_size for f in src.glob('*.safetensors')) / MiB:,.0f} MB file), "
-          f"fp32 size {fp32 / MiB:,.0f} MB; 2 ranks, DS_ACCELERATOR=cpu, {DS_NAME}")
-    print("peak = VmHWM - baseline VmRSS; anon/file = RssAnon/RssFile growth at the highest sampled VmRSS; "
-          "end = VmRSS growth after loading (MB = MiB)")
-    print(f"{'path':<5}{'rank':>5}{'dtype':>16}{'load s':>8}{'baseline MB':>13}{'peak MB':>9}{'x fp32':>8}"
-          f"{'anon MB':>9}{'file MB':>9}{'end MB':>8}{'job wall s':>12}")
+    print(
+        f"BLOOM {params / 1e6:.1f}M parameters (hidden 1024, {args.layers} layers, vocab {VOCAB}), saved in "
+        f"{args.save_dtype} ({sum(f.stat().st_size for f in src.glob('*.safetensors')) / MiB:,.0f} MB file), "
+        f"fp32 size {fp32 / MiB:,.0f} MB; 2 ranks, DS_ACCELERATOR=cpu, {DS_NAME}"
+    )
+    print(
+        "peak = VmHWM - baseline VmRSS; anon/file = RssAnon/RssFile growth at the highest sampled VmRSS; "
+        "end = VmRSS growth after loading (MB = MiB)"
+    )
+    print(
+        f"{'path':<5}{'rank':>5}{'dtype':>16}{'load s':>8}{'baseline MB':>13}{'peak MB':>9}{'x fp32':>8}"
+        f"{'anon MB':>9}{'file MB':>9}{'end MB':>8}{'job wall s':>12}"
+    )
     for path, (recs, wall) in res.items():
         for r in recs:
-            print(f"{path:<5}{r['rank']:>5}{r['dtype']:>16}{r['seconds']:>8.1f}{r['base'] / MiB:>13,.0f}"
-                  f"{r['peak'] / MiB:>9,.0f}{r['peak'] / fp32:>8.3f}{r['anon'] / MiB:>9,.0f}{r['file'] / MiB:>9,.0f}"
-                  f"{r['end'] / MiB:>8,.0f}{wall:>12.1f}")
+            print(
+                f"{path:<5}{r['rank']:>5}{r['dtype']:>16}{r['seconds']:>8.1f}{r['base'] / MiB:>13,.0f}"
+                f"{r['peak'] / MiB:>9,.0f}{r['peak'] / fp32:>8.3f}{r['anon'] / MiB:>9,.0f}{r['file'] / MiB:>9,.0f}"
+                f"{r['end'] / MiB:>8,.0f}{wall:>12.1f}"
+            )
     worst = max(r["peak"] for r in res["new"][0]) / fp32
     r0 = res["new"][0][0]
-    print(f"new / old peak (worst rank): {worst / (max(r['peak'] for r in res['old'][0]) / fp32):.2f}x; "
-          f"new peak {worst:.3f} x fp32 ({'meets' if worst <= 0.35 else 'misses'} <= 0.35)")
-    print(f"new path correctness: {r0['compared']} gathered parameters vs file (cast to bf16), max abs diff "
-          f"{r0['max_diff']:g}")
+    print(
+        f"new / old peak (worst rank): {worst / (max(r['peak'] for r in res['old'][0]) / fp32):.2f}x; "
+        f"new peak {worst:.3f} x fp32 ({'meets' if worst <= 0.35 else 'misses'} <= 0.35)"
+    )
+    print(
+        f"new path correctness: {r0['compared']} gathered parameters vs file (cast to bf16), max abs diff "
+        f"{r0['max_diff']:g}"
+    )
     print(f"total wall {time.perf_counter() - t0:.0f} s (model creation {made:.0f} s)")
 
 

@@ -23,8 +23,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-SHAPES = {"pythia": {"hidden_size": 512, "num_layers": 8, "num_heads": 8},
-          "bloom": {"hidden_size": 256, "num_layers": 2, "num_heads": 4}}
+SHAPES = {
+    "pythia": {"hidden_size": 512, "num_layers": 8, "num_heads": 8},
+    "bloom": {"hidden_size": 256, "num_layers": 2, "num_heads": 4},
+}
 BLOOM_VOCAB = 250_880
 MiB = 1024**2
 
@@ -48,8 +50,11 @@ def make_data(work: Path) -> Path:
     work.mkdir(parents=True, exist_ok=True)
     pairs = work / "oa_dolly.jsonl"
     prepare_oa_dolly(pairs, str(DOLLY), str(OASST_ROWS))
-    run_pipeline(PipelineConfig(str(pairs), str(out), str(PYTHIA_TOKENIZER), 2048, "bfd::drop", shuffle="on_RAM",
-                                num_training_splits=1))
+    run_pipeline(
+        PipelineConfig(
+            str(pairs), str(out), str(PYTHIA_TOKENIZER), 2048, "bfd::drop", shuffle="on_RAM", num_training_splits=1
+        )
+    )
     return out
 
 
@@ -57,13 +62,13 @@ def child(data: str, kind: str, vocab: int, checkpointing: bool, fused: bool, st
     import torch
 
     from training.config import ModelConfig, TinyShape
-    from training.data import PackedDataset
+    from training.data import PackedDataset, collate
     from training.modeling import build_model, enable_checkpointing, packed_forward, packed_loss, weighted_loss
-    from training.data import collate
 
     ds = PackedDataset(Path(data), "train", 0.0)
-    model = build_model(ModelConfig(kind=kind, tiny=TinyShape(**SHAPES[kind])), max(vocab, ds.data.embedding_rows),
-                        2048, seed=0)[0]
+    model = build_model(
+        ModelConfig(kind=kind, tiny=TinyShape(**SHAPES[kind])), max(vocab, ds.data.embedding_rows), 2048, seed=0
+    )[0]
     if checkpointing:
         enable_checkpointing(model)
     model.train()
@@ -84,24 +89,52 @@ def child(data: str, kind: str, vocab: int, checkpointing: bool, fused: bool, st
         opt.zero_grad(set_to_none=True)
         times.append(time.perf_counter() - t0)
     params = sum(p.numel() for p in model.parameters())
-    print(json.dumps({"params": params, "vocab": model.config.vocab_size, "peak": vm("VmHWM") - base,
-                      "step_s": statistics.median(times[1:]), "loss": float(loss_sum / w)}))
+    print(
+        json.dumps(
+            {
+                "params": params,
+                "vocab": model.config.vocab_size,
+                "peak": vm("VmHWM") - base,
+                "step_s": statistics.median(times[1:]),
+                "loss": float(loss_sum / w),
+            }
+        )
+    )
 
 
 def compare(data: Path, title: str, settings: list[tuple[str, list[str]]], args) -> None:
     res = []
     for _, flags in settings:
-        out = subprocess.run([sys.executable, __file__, "--child", str(data), *flags, "--steps", str(args.steps),
-                              "--rows", str(args.rows)], capture_output=True, text=True, check=True, cwd=ROOT)
+        out = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--child",
+                str(data),
+                *flags,
+                "--steps",
+                str(args.steps),
+                "--rows",
+                str(args.rows),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=ROOT,
+        )
         res.append(json.loads(out.stdout.strip().splitlines()[-1]))
-    print(f"{title}: {res[0]['params'] / 1e6:.1f}M parameters, vocab {res[0]['vocab']:,}, {args.rows} x 2048 packed "
-          f"rows a step, fp32, CPU, forward + backward + AdamW, median of {args.steps} steps")
+    print(
+        f"{title}: {res[0]['params'] / 1e6:.1f}M parameters, vocab {res[0]['vocab']:,}, {args.rows} x 2048 packed "
+        f"rows a step, fp32, CPU, forward + backward + AdamW, median of {args.steps} steps"
+    )
     print(f"{'':<28}{'peak MB':>10}{'step s':>9}{'loss':>9}")
     for (name, _), r in zip(settings, res, strict=True):
         print(f"{name:<28}{r['peak'] / MiB:>10,.0f}{r['step_s']:>9.2f}{r['loss']:>9.4f}")
     a, b = res
-    print(f"{settings[1][0]} / {settings[0][0]}: peak {b['peak'] / a['peak']:.2f}x, "
-          f"step time {b['step_s'] / a['step_s']:.2f}x\n")
+    print(
+        f"{settings[1][0]} / {settings[0][0]}: peak {b['peak'] / a['peak']:.2f}x, "
+        f"step time {b['step_s'] / a['step_s']:.2f}x\n"
+    )
 
 
 def main() -> None:
@@ -118,11 +151,22 @@ def main() -> None:
         return
     data = make_data(Path(args.work))
     if args.what in ("loss", "all"):
-        compare(data, "loss, tiny BLOOM-shaped", [("full fp32 logits", ["bloom", str(BLOOM_VOCAB), "off", "full"]),
-                                                  ("fused chunked", ["bloom", str(BLOOM_VOCAB), "off", "fused"])], args)
+        compare(
+            data,
+            "loss, tiny BLOOM-shaped",
+            [
+                ("full fp32 logits", ["bloom", str(BLOOM_VOCAB), "off", "full"]),
+                ("fused chunked", ["bloom", str(BLOOM_VOCAB), "off", "fused"]),
+            ],
+            args,
+        )
     if args.what in ("checkpointing", "all"):
-        compare(data, "gradient checkpointing, Pythia-shaped", [("off", ["pythia", "0", "off", "fused"]),
-                                                                ("on", ["pythia", "0", "on", "fused"])], args)
+        compare(
+            data,
+            "gradient checkpointing, Pythia-shaped",
+            [("off", ["pythia", "0", "off", "fused"]), ("on", ["pythia", "0", "on", "fused"])],
+            args,
+        )
 
 
 if __name__ == "__main__":

@@ -38,9 +38,18 @@ def build(work: Path) -> Path:
 
     tok = load_tokenizer(str(ROOT / "data/tokenizers/gpt-neox-20b"))
     torch.manual_seed(0)
-    cfg = GPTNeoXConfig(vocab_size=50304, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=256, max_position_embeddings=2048, rotary_pct=0.25,
-                        tie_word_embeddings=False, bos_token_id=0, eos_token_id=0)
+    cfg = GPTNeoXConfig(
+        vocab_size=50304,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=256,
+        max_position_embeddings=2048,
+        rotary_pct=0.25,
+        tie_word_embeddings=False,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
     GPTNeoXForCausalLM(cfg).save_pretrained(str(out))
     tok.save_pretrained(str(out))
     return out
@@ -60,9 +69,13 @@ def start(model: Path) -> tuple[subprocess.Popen, str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "inference.serve", "--model", str(model), "--port", str(port),
-                             "--name", "demo"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "TRANSFORMERS_VERBOSITY": "error"})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "inference.serve", "--model", str(model), "--port", str(port), "--name", "demo"],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "TRANSFORMERS_VERBOSITY": "error"},
+    )
     base = f"http://127.0.0.1:{port}"
     for _ in range(600):
         try:
@@ -99,8 +112,13 @@ def run(base: str, texts: list[str], clients: int, stream: bool) -> dict:
     wall = time.perf_counter() - t0
     lat = sorted(r[0] for r in res)
     ttfts = [r[1] for r in res if r[1] is not None]
-    return {"req_s": len(texts) / wall, "p50": statistics.median(lat), "p95": lat[int(0.95 * (len(lat) - 1))],
-            "tokens_s": sum(r[2] for r in res) / wall, "ttft_p50": statistics.median(ttfts) if ttfts else None}
+    return {
+        "req_s": len(texts) / wall,
+        "p50": statistics.median(lat),
+        "p95": lat[int(0.95 * (len(lat) - 1))],
+        "tokens_s": sum(r[2] for r in res) / wall,
+        "ttft_p50": statistics.median(ttfts) if ttfts else None,
+    }
 
 
 def main() -> None:
@@ -112,15 +130,19 @@ def main() -> None:
     try:
         texts = instructions(args.requests)
         run(base, texts[:4], 1, False)  # warm-up
-        print(f"demo-sized model (6.5M parameters), CPU fp32, {args.requests} Dolly instructions, greedy, "
-              "32 new tokens, openai client over loopback")
+        print(
+            f"demo-sized model (6.5M parameters), CPU fp32, {args.requests} Dolly instructions, greedy, "
+            "32 new tokens, openai client over loopback"
+        )
         print(f"{'clients':>8}{'mode':>8}{'req/s':>9}{'tokens/s':>10}{'p50 s':>8}{'p95 s':>8}{'TTFT p50 s':>12}")
         for clients in (1, 8):
             for stream in (False, True):
                 r = run(base, texts, clients, stream)
                 ttft = f"{r['ttft_p50']:.3f}" if r["ttft_p50"] is not None else "-"
-                print(f"{clients:>8}{'stream' if stream else 'plain':>8}{r['req_s']:>9.2f}{r['tokens_s']:>10.0f}"
-                      f"{r['p50']:>8.3f}{r['p95']:>8.3f}{ttft:>12}")
+                print(
+                    f"{clients:>8}{'stream' if stream else 'plain':>8}{r['req_s']:>9.2f}{r['tokens_s']:>10.0f}"
+                    f"{r['p50']:>8.3f}{r['p95']:>8.3f}{ttft:>12}"
+                )
     finally:
         proc.terminate()
         proc.wait(timeout=30)

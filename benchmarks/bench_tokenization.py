@@ -69,12 +69,31 @@ def e2e(src: Path, out: Path, packing: str = "greedy::drop") -> dict:
 
 def side_by_side(py: str, module: str, src: Path, out: Path, tokenizer: Path) -> float:
     """Wall seconds of one ``pipeline`` command (a fresh process, as a user runs it)."""
-    cmd = [py, "-m", module, "pipeline", "--input_path", str(src), "--output_path", str(out),
-           "--pretrained_tokenizer", str(tokenizer), "--max_seq_length", "2048", "--input_packing_config",
-           "greedy::drop", "--shuffle", "False", "--num_training_splits", "8", "--overwrite_output_path"]
+    cmd = [
+        py,
+        "-m",
+        module,
+        "pipeline",
+        "--input_path",
+        str(src),
+        "--output_path",
+        str(out),
+        "--pretrained_tokenizer",
+        str(tokenizer),
+        "--max_seq_length",
+        "2048",
+        "--input_packing_config",
+        "greedy::drop",
+        "--shuffle",
+        "False",
+        "--num_training_splits",
+        "8",
+        "--overwrite_output_path",
+    ]
     t0 = time.perf_counter()
-    subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True,
-                   env={**os.environ, "TOKENIZERS_PARALLELISM": "true"})
+    subprocess.run(
+        cmd, cwd=ROOT, capture_output=True, text=True, check=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "true"}
+    )
     return time.perf_counter() - t0
 
 
@@ -91,8 +110,10 @@ def vs_gdp(gdp_python: str, inputs: dict, tmp: Path) -> None:
         from benchmarks.gdp_diff import compare
 
         diffs = compare(tmp / f"ours_{name}", tmp / f"gdp_{name}")
-        print(f"vs gdp {name}: ours {ours:.2f} s, gdp {gdp:.2f} s -> {gdp / ours:.2f}x faster; outputs "
-              f"{'identical (every HDF5 element, gdp metadata keys)' if not diffs else 'DIFFER: ' + diffs[0]}")
+        print(
+            f"vs gdp {name}: ours {ours:.2f} s, gdp {gdp:.2f} s -> {gdp / ours:.2f}x faster; outputs "
+            f"{'identical (every HDF5 element, gdp metadata keys)' if not diffs else 'DIFFER: ' + diffs[0]}"
+        )
 
 
 def main() -> None:
@@ -104,8 +125,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         src = tmp / "oa.jsonl"
-        prepare_oa_dolly(src, str(ROOT / "data/samples/dolly/databricks-dolly-15k.jsonl.gz"),
-                         str(ROOT / "data/samples/oasst1/oasst1_validation_en.jsonl"))
+        prepare_oa_dolly(
+            src,
+            str(ROOT / "data/samples/dolly/databricks-dolly-15k.jsonl.gz"),
+            str(ROOT / "data/samples/oasst1/oasst1_validation_en.jsonl"),
+        )
         big = tmp / "oa10.jsonl"
         big.write_bytes(src.read_bytes() * 10)
         rate, n_tokens = raw_rate(src)
@@ -114,15 +138,21 @@ def main() -> None:
         bfd = e2e(src, tmp / "bfd", "bfd::drop")
         e2e_rate = n_tokens / one["s"]
         print(f"raw encode_batch: {rate:,.0f} tokens/s ({n_tokens:,} tokens)")
-        print(f"end to end 1x : {one['s']:.2f} s, {e2e_rate:,.0f} tokens/s, ratio {e2e_rate / rate:.2f}, "
-              f"peak RSS {one['rss']:,.0f} MB")
-        print(f"end to end 10x: {ten['s']:.2f} s, {10 * n_tokens / ten['s']:,.0f} tokens/s, "
-              f"peak RSS {ten['rss']:,.0f} MB ({ten['rss'] / one['rss']:.2f} x the 1x RSS)")
+        print(
+            f"end to end 1x : {one['s']:.2f} s, {e2e_rate:,.0f} tokens/s, ratio {e2e_rate / rate:.2f}, "
+            f"peak RSS {one['rss']:,.0f} MB"
+        )
+        print(
+            f"end to end 10x: {ten['s']:.2f} s, {10 * n_tokens / ten['s']:,.0f} tokens/s, "
+            f"peak RSS {ten['rss']:,.0f} MB ({ten['rss'] / one['rss']:.2f} x the 1x RSS)"
+        )
         for name, r in (("greedy::drop", one), ("bfd::drop", bfd)):
             real = sum(v for k, v in r["tokens"].items() if k != "padding")
             lower = -(-real // 2048)
-            print(f"{name:<13} sequences {r['sequences']:,} (ceil(tokens/2048) = {lower:,}, "
-                  f"x{r['sequences'] / lower:.4f}), non-padding {100 * real / (real + r['tokens']['padding']):.2f}%")
+            print(
+                f"{name:<13} sequences {r['sequences']:,} (ceil(tokens/2048) = {lower:,}, "
+                f"x{r['sequences'] / lower:.4f}), non-padding {100 * real / (real + r['tokens']['padding']):.2f}%"
+            )
         if Path(args.gdp_python).exists():
             vs_gdp(args.gdp_python, {"1x": src, "10x": big}, tmp)
         else:

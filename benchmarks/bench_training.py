@@ -31,13 +31,25 @@ def prepare(tmp: Path) -> tuple[Path, Path]:
     from tokenization_prep.pipeline import PipelineConfig, run_pipeline
 
     src = tmp / "oa.jsonl"
-    prepare_oa_dolly(src, str(ROOT / "data/samples/dolly/databricks-dolly-15k.jsonl.gz"),
-                     str(ROOT / "data/samples/oasst1/oasst1_validation_en.jsonl"))
+    prepare_oa_dolly(
+        src,
+        str(ROOT / "data/samples/dolly/databricks-dolly-15k.jsonl.gz"),
+        str(ROOT / "data/samples/oasst1/oasst1_validation_en.jsonl"),
+    )
     dirs = []
     for name, packing in (("packed", "bfd::truncate_right"), ("single", "single::truncate_right")):
         out = tmp / name
-        run_pipeline(PipelineConfig(str(src), str(out), str(ROOT / "data/tokenizers/gpt-neox-20b"), SEQ, packing,
-                                    shuffle="on_RAM", num_training_splits=1))
+        run_pipeline(
+            PipelineConfig(
+                str(src),
+                str(out),
+                str(ROOT / "data/tokenizers/gpt-neox-20b"),
+                SEQ,
+                packing,
+                shuffle="on_RAM",
+                num_training_splits=1,
+            )
+        )
         dirs.append(out)
     return dirs[0], dirs[1]
 
@@ -47,14 +59,17 @@ def child(layout: str, data_dir: str, steps: int, dyn_batch: int) -> None:
     import torch
 
     from training.config import ModelConfig, TinyShape
-    from training.data import PackedDataset, dynamic_batch
+    from training.data import PackedDataset, collate, dynamic_batch
     from training.modeling import build_model, packed_forward, weighted_loss
-    from training.data import collate
 
     torch.manual_seed(0)
     ds = PackedDataset(Path(data_dir), "train", 0.0)
-    model, _ = build_model(ModelConfig(kind="pythia", tiny=TinyShape(hidden_size=64, num_layers=2, num_heads=4)),
-                           ds.data.embedding_rows, SEQ, seed=0)
+    model, _ = build_model(
+        ModelConfig(kind="pythia", tiny=TinyShape(hidden_size=64, num_layers=2, num_heads=4)),
+        ds.data.embedding_rows,
+        SEQ,
+        seed=0,
+    )
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     order = np.random.default_rng(0).permutation(len(ds))
     per_step = PACKED_ROWS if layout == "packed" else dyn_batch
@@ -64,7 +79,7 @@ def child(layout: str, data_dir: str, steps: int, dyn_batch: int) -> None:
         if step == 2:
             t0 = time.perf_counter()
             sup = slots = 0
-        rows = [ds[int(i)] for i in order[step * per_step:(step + 1) * per_step]]
+        rows = [ds[int(i)] for i in order[step * per_step : (step + 1) * per_step]]
         if layout == "packed":
             batch = collate(rows)
         else:  # strip each row's padding, then pad the batch to its longest row
@@ -81,9 +96,19 @@ def child(layout: str, data_dir: str, steps: int, dyn_batch: int) -> None:
         sup += w
         slots += batch["input_ids"].numel()
     secs = time.perf_counter() - t0
-    print(json.dumps({"layout": layout, "seconds": secs, "step_s": secs / steps, "supervised_per_s": sup / secs,
-                      "slots_per_step": slots / steps, "supervised_per_step": sup / steps,
-                      "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    print(
+        json.dumps(
+            {
+                "layout": layout,
+                "seconds": secs,
+                "step_s": secs / steps,
+                "supervised_per_s": sup / secs,
+                "slots_per_step": slots / steps,
+                "supervised_per_step": sup / steps,
+                "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            }
+        )
+    )
 
 
 def pick_dynamic_batch(single_dir: Path) -> int:
@@ -95,8 +120,10 @@ def pick_dynamic_batch(single_dir: Path) -> int:
         lengths = (f["token_type_ids"][:] != 2).sum(axis=1)
     order = np.random.default_rng(0).permutation(len(lengths))
     target = PACKED_ROWS * SEQ
-    best = min(range(1, 33), key=lambda b: abs(np.mean([b * lengths[order[i:i + b]].max()
-                                                        for i in range(0, 2000, b)]) - target))
+    best = min(
+        range(1, 33),
+        key=lambda b: abs(np.mean([b * lengths[order[i : i + b]].max() for i in range(0, 2000, b)]) - target),
+    )
     return best
 
 
@@ -113,18 +140,28 @@ def main() -> None:
         dyn = pick_dynamic_batch(single)
         res = {}
         for layout, d in (("packed", packed), ("dynamic", single)):
-            proc = subprocess.run([sys.executable, __file__, "--child", layout, str(d), str(args.steps), str(dyn)],
-                                  capture_output=True, text=True, check=True)
+            proc = subprocess.run(
+                [sys.executable, __file__, "--child", layout, str(d), str(args.steps), str(dyn)],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             res[layout] = json.loads(proc.stdout.strip().splitlines()[-1])
         print(f"tiny Pythia-shaped model (hidden 64, 2 layers), length {SEQ}, {args.steps} timed steps, CPU")
-        print(f"{'layout':<10}{'rows/step':>10}{'slots/step':>11}{'supervised/step':>16}{'step s':>8}"
-              f"{'supervised tok/s':>18}{'peak RSS MB':>13}")
+        print(
+            f"{'layout':<10}{'rows/step':>10}{'slots/step':>11}{'supervised/step':>16}{'step s':>8}"
+            f"{'supervised tok/s':>18}{'peak RSS MB':>13}"
+        )
         for layout, r in res.items():
             rows = PACKED_ROWS if layout == "packed" else dyn
-            print(f"{layout:<10}{rows:>10}{r['slots_per_step']:>11,.0f}{r['supervised_per_step']:>16,.0f}"
-                  f"{r['step_s']:>8.3f}{r['supervised_per_s']:>18,.0f}{r['rss_mb']:>13,.0f}")
-        print(f"packed / dynamic supervised tokens/s: "
-              f"{res['packed']['supervised_per_s'] / res['dynamic']['supervised_per_s']:.2f}x")
+            print(
+                f"{layout:<10}{rows:>10}{r['slots_per_step']:>11,.0f}{r['supervised_per_step']:>16,.0f}"
+                f"{r['step_s']:>8.3f}{r['supervised_per_s']:>18,.0f}{r['rss_mb']:>13,.0f}"
+            )
+        print(
+            f"packed / dynamic supervised tokens/s: "
+            f"{res['packed']['supervised_per_s'] / res['dynamic']['supervised_per_s']:.2f}x"
+        )
 
 
 if __name__ == "__main__":

@@ -48,8 +48,10 @@ def ensure_trl_venv(venv: Path) -> dict:
     """A venv with TRL and the project's exact torch build; reused when it already imports both."""
     py = venv / "bin" / "python"
     torch_v, tf_v = version("torch"), version("transformers")
-    probe = ("import json, torch, transformers, trl, datasets, accelerate; print(json.dumps({m.__name__: m.__version__ "
-             "for m in (torch, transformers, trl, datasets, accelerate)}))")
+    probe = (
+        "import json, torch, transformers, trl, datasets, accelerate; print(json.dumps({m.__name__: m.__version__ "
+        "for m in (torch, transformers, trl, datasets, accelerate)}))"
+    )
 
     def versions():
         if not py.exists():
@@ -68,8 +70,10 @@ def ensure_trl_venv(venv: Path) -> dict:
         subprocess.run(pip + ["transformers"], check=True)
     found = versions()
     if not found or found["torch"] != torch_v:
-        sys.exit(f"TRL venv has torch {found and found['torch']}, not {torch_v}: point pip at the CPU wheel "
-                 "(PIP_FIND_LINKS or --extra-index-url https://download.pytorch.org/whl/cpu)")
+        sys.exit(
+            f"TRL venv has torch {found and found['torch']}, not {torch_v}: point pip at the CPU wheel "
+            "(PIP_FIND_LINKS or --extra-index-url https://download.pytorch.org/whl/cpu)"
+        )
     return found
 
 
@@ -82,12 +86,25 @@ def prepare(work: Path, convs: int) -> Path:
     from tokenization_prep.pipeline import PipelineConfig, run_pipeline
 
     pairs, sample = work / "oa_dolly.jsonl", work / f"oa_dolly-{convs}.jsonl"
-    prepare_oa_dolly(pairs, str(ROOT / "data/samples/dolly/databricks-dolly-15k.jsonl.gz"),
-                     str(ROOT / "data/samples/oasst1/oasst1_validation_en.jsonl"))
+    prepare_oa_dolly(
+        pairs,
+        str(ROOT / "data/samples/dolly/databricks-dolly-15k.jsonl.gz"),
+        str(ROOT / "data/samples/oasst1/oasst1_validation_en.jsonl"),
+    )
     lines = pairs.read_text().splitlines()
     sample.write_text("".join(x + "\n" for x in random.Random(0).sample(lines, min(convs, len(lines)))))
-    run_pipeline(PipelineConfig(str(sample), str(out), str(ROOT / "data/tokenizers/gpt-neox-20b"), SEQ, "bfd::drop",
-                                shuffle="on_RAM", num_training_splits=1, overwrite_output_path=True))
+    run_pipeline(
+        PipelineConfig(
+            str(sample),
+            str(out),
+            str(ROOT / "data/tokenizers/gpt-neox-20b"),
+            SEQ,
+            "bfd::drop",
+            shuffle="on_RAM",
+            num_training_splits=1,
+            overwrite_output_path=True,
+        )
+    )
     return out
 
 
@@ -117,8 +134,11 @@ def ours_isolated(data_dir: Path) -> float:
 
     ds = PackedDataset(data_dir, "train", 0.0)
     row = next(r for r in (ds[i] for i in range(len(ds))) if int(r["segment_ids"].max()) >= 2)
-    model, _ = build_model(ModelConfig(kind="pythia", tiny=TinyShape(hidden_size=HIDDEN, num_layers=LAYERS,
-                                                                      num_heads=HEADS)), ds.data.embedding_rows, SEQ)
+    model, _ = build_model(
+        ModelConfig(kind="pythia", tiny=TinyShape(hidden_size=HIDDEN, num_layers=LAYERS, num_heads=HEADS)),
+        ds.data.embedding_rows,
+        SEQ,
+    )
     model.eval()
     seg = row["segment_ids"] == 1
     with torch.no_grad():
@@ -162,39 +182,72 @@ def run_ours(work: Path, data_dir: Path, steps: int, warmup: int, env: dict) -> 
     import yaml
 
     out = work / "ours"
-    cfg = {"name": "bench_vs_trl", "data_dir": str(data_dir), "output_dir": str(out),
-           "model": {"kind": "pythia", "tiny": {"hidden_size": HIDDEN, "num_layers": LAYERS, "num_heads": HEADS}},
-           "deepspeed": "training/configs/ds/cpu.json", "max_steps": steps + warmup, "micro_batch_size": 1,
-           "gradient_accumulation_steps": ROWS, "lr": LR, "weight_decay": 0.1, "grad_clip": 1.0, "log_every": 1,
-           "save_every": 0, "eval_every": 0, "seed": 42}
+    cfg = {
+        "name": "bench_vs_trl",
+        "data_dir": str(data_dir),
+        "output_dir": str(out),
+        "model": {"kind": "pythia", "tiny": {"hidden_size": HIDDEN, "num_layers": LAYERS, "num_heads": HEADS}},
+        "deepspeed": "training/configs/ds/cpu.json",
+        "max_steps": steps + warmup,
+        "micro_batch_size": 1,
+        "gradient_accumulation_steps": ROWS,
+        "lr": LR,
+        "weight_decay": 0.1,
+        "grad_clip": 1.0,
+        "log_every": 1,
+        "save_every": 0,
+        "eval_every": 0,
+        "seed": 42,
+    }
     (work / "ours.yaml").write_text(yaml.safe_dump(cfg))
     metrics = out / "logs" / "metrics.jsonl"
     metrics.unlink(missing_ok=True)
     py = ROOT / ".venv" / "bin" / "python"
     before = ds_ops()
-    run = spawn([str(py if py.exists() else sys.executable), "-m", "training.run", "--config", str(work / "ours.yaml")],
-                work / "ours.log", {**env, "DS_ACCELERATOR": "cpu"}, first_line=metrics)
+    run = spawn(
+        [str(py if py.exists() else sys.executable), "-m", "training.run", "--config", str(work / "ours.yaml")],
+        work / "ours.log",
+        {**env, "DS_ACCELERATOR": "cpu"},
+        first_line=metrics,
+    )
     recs = [json.loads(x) for x in metrics.read_text().splitlines()]
     step_s = [r["step_s"] for r in recs]
-    res = summarize(step_s, [r["supervised_tokens"] for r in recs], [r["tokens_per_s"] * r["step_s"] for r in recs],
-                    warmup)
-    return {**res, "rss_mb": run["rss_mb"], "startup_s": run["t_first"] - step_s[0] - run["t_spawn"],
-            "wall_s": run["wall_s"], "losses": [r["loss"] for r in recs],
-            "ds_ops_built": sorted(Path(p).stem for p, m in ds_ops().items() if before.get(p) != m)}
+    res = summarize(
+        step_s, [r["supervised_tokens"] for r in recs], [r["tokens_per_s"] * r["step_s"] for r in recs], warmup
+    )
+    return {
+        **res,
+        "rss_mb": run["rss_mb"],
+        "startup_s": run["t_first"] - step_s[0] - run["t_spawn"],
+        "wall_s": run["wall_s"],
+        "losses": [r["loss"] for r in recs],
+        "ds_ops_built": sorted(Path(p).stem for p, m in ds_ops().items() if before.get(p) != m),
+    }
 
 
 def run_trl(name: str, work: Path, venv: Path, data_dir: Path, steps: int, warmup: int, env: dict) -> dict:
     out = work / f"{name}.json"
-    args = {"name": name, "articles": str(work / "articles.jsonl"), "tokenizer": str(data_dir / "tokenizer"),
-            "vocab": __import__("yaml").safe_load((data_dir / "metadata.yaml").read_text())["vocab_size"],
-            "steps": steps + warmup, "out": str(out), "work": str(work / name)}
+    args = {
+        "name": name,
+        "articles": str(work / "articles.jsonl"),
+        "tokenizer": str(data_dir / "tokenizer"),
+        "vocab": __import__("yaml").safe_load((data_dir / "metadata.yaml").read_text())["vocab_size"],
+        "steps": steps + warmup,
+        "out": str(out),
+        "work": str(work / name),
+    }
     run = spawn([str(venv / "bin" / "python"), __file__, "--trl-child", json.dumps(args)], work / f"{name}.log", env)
     child = json.loads(out.read_text())
     ends = [child["t_begin"]] + child["t_end"]
     step_s = [b - a for a, b in itertools.pairwise(ends)]
     res = summarize(step_s, child["sup"], child["real"], warmup)
-    return {**res, "rss_mb": run["rss_mb"], "startup_s": child["t_begin"] - run["t_spawn"], "wall_s": run["wall_s"],
-            **{k: child[k] for k in ("isolation_diff", "losses", "settings")}}
+    return {
+        **res,
+        "rss_mb": run["rss_mb"],
+        "startup_s": child["t_begin"] - run["t_spawn"],
+        "wall_s": run["wall_s"],
+        **{k: child[k] for k in ("isolation_diff", "losses", "settings")},
+    }
 
 
 def main() -> None:
@@ -216,35 +269,60 @@ def main() -> None:
     versions = ensure_trl_venv(venv)
     data_dir = prepare(work, args.convs)
     data = export_articles(data_dir, work / "articles.jsonl")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-           "HF_HOME": str(work / "hf")}
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "HF_HOME": str(work / "hf"),
+    }
     res = {"ours": run_ours(work, data_dir, args.steps, args.warmup, env)}
     res["ours"]["isolation_diff"] = ours_isolated(data_dir)
     for name in TRL_CONFIGS:
         res[name] = run_trl(name, work, venv, data_dir, args.steps, args.warmup, env)
     total = time.time() - t0
-    (work / "results.json").write_text(json.dumps({"results": res, "trl_venv": versions, "data": data, "args": {
-        k: str(v) for k, v in vars(args).items() if k != "trl_child"}, "total_s": total}, indent=2))
+    (work / "results.json").write_text(
+        json.dumps(
+            {
+                "results": res,
+                "trl_venv": versions,
+                "data": data,
+                "args": {k: str(v) for k, v in vars(args).items() if k != "trl_child"},
+                "total_s": total,
+            },
+            indent=2,
+        )
+    )
 
-    print(f"\nPythia-shaped model from config (hidden {HIDDEN}, {LAYERS} layers, {HEADS} heads), {data['articles']:,} "
-          f"Dolly+OASST articles at {SEQ}, {ROWS * SEQ:,} token slots/step, {args.steps} timed steps after "
-          f"{args.warmup} warm-up, CPU ({os.cpu_count()} cores)")
+    print(
+        f"\nPythia-shaped model from config (hidden {HIDDEN}, {LAYERS} layers, {HEADS} heads), {data['articles']:,} "
+        f"Dolly+OASST articles at {SEQ}, {ROWS * SEQ:,} token slots/step, {args.steps} timed steps after "
+        f"{args.warmup} warm-up, CPU ({os.cpu_count()} cores)"
+    )
     print("TRL venv: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
-    print(f"{'trainer':<13}{'rows x acc':>11}{'real tok/step':>14}{'sup tok/step':>13}{'s/step':>8}"
-          f"{'sup tok/s':>11}{'peak RSS MB':>13}{'start-up s':>12}{'isolated':>10}")
+    print(
+        f"{'trainer':<13}{'rows x acc':>11}{'real tok/step':>14}{'sup tok/step':>13}{'s/step':>8}"
+        f"{'sup tok/s':>11}{'peak RSS MB':>13}{'start-up s':>12}{'isolated':>10}"
+    )
     for name, r in res.items():
         shape = "1 x 4" if name == "ours" else "{} x {}".format(*TRL_CONFIGS[name][:2])
         iso = "yes" if r["isolation_diff"] < 1e-4 else "NO"
-        print(f"{name:<13}{shape:>11}{r['real_per_step']:>14,.0f}{r['supervised_per_step']:>13,.0f}"
-              f"{r['step_s']:>8.2f}{r['supervised_per_s']:>11,.0f}{r['rss_mb']:>13,.0f}{r['startup_s']:>12.1f}"
-              f"{iso:>10} (max diff {r['isolation_diff']:.1e})")
+        print(
+            f"{name:<13}{shape:>11}{r['real_per_step']:>14,.0f}{r['supervised_per_step']:>13,.0f}"
+            f"{r['step_s']:>8.2f}{r['supervised_per_s']:>11,.0f}{r['rss_mb']:>13,.0f}{r['startup_s']:>12.1f}"
+            f"{iso:>10} (max diff {r['isolation_diff']:.1e})"
+        )
     for name in TRL_CONFIGS:
         o, t = res["ours"], res[name]
-        print(f"ours / {name}: supervised tok/s {o['supervised_per_s'] / t['supervised_per_s']:.2f}x, "
-              f"peak RSS {o['rss_mb'] / t['rss_mb']:.2f}x, start-up {o['startup_s'] / t['startup_s']:.2f}x")
+        print(
+            f"ours / {name}: supervised tok/s {o['supervised_per_s'] / t['supervised_per_s']:.2f}x, "
+            f"peak RSS {o['rss_mb'] / t['rss_mb']:.2f}x, start-up {o['startup_s'] / t['startup_s']:.2f}x"
+        )
     if res["ours"]["ds_ops_built"]:
-        print(f"note: ours' start-up includes DeepSpeed JIT-building {', '.join(res['ours']['ds_ops_built'])} "
-              "(torch_extensions cache cold or invalidated); a warm run starts in a few seconds")
+        print(
+            f"note: ours' start-up includes DeepSpeed JIT-building {', '.join(res['ours']['ds_ops_built'])} "
+            "(torch_extensions cache cold or invalidated); a warm run starts in a few seconds"
+        )
     print(f"results in {work / 'results.json'}; total {total:.0f} s")
 
 
@@ -260,17 +338,51 @@ def trl_child(a: dict) -> None:
         rows = [json.loads(x) for x in fh]
     tok = AutoTokenizer.from_pretrained(a["tokenizer"])
     torch.manual_seed(0)
-    config = GPTNeoXConfig(vocab_size=-(-a["vocab"] // 64) * 64, hidden_size=HIDDEN, num_hidden_layers=LAYERS,
-                           num_attention_heads=HEADS, intermediate_size=4 * HIDDEN, max_position_embeddings=SEQ,
-                           rotary_pct=0.25, use_parallel_residual=True, hidden_dropout=0.0, attention_dropout=0.0,
-                           tie_word_embeddings=False, bos_token_id=0, eos_token_id=0)
+    config = GPTNeoXConfig(
+        vocab_size=-(-a["vocab"] // 64) * 64,
+        hidden_size=HIDDEN,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=HEADS,
+        intermediate_size=4 * HIDDEN,
+        max_position_embeddings=SEQ,
+        rotary_pct=0.25,
+        use_parallel_residual=True,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        tie_word_embeddings=False,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
     model = GPTNeoXForCausalLM(config)
-    cfg = SFTConfig(output_dir=a["work"], max_length=SEQ, packing=True, packing_strategy="bfd",
-                    completion_only_loss=True, per_device_train_batch_size=batch, gradient_accumulation_steps=accum,
-                    learning_rate=LR, weight_decay=0.1, adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8,
-                    optim="adamw_torch", max_grad_norm=1.0, lr_scheduler_type="constant", warmup_steps=0,
-                    max_steps=a["steps"], logging_steps=1, report_to=[], use_cpu=True, bf16=False, fp16=False,
-                    dataloader_num_workers=0, save_strategy="no", disable_tqdm=True, seed=42, **extra)
+    cfg = SFTConfig(
+        output_dir=a["work"],
+        max_length=SEQ,
+        packing=True,
+        packing_strategy="bfd",
+        completion_only_loss=True,
+        per_device_train_batch_size=batch,
+        gradient_accumulation_steps=accum,
+        learning_rate=LR,
+        weight_decay=0.1,
+        adam_beta1=0.9,
+        adam_beta2=0.999,
+        adam_epsilon=1e-8,
+        optim="adamw_torch",
+        max_grad_norm=1.0,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        max_steps=a["steps"],
+        logging_steps=1,
+        report_to=[],
+        use_cpu=True,
+        bf16=False,
+        fp16=False,
+        dataloader_num_workers=0,
+        save_strategy="no",
+        disable_tqdm=True,
+        seed=42,
+        **extra,
+    )
 
     class CountingSFT(SFTTrainer):
         sup = real = 0
@@ -296,12 +408,17 @@ def trl_child(a: dict) -> None:
             if logs and "loss" in logs:
                 rec["losses"].append(logs["loss"])
 
-    trainer = CountingSFT(model=model, args=cfg, train_dataset=Dataset.from_list(rows), processing_class=tok,
-                          callbacks=[Clock()])
+    trainer = CountingSFT(
+        model=model, args=cfg, train_dataset=Dataset.from_list(rows), processing_class=tok, callbacks=[Clock()]
+    )
     trainer.train()
-    rec["settings"] = {"padding_free": trainer.padding_free, "gradient_checkpointing": cfg.gradient_checkpointing,
-                       "attn_implementation": model.config._attn_implementation,
-                       "completion_only_loss": trainer.completion_only_loss, "loss_type": cfg.loss_type}
+    rec["settings"] = {
+        "padding_free": trainer.padding_free,
+        "gradient_checkpointing": cfg.gradient_checkpointing,
+        "attn_implementation": model.config._attn_implementation,
+        "completion_only_loss": trainer.completion_only_loss,
+        "loss_type": cfg.loss_type,
+    }
     # isolation: a packed batch as the trainer feeds it vs its second article alone (final hidden states)
     model.eval()
     for b in trainer.get_train_dataloader():

@@ -24,31 +24,40 @@ import numpy as np
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-GDP_KEYS = ("max_seq_length", "token_type_ids", "vocab_size", "tokenizer_model_type", "number_of_training_files",
-            "number_of_dev_files", "number_of_test_files", "max_batch_size_train", "max_batch_size_dev")
+GDP_KEYS = (
+    "max_seq_length",
+    "token_type_ids",
+    "vocab_size",
+    "tokenizer_model_type",
+    "number_of_training_files",
+    "number_of_dev_files",
+    "number_of_test_files",
+    "max_batch_size_train",
+    "max_batch_size_dev",
+)
 
 CASES = {  # name -> pipeline flags (all with --shuffle False: gdp's only deterministic mode)
     "issue: 4 splits, ratios 0.1/0.05": "--num_training_splits 4 --dev_ratio 0.1 --test_ratio 0.05 "
-                                         "--input_packing_config greedy::drop",
+    "--input_packing_config greedy::drop",
     "ratios giving dev+test files": "--num_training_splits 8 --dev_ratio 0.2 --test_ratio 0.1 "
-                                    "--input_packing_config greedy::drop --keep_split_jsonls",
+    "--input_packing_config greedy::drop --keep_split_jsonls",
     "explicit counts, unbalanced": "--num_training_splits 5 --num_dev_splits 2 --num_test_splits 1 "
-                                   "--do_not_balance_hdf5 --input_packing_config single::truncate_right",
+    "--do_not_balance_hdf5 --input_packing_config single::truncate_right",
     "full packing, default splits": "--input_packing_config full",
     "single::drop": "--num_training_splits 3 --input_packing_config single::drop",
     "greedy::truncate_left, pair boundaries": "--num_training_splits 3 --input_packing_config greedy::truncate_left "
-                                              "--packing_boundary prompt_completion_pair "
-                                              "--attention_boundary prompt_completion_pair",
+    "--packing_boundary prompt_completion_pair "
+    "--attention_boundary prompt_completion_pair",
     "prefix/postfix, no space separator": "--num_training_splits 3 --input_packing_config greedy::drop "
-                                          "--prompt_prefix '[P] ' --prompt_postfix ' [/P]' --disable_space_separator",
+    "--prompt_prefix '[P] ' --prompt_postfix ' [/P]' --disable_space_separator",
     "chat template (tokenizer's own)": "--num_training_splits 3 --input_packing_config greedy::drop "
-                                       "--apply_chat_template",
+    "--apply_chat_template",
     "chat template, pair boundaries": "--num_training_splits 2 --input_packing_config single::truncate_right "
-                                      "--apply_chat_template --packing_boundary prompt_completion_pair "
-                                      "--attention_boundary prompt_completion_pair --prompt_prefix '>> '",
+    "--apply_chat_template --packing_boundary prompt_completion_pair "
+    "--attention_boundary prompt_completion_pair --prompt_prefix '>> '",
     "keep prompt-only, special tokens": "--num_training_splits 2 --input_packing_config single::truncate_left "
-                                        "--keep_prompt_only_sequences "
-                                        "--special_tokens_dict '{\"pad_token\": \"<pad>\"}'",
+    "--keep_prompt_only_sequences "
+    '--special_tokens_dict \'{"pad_token": "<pad>"}\'',
 }
 
 
@@ -80,8 +89,11 @@ def compare(ours: Path, gdp: Path) -> list[str]:
         sb = sorted(p.name for p in (gdp / sub).glob("*")) if (gdp / sub).is_dir() else []
         if sa != sb:
             diffs.append(f"{sub}/: ours {sa}, gdp {sb}")
-        diffs += [f"{sub}/{n}: bytes differ" for n in sa if n in sb
-                  and (ours / sub / n).read_bytes() != (gdp / sub / n).read_bytes()]
+        diffs += [
+            f"{sub}/{n}: bytes differ"
+            for n in sa
+            if n in sb and (ours / sub / n).read_bytes() != (gdp / sub / n).read_bytes()
+        ]
     return diffs
 
 
@@ -100,10 +112,20 @@ def main() -> int:
     if src is None:
         chat = args.work / "oasst1_dolly.jsonl"
         if not chat.exists():
-            subprocess.run([sys.executable, str(ROOT / "data_prep/prepare_oa_dolly.py"), "--output", str(chat),
-                            "--dolly", str(ROOT / "data/samples/dolly/databricks-dolly-15k.jsonl.gz"),
-                            "--oasst", str(ROOT / "data/samples/oasst1/oasst1_validation_en.jsonl")],
-                           check=True, capture_output=True)
+            subprocess.run(
+                [
+                    sys.executable,
+                    str(ROOT / "data_prep/prepare_oa_dolly.py"),
+                    "--output",
+                    str(chat),
+                    "--dolly",
+                    str(ROOT / "data/samples/dolly/databricks-dolly-15k.jsonl.gz"),
+                    "--oasst",
+                    str(ROOT / "data/samples/oasst1/oasst1_validation_en.jsonl"),
+                ],
+                check=True,
+                capture_output=True,
+            )
         src = args.work / f"input_{args.lines}.jsonl"
         with open(chat, "rb") as fh, open(src, "wb") as out:
             for _, line in zip(range(args.lines), fh):
@@ -116,15 +138,25 @@ def main() -> int:
         if "chat template" in name and "chat_template" not in _tokenizer_config(args.tokenizer):
             print(f"SKIP {name}: {args.tokenizer}/tokenizer_config.json has no chat_template")
             continue
-        common = (f"pipeline --input_path {src} --pretrained_tokenizer {args.tokenizer} --max_seq_length "
-                  f"{args.max_seq_length} --shuffle False --overwrite_output_path {flags}")
+        common = (
+            f"pipeline --input_path {src} --pretrained_tokenizer {args.tokenizer} --max_seq_length "
+            f"{args.max_seq_length} --shuffle False --overwrite_output_path {flags}"
+        )
         outs = {}
-        for tool, py, mod in (("ours", sys.executable, "tokenization_prep"),
-                              ("gdp", args.gdp_python, "generative_data_prep")):
+        for tool, py, mod in (
+            ("ours", sys.executable, "tokenization_prep"),
+            ("gdp", args.gdp_python, "generative_data_prep"),
+        ):
             out = args.work / f"{tool}_{abs(hash(name)) % 10**8}"
             shutil.rmtree(out, ignore_errors=True)
-            r = subprocess.run(f"{py} -m {mod} {common} --output_path {out}", shell=True, cwd=ROOT, env=env,
-                               capture_output=True, text=True)
+            r = subprocess.run(
+                f"{py} -m {mod} {common} --output_path {out}",
+                shell=True,
+                cwd=ROOT,
+                env=env,
+                capture_output=True,
+                text=True,
+            )
             if r.returncode != 0:
                 outs[tool] = (r.stderr.strip().splitlines() or ["?"])[-1]
             else:

@@ -91,8 +91,11 @@ SYSTEM_RULES = ("reject", "fold")
 def apply_system_rule(system_text: str, turns: list[Turn], rule: str) -> tuple[list[Turn], str | None]:
     """(turns with the system text applied, None) or (turns, why the conversation is refused)."""
     if rule == "reject":
-        return turns, "system message (the chat format has no system role; --system fold puts it at the start " \
-                      "of the first user message)"
+        return (
+            turns,
+            "system message (the chat format has no system role; --system fold puts it at the start "
+            "of the first user message)",
+        )
     if not turns:
         return turns, "a system message but no user message to fold it into"
     if turns[0].role != HUMAN:
@@ -168,7 +171,7 @@ def parse_text(text: str, bot_aliases: tuple[str, ...] = OIG_BOT_ALIASES) -> tup
             if line.startswith(tag):
                 if role is not None:
                     turns.append(Turn(role, "\n".join(buf).strip()))
-                role, buf = tag_role, [line[len(tag):]]
+                role, buf = tag_role, [line[len(tag) :]]
                 break
         else:
             if role is None:
@@ -180,6 +183,7 @@ def parse_text(text: str, bot_aliases: tuple[str, ...] = OIG_BOT_ALIASES) -> tup
 
 
 # ---- inference side: the prompt for the next bot turn, and the same thing as a Jinja template ----
+
 
 def prompt_for_next_bot_turn(history: list[Turn], user_text: str, eos_token: str) -> str:
     """The exact text training saw before a bot reply: past pairs each closed by EOS, then the new turn.

@@ -63,8 +63,9 @@ def _message(item, i: int) -> tuple[str | None, str | None, str | None]:
     return role, text, None
 
 
-def chat_record_conversation(obj: dict, conv_id: str, source: str, system: str = "reject"
-                             ) -> tuple[Conversation | None, str | None, bool]:
+def chat_record_conversation(
+    obj: dict, conv_id: str, source: str, system: str = "reject"
+) -> tuple[Conversation | None, str | None, bool]:
     """Convert one record: (conversation, None, trailing_user_dropped) or (None, reason, False)."""
     key = next((k for k in LIST_KEYS if k in obj), None)
     if key is None:
@@ -103,8 +104,9 @@ def chat_record_conversation(obj: dict, conv_id: str, source: str, system: str =
     return Conversation(turns, source=source, id=str(obj.get("id") or conv_id), category=category), None, dropped
 
 
-def chat_record_conversations(spec: str, report: Report, source: str, system: str = "reject",
-                              split: str = "train") -> Iterator[Conversation]:
+def chat_record_conversations(
+    spec: str, report: Report, source: str, system: str = "reject", split: str = "train"
+) -> Iterator[Conversation]:
     """Stream conversations from a file, directory or hub id of chat records, counting every record."""
     if system not in SYSTEM_RULES:
         raise ValueError(f"system rule must be one of {', '.join(SYSTEM_RULES)}")

@@ -11,17 +11,24 @@ from data_prep.writer import FORMATS
 
 
 def base_parser(description: str, default_output: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=description,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--output", default=default_output, help="output JSONL path")
     parser.add_argument("--seed", type=int, default=42, help="seed for sampling and shuffling")
-    parser.add_argument("--format", choices=FORMATS, default="pairs",
-                        help="pairs: gdp list of prompt/completion pairs (trains on bot replies only); "
-                             "bloomchat: BLOOMChat's exact {'prompt': '', 'completion': text} records")
-    parser.add_argument("--strict", action="store_true",
-                        help="stop at the first bad record (or missing OIG file) instead of quarantining it")
-    parser.add_argument("--dedup", action="store_true",
-                        help="drop exact duplicates (normalized text hash) within and across sources")
+    parser.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="pairs",
+        help="pairs: gdp list of prompt/completion pairs (trains on bot replies only); "
+        "bloomchat: BLOOMChat's exact {'prompt': '', 'completion': text} records",
+    )
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="stop at the first bad record (or missing OIG file) instead of quarantining it",
+    )
+    parser.add_argument(
+        "--dedup", action="store_true", help="drop exact duplicates (normalized text hash) within and across sources"
+    )
     return parser
 
 

@@ -91,8 +91,19 @@ def parse_message(obj: dict, file: str, line: int, parent: str | None) -> tuple[
         return None, "empty or blank text"
     rank = obj.get("rank")
     rank = rank if isinstance(rank, int) and not isinstance(rank, bool) else None
-    return Message(mid, parent or None, ROLES[role], text, emoji_score(obj.get("emojis")), rank,
-                   obj.get("lang"), bool(obj.get("deleted")), obj.get("review_result"), file, line), None
+    return Message(
+        mid,
+        parent or None,
+        ROLES[role],
+        text,
+        emoji_score(obj.get("emojis")),
+        rank,
+        obj.get("lang"),
+        bool(obj.get("deleted")),
+        obj.get("review_result"),
+        file,
+        line,
+    ), None
 
 
 def _flatten(rec: RawRecord) -> Iterator[tuple[dict | None, str | None, str | None]]:
@@ -118,8 +129,14 @@ def _flatten(rec: RawRecord) -> Iterator[tuple[dict | None, str | None, str | No
 class OasstConverter:
     """Reads every message of a source, then yields conversations root by root."""
 
-    def __init__(self, report: Report, mode: str = "best", filters: OasstFilters | None = None,
-                 keep_trailing_human: bool = False, source: str = "oasst"):
+    def __init__(
+        self,
+        report: Report,
+        mode: str = "best",
+        filters: OasstFilters | None = None,
+        keep_trailing_human: bool = False,
+        source: str = "oasst",
+    ):
         if mode not in MODES:
             raise ValueError(f"unknown OASST mode {mode!r}; choose one of {', '.join(MODES)}")
         self.report, self.mode, self.source = report, mode, source

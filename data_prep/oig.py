@@ -55,8 +55,9 @@ def oig_source_name(file_name: str) -> str:
     return file_name.split(".")[0]
 
 
-def resolve_oig_inputs(spec: str, names: tuple[str, ...] = BLOOMCHAT_OIG_FILES,
-                       strict: bool = False) -> list[tuple[str, Iterator[RawRecord]]]:
+def resolve_oig_inputs(
+    spec: str, names: tuple[str, ...] = BLOOMCHAT_OIG_FILES, strict: bool = False
+) -> list[tuple[str, Iterator[RawRecord]]]:
     """(file name, record stream) for a hub id, a single file, or a directory of OIG files.
 
     Missing files of ``names`` are listed in one warning, or raise with ``strict``.
@@ -110,8 +111,9 @@ def meta_source(obj: dict) -> str | None:
     return None
 
 
-def sample_oig_file(name: str, records: Iterator[RawRecord], report: Report, n: int, seed: int,
-                    drop_prosocial: bool = True) -> list[Conversation]:
+def sample_oig_file(
+    name: str, records: Iterator[RawRecord], report: Report, n: int, seed: int, drop_prosocial: bool = True
+) -> list[Conversation]:
     """Reservoir-sample ``n`` valid conversations of one file, returned in file order."""
     source = oig_source_name(name)
     stats = report.source(source)
@@ -146,4 +148,3 @@ def sample_oig_file(name: str, records: Iterator[RawRecord], report: Report, n: 
         stats.notes["file unavailable"] += 1
     reservoir.sort(key=lambda item: item[0])
     return [conv for _, conv in reservoir]
-

@@ -18,8 +18,14 @@ from data_prep.atomic import atomic_write
 from data_prep.chat_records import chat_record_conversations
 from data_prep.dolly import dolly_conversations
 from data_prep.oasst import OasstConverter, OasstFilters
-from data_prep.oig import (BASIC_FILE, BASIC_UPWEIGHT, BLOOMCHAT_OIG_FILES, DEFAULT_SAMPLE, resolve_oig_inputs,
-                           sample_oig_file)
+from data_prep.oig import (
+    BASIC_FILE,
+    BASIC_UPWEIGHT,
+    BLOOMCHAT_OIG_FILES,
+    DEFAULT_SAMPLE,
+    resolve_oig_inputs,
+    sample_oig_file,
+)
 from data_prep.readers import DataError
 from data_prep.writer import ConversationWriter
 
@@ -52,8 +58,12 @@ def summary_path(output: Path) -> Path:
 def _finish(result: RunResult) -> RunResult:
     """Write the rejects file and the JSON summary; fail loudly if any count does not add up."""
     result.report.write_rejects(rejects_path(result.output))
-    summary = {"output": str(result.output), "lines": result.lines, "settings": result.settings,
-               "sources": result.report.as_dict()}
+    summary = {
+        "output": str(result.output),
+        "lines": result.lines,
+        "settings": result.settings,
+        "sources": result.report.as_dict(),
+    }
     with atomic_write(summary_path(result.output)) as fh:
         fh.write(orjson.dumps(summary, option=orjson.OPT_INDENT_2) + b"\n")
     bad = [name for name, s in result.report.sources.items() if not s.balanced()]
@@ -62,16 +72,23 @@ def _finish(result: RunResult) -> RunResult:
     return result
 
 
-def prepare_oa_dolly(output: str | Path, dolly: str | None, oasst: str | None, fmt: str = "pairs",
-                     strict: bool = False, dedup: bool = False, oasst_mode: str = "best",
-                     oasst_filters: OasstFilters | None = None, oasst_split: str = "train") -> RunResult:
+def prepare_oa_dolly(
+    output: str | Path,
+    dolly: str | None,
+    oasst: str | None,
+    fmt: str = "pairs",
+    strict: bool = False,
+    dedup: bool = False,
+    oasst_mode: str = "best",
+    oasst_filters: OasstFilters | None = None,
+    oasst_split: str = "train",
+) -> RunResult:
     """OASST conversations first (input order of their roots), then Dolly records in input order."""
     if not dolly and not oasst:
         raise DataError("nothing to do: give --dolly and/or --oasst")
     output = Path(output)
     report = Report(strict=strict)
-    converter = OasstConverter(report, mode=oasst_mode, filters=oasst_filters,
-                               keep_trailing_human=(fmt == "bloomchat"))
+    converter = OasstConverter(report, mode=oasst_mode, filters=oasst_filters, keep_trailing_human=(fmt == "bloomchat"))
     if oasst:
         converter.load(oasst, split=oasst_split)
     with ConversationWriter(output, fmt, report, dedup=dedup) as writer:
@@ -83,15 +100,30 @@ def prepare_oa_dolly(output: str | Path, dolly: str | None, oasst: str | None, f
             for conv in dolly_conversations(dolly, report):
                 if writer.prepare(conv):
                     writer.write(conv)
-    settings = {"dolly": dolly, "oasst": oasst, "format": fmt, "dedup": dedup, "oasst_mode": oasst_mode,
-                "oasst_filters": vars(oasst_filters or OasstFilters()), "oasst_split": oasst_split}
+    settings = {
+        "dolly": dolly,
+        "oasst": oasst,
+        "format": fmt,
+        "dedup": dedup,
+        "oasst_mode": oasst_mode,
+        "oasst_filters": vars(oasst_filters or OasstFilters()),
+        "oasst_split": oasst_split,
+    }
     return _finish(RunResult(output, writer.lines, report, settings))
 
 
-def subsample_openchatkit(output: str | Path, oig: str, fmt: str = "pairs", seed: int = 42,
-                          sample_size: int = DEFAULT_SAMPLE, strict: bool = False, dedup: bool = False,
-                          upweight_basic: bool = False, drop_prosocial: bool = True,
-                          files: tuple[str, ...] = BLOOMCHAT_OIG_FILES) -> RunResult:
+def subsample_openchatkit(
+    output: str | Path,
+    oig: str,
+    fmt: str = "pairs",
+    seed: int = 42,
+    sample_size: int = DEFAULT_SAMPLE,
+    strict: bool = False,
+    dedup: bool = False,
+    upweight_basic: bool = False,
+    drop_prosocial: bool = True,
+    files: tuple[str, ...] = BLOOMCHAT_OIG_FILES,
+) -> RunResult:
     """Sample each OIG file, optionally upweight unified_basic, shuffle everything with ``seed``, write."""
     output = Path(output)
     report = Report(strict=strict)
@@ -108,8 +140,15 @@ def subsample_openchatkit(output: str | Path, oig: str, fmt: str = "pairs", seed
         random.Random(seed).shuffle(order)
         for i in order:
             writer.write(chosen[i][0])
-    settings = {"oig": oig, "format": fmt, "seed": seed, "sample_size": sample_size, "dedup": dedup,
-                "upweight_basic": upweight_basic, "drop_prosocial": drop_prosocial}
+    settings = {
+        "oig": oig,
+        "format": fmt,
+        "seed": seed,
+        "sample_size": sample_size,
+        "dedup": dedup,
+        "upweight_basic": upweight_basic,
+        "drop_prosocial": drop_prosocial,
+    }
     return _finish(RunResult(output, writer.lines, report, settings))
 
 
@@ -121,8 +160,15 @@ def source_name(spec: str) -> str:
     return name or "chat"
 
 
-def prepare_chat(output: str | Path, inputs: list[str], system: str = "reject", fmt: str = "pairs",
-                 strict: bool = False, dedup: bool = False, split: str = "train") -> RunResult:
+def prepare_chat(
+    output: str | Path,
+    inputs: list[str],
+    system: str = "reject",
+    fmt: str = "pairs",
+    strict: bool = False,
+    dedup: bool = False,
+    split: str = "train",
+) -> RunResult:
     """Chat records (OpenAI ``messages`` or ShareGPT ``conversations``) from each input, in order, to one JSONL.
 
     Each input is counted as its own source (named after the file, or ``name=spec`` to choose)."""
@@ -139,6 +185,11 @@ def prepare_chat(output: str | Path, inputs: list[str], system: str = "reject", 
             for conv in chat_record_conversations(path, report, name, system, split):
                 if writer.prepare(conv):
                     writer.write(conv)
-    settings = {"inputs": [f"{n}={p}" for n, p in named], "system": system, "format": fmt, "dedup": dedup,
-                "split": split}
+    settings = {
+        "inputs": [f"{n}={p}" for n, p in named],
+        "system": system,
+        "format": fmt,
+        "dedup": dedup,
+        "split": split,
+    }
     return _finish(RunResult(output, writer.lines, report, settings))

@@ -22,18 +22,36 @@ from data_prep.pipeline import prepare_chat  # noqa: E402
 
 def make_parser():
     parser = base_parser(__doc__.splitlines()[0], "data_prep/chat.jsonl")
-    parser.add_argument("--input", action="append", required=True, metavar="[NAME=]SPEC",
-                        help="file, directory or hub id of chat records; repeat for several sources")
-    parser.add_argument("--system", choices=SYSTEM_RULES, default="reject",
-                        help="system messages: reject the record, or fold the text into the first user message")
+    parser.add_argument(
+        "--input",
+        action="append",
+        required=True,
+        metavar="[NAME=]SPEC",
+        help="file, directory or hub id of chat records; repeat for several sources",
+    )
+    parser.add_argument(
+        "--system",
+        choices=SYSTEM_RULES,
+        default="reject",
+        help="system messages: reject the record, or fold the text into the first user message",
+    )
     parser.add_argument("--split", default="train", help="hub split to read")
     return parser
 
 
 def main(argv=None) -> int:
     args = make_parser().parse_args(argv)
-    return run_main(lambda: prepare_chat(args.output, args.input, system=args.system, fmt=args.format,
-                                         strict=args.strict, dedup=args.dedup, split=args.split))
+    return run_main(
+        lambda: prepare_chat(
+            args.output,
+            args.input,
+            system=args.system,
+            fmt=args.format,
+            strict=args.strict,
+            dedup=args.dedup,
+            split=args.split,
+        )
+    )
 
 
 if __name__ == "__main__":

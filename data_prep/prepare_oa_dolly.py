@@ -23,9 +23,13 @@ def make_parser():
     parser.add_argument("--dolly", default=DOLLY_HUB_ID, help="hub id, file or directory ('' to skip)")
     parser.add_argument("--oasst", default=OASST_HUB_ID, help="hub id, file or directory ('' to skip)")
     parser.add_argument("--oasst-split", default="train", help="hub split to read (BLOOMChat: train)")
-    parser.add_argument("--oasst-mode", choices=MODES, default="best",
-                        help="best: highest net emoji score per level (BLOOMChat); rank: best rank; "
-                             "all-leaves: every root-to-leaf path")
+    parser.add_argument(
+        "--oasst-mode",
+        choices=MODES,
+        default="best",
+        help="best: highest net emoji score per level (BLOOMChat); rank: best rank; "
+        "all-leaves: every root-to-leaf path",
+    )
     parser.add_argument("--oasst-lang", default="", help="comma-separated languages to keep (default: all)")
     parser.add_argument("--oasst-drop-deleted", action="store_true", help="drop deleted messages")
     parser.add_argument("--oasst-require-review", action="store_true", help="keep only review_result=true")
@@ -34,11 +38,22 @@ def make_parser():
 
 def main(argv=None) -> int:
     args = make_parser().parse_args(argv)
-    filters = OasstFilters(tuple(x for x in args.oasst_lang.split(",") if x),
-                           args.oasst_drop_deleted, args.oasst_require_review)
-    return run_main(lambda: prepare_oa_dolly(
-        args.output, args.dolly or None, args.oasst or None, fmt=args.format, strict=args.strict,
-        dedup=args.dedup, oasst_mode=args.oasst_mode, oasst_filters=filters, oasst_split=args.oasst_split))
+    filters = OasstFilters(
+        tuple(x for x in args.oasst_lang.split(",") if x), args.oasst_drop_deleted, args.oasst_require_review
+    )
+    return run_main(
+        lambda: prepare_oa_dolly(
+            args.output,
+            args.dolly or None,
+            args.oasst or None,
+            fmt=args.format,
+            strict=args.strict,
+            dedup=args.dedup,
+            oasst_mode=args.oasst_mode,
+            oasst_filters=filters,
+            oasst_split=args.oasst_split,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -135,8 +135,7 @@ def iter_hub(hub_id: str, split: str = "train", data_files: str | None = None) -
     except Exception as exc:  # network, missing dataset, auth: one line for the user
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DataError(
-            f"{hub_id}: could not load from the Hugging Face hub ({first}); "
-            "pass a local file or directory instead"
+            f"{hub_id}: could not load from the Hugging Face hub ({first}); pass a local file or directory instead"
         ) from None
 
 

@@ -19,13 +19,21 @@ from data_prep.pipeline import subsample_openchatkit  # noqa: E402
 def make_parser():
     parser = base_parser(__doc__.splitlines()[0], "data_prep/bloom_ock_100K_each.jsonl")
     parser.add_argument("--oig", default=OIG_HUB_ID, help="hub id, directory of OIG files, or one file")
-    parser.add_argument("--sample-size", type=int, default=DEFAULT_SAMPLE,
-                        help="lines sampled per file (seeded reservoir sample, not the head)")
-    parser.add_argument("--upweight-basic", action="store_true",
-                        help="BLOOMChat's x1001 repetition of unified_basic.jsonl lines")
+    parser.add_argument(
+        "--sample-size",
+        type=int,
+        default=DEFAULT_SAMPLE,
+        help="lines sampled per file (seeded reservoir sample, not the head)",
+    )
+    parser.add_argument(
+        "--upweight-basic", action="store_true", help="BLOOMChat's x1001 repetition of unified_basic.jsonl lines"
+    )
     parser.add_argument("--keep-prosocial", action="store_true", help="keep lines whose source is 'prosocial'")
-    parser.add_argument("--files", default=",".join(BLOOMCHAT_OIG_FILES),
-                        help="comma-separated OIG file names to read from a directory or the hub")
+    parser.add_argument(
+        "--files",
+        default=",".join(BLOOMCHAT_OIG_FILES),
+        help="comma-separated OIG file names to read from a directory or the hub",
+    )
     return parser
 
 
@@ -35,10 +43,20 @@ def main(argv=None) -> int:
         print("error: --sample-size must be at least 1", file=sys.stderr)
         return 2
     files = tuple(x for x in args.files.split(",") if x)
-    return run_main(lambda: subsample_openchatkit(
-        args.output, args.oig, fmt=args.format, seed=args.seed, sample_size=args.sample_size,
-        strict=args.strict, dedup=args.dedup, upweight_basic=args.upweight_basic,
-        drop_prosocial=not args.keep_prosocial, files=files))
+    return run_main(
+        lambda: subsample_openchatkit(
+            args.output,
+            args.oig,
+            fmt=args.format,
+            seed=args.seed,
+            sample_size=args.sample_size,
+            strict=args.strict,
+            dedup=args.dedup,
+            upweight_basic=args.upweight_basic,
+            drop_prosocial=not args.keep_prosocial,
+            files=files,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -35,8 +35,9 @@ def encode(conv: Conversation, fmt: str, trailing_newline: bool = False) -> byte
 class ConversationWriter:
     """Atomically writes one JSONL file; use as a context manager."""
 
-    def __init__(self, path: str | Path, fmt: str, report: Report, dedup: bool = False,
-                 bloomchat_newline: bool = False):
+    def __init__(
+        self, path: str | Path, fmt: str, report: Report, dedup: bool = False, bloomchat_newline: bool = False
+    ):
         if fmt not in FORMATS:
             raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
         self.path, self.fmt, self.report = Path(path), fmt, report

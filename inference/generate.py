@@ -18,8 +18,16 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
-from data_prep.chat_format import (BOT, HUMAN, HUMAN_TAG, Conversation, Turn, escape_role_tags,
-                                   prompt_for_next_bot_turn, to_pairs)
+from data_prep.chat_format import (
+    BOT,
+    HUMAN,
+    HUMAN_TAG,
+    Conversation,
+    Turn,
+    escape_role_tags,
+    prompt_for_next_bot_turn,
+    to_pairs,
+)
 from inference.kv_cache import growing_cache
 from inference.loading import load_for_chat
 from inference.sampling import Sampling
@@ -84,13 +92,13 @@ class ChatStreamer(BaseStreamer):
                 safe = min(safe, len(text) - 1)
         self.text = text
         if safe > self.shown:
-            self.emit(text[self.shown:safe])
+            self.emit(text[self.shown : safe])
             self.shown = safe
 
     def end(self) -> None:
         """Generation is over: what was held back was not a stop string after all."""
         if len(self.text) > self.shown:
-            self.emit(self.text[self.shown:])
+            self.emit(self.text[self.shown :])
             self.shown = len(self.text)
 
 
@@ -107,7 +115,7 @@ def trimmed(emit: Callable[[str], None]) -> Callable[[str], None]:
             state["started"] = True
         text = state["pending"] + text
         body = text.rstrip()
-        state["pending"] = text[len(body):]
+        state["pending"] = text[len(body) :]
         if body:
             emit(body)
 
@@ -206,8 +214,14 @@ class ChatSession:
             self._cache.crop(-extra)  # transformers: a negative count of tokens to remove from the end
         return self._cache, n
 
-    def respond(self, user_text: str, emit: Callable[[str], None] = lambda s: None, stops: tuple[str, ...] = (),
-                should_stop: Callable[[], bool] | None = None, **generate_kwargs) -> Reply:
+    def respond(
+        self,
+        user_text: str,
+        emit: Callable[[str], None] = lambda s: None,
+        stops: tuple[str, ...] = (),
+        should_stop: Callable[[], bool] | None = None,
+        **generate_kwargs,
+    ) -> Reply:
         """Generate the bot reply to ``user_text``; the exchange joins the history (also when interrupted).
 
         ``stops`` are stop strings besides ``<human>:``; ``should_stop`` ends generation early when it turns
@@ -217,16 +231,18 @@ class ChatSession:
         s = self.sampling
         if s.seed is not None:
             torch.manual_seed(s.seed)
-        kwargs = {**s.generate_kwargs(), "eos_token_id": self.tokenizer.eos_token_id,
-                  "pad_token_id": self.tokenizer.eos_token_id}
+        kwargs = {
+            **s.generate_kwargs(),
+            "eos_token_id": self.tokenizer.eos_token_id,
+            "pad_token_id": self.tokenizer.eos_token_id,
+        }
         if "max_length" in generate_kwargs:
             kwargs.pop("max_new_tokens")
         kwargs.update(generate_kwargs)
         streaming = int(kwargs.get("num_beams", 1)) == 1 and int(kwargs.get("num_return_sequences", 1)) == 1
         streamer = ChatStreamer(self.tokenizer, trimmed(emit), stops)
         if streaming:
-            kwargs.update(streamer=streamer,
-                          stopping_criteria=StoppingCriteriaList([_StopFlag(streamer, should_stop)]))
+            kwargs.update(streamer=streamer, stopping_criteria=StoppingCriteriaList([_StopFlag(streamer, should_stop)]))
         cache, reused = self._reusable_cache(ids) if streaming else (None, 0)
         if streaming and cache is None:
             cache = growing_cache(self.model, self.context)
@@ -235,20 +251,24 @@ class ChatSession:
         stop, out = "length", None
         try:
             with torch.no_grad():
-                out = self.model.generate(input_ids=torch.tensor([ids], device=self.device),
-                                          attention_mask=torch.ones(1, len(ids), dtype=torch.long, device=self.device),
-                                          past_key_values=cache, return_dict_in_generate=True, **kwargs)
+                out = self.model.generate(
+                    input_ids=torch.tensor([ids], device=self.device),
+                    attention_mask=torch.ones(1, len(ids), dtype=torch.long, device=self.device),
+                    past_key_values=cache,
+                    return_dict_in_generate=True,
+                    **kwargs,
+                )
         except KeyboardInterrupt:
             stop = "interrupted"
         elapsed = time.perf_counter() - start
         if out is not None and streaming and out.past_key_values is not None:
             seq = out.sequences[0].tolist()
-            self._cache, self._cache_ids = out.past_key_values, seq[:out.past_key_values.get_seq_length()]
+            self._cache, self._cache_ids = out.past_key_values, seq[: out.past_key_values.get_seq_length()]
         if streaming:
             text, n_new = streamer.text, len(streamer.ids)
             first = streamer.first_token_at
         else:  # beam search: no streamer; cut at a stop string afterwards
-            new = out.sequences[0, len(ids):].tolist() if out is not None else []
+            new = out.sequences[0, len(ids) :].tolist() if out is not None else []
             text, n_new, first = self.tokenizer.decode(new, skip_special_tokens=True), len(new), None
             cut = min((i for i in (text.find(x) for x in stops) if i >= 0), default=-1)
             if cut >= 0:
@@ -256,12 +276,16 @@ class ChatSession:
         if stop != "interrupted":
             if streamer.stopped:
                 stop = "stop-string"
-            elif out is not None and out.sequences.shape[1] > len(ids) and \
-                    int(out.sequences[0, -1]) == self.tokenizer.eos_token_id:
+            elif (
+                out is not None
+                and out.sequences.shape[1] > len(ids)
+                and int(out.sequences[0, -1]) == self.tokenizer.eos_token_id
+            ):
                 stop = "eos"
         ttft = first - start if first else None
-        reply = Reply(text.strip(), n_new, stop, ttft, n_new / elapsed if elapsed > 0 and n_new else None, reused,
-                      len(ids))
+        reply = Reply(
+            text.strip(), n_new, stop, ttft, n_new / elapsed if elapsed > 0 and n_new else None, reused, len(ids)
+        )
         self.exchanges.append(Exchange(user_text, reply))
         return reply
 

@@ -34,8 +34,8 @@ class GrowingLayer(DynamicLayer):
         k = self.keys.new_empty(shape[:-2] + [cap, shape[-1]])
         v = self.values.new_empty(shape[:-2] + [cap, self.values.shape[-1]])
         if self._n:
-            k[..., :self._n, :] = self.keys
-            v[..., :self._n, :] = self.values
+            k[..., : self._n, :] = self.keys
+            v[..., : self._n, :] = self.values
         self._k, self._v = k, v
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
@@ -45,10 +45,10 @@ class GrowingLayer(DynamicLayer):
         n_new = key_states.shape[-2]
         if self._k is None or self._n + n_new > self._k.shape[-2]:
             self._grow(self._n + n_new)
-        self._k[..., self._n:self._n + n_new, :] = key_states
-        self._v[..., self._n:self._n + n_new, :] = value_states
+        self._k[..., self._n : self._n + n_new, :] = key_states
+        self._v[..., self._n : self._n + n_new, :] = value_states
         self._n += n_new
-        self.keys, self.values = self._k[..., :self._n, :], self._v[..., :self._n, :]
+        self.keys, self.values = self._k[..., : self._n, :], self._v[..., : self._n, :]
         return self.keys, self.values
 
     def get_seq_length(self) -> int:
@@ -61,7 +61,7 @@ class GrowingLayer(DynamicLayer):
         if tokens_to_remove == 0 or not self.is_initialized:
             return
         self._n = max(0, self._n + tokens_to_remove)
-        self.keys, self.values = self._k[..., :self._n, :], self._v[..., :self._n, :]
+        self.keys, self.values = self._k[..., : self._n, :], self._v[..., : self._n, :]
 
     def reset(self) -> None:
         self._k = self._v = None

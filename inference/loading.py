@@ -69,19 +69,24 @@ def resolve_source(path: str) -> tuple[str, dict | None]:
             except (OSError, ValueError) as exc:
                 raise LoadError(f"--model {path}: adapter_config.json is not readable JSON ({exc})") from None
             if not isinstance(adapter, dict) or not isinstance(adapter.get("base_model_name_or_path"), str):
-                raise LoadError(f"--model {path}: adapter_config.json names no base_model_name_or_path; "
-                                "re-run the training stage")
+                raise LoadError(
+                    f"--model {path}: adapter_config.json names no base_model_name_or_path; re-run the training stage"
+                )
             return str(p), adapter
         if (p / "config.json").is_file():
             return str(p), None
         if (p / "final" / "config.json").is_file():
             raise LoadError(f"--model {path}: this is a training stage dir; give its model: --model {p / 'final'}")
-        raise LoadError(f"--model {path}: no config.json here; give a save_pretrained dir (a stage's final/), a "
-                        "LoRA adapter dir or a hub id")
+        raise LoadError(
+            f"--model {path}: no config.json here; give a save_pretrained dir (a stage's final/), a "
+            "LoRA adapter dir or a hub id"
+        )
     looks_local = path.startswith(("/", ".", "~")) or path.count("/") != 1 or p.exists()
     if looks_local:
-        raise LoadError(f"--model {path}: no such directory; train a stage first (training/ckpt/<stage>/final) "
-                        "or give a hub id such as sambanovasystems/BLOOMChat-176B-v1")
+        raise LoadError(
+            f"--model {path}: no such directory; train a stage first (training/ckpt/<stage>/final) "
+            "or give a hub id such as sambanovasystems/BLOOMChat-176B-v1"
+        )
     return path, None  # a hub id
 
 
@@ -90,8 +95,10 @@ def tokenizer_source(source: str, adapter: dict | None) -> str:
         return adapter["base_model_name_or_path"]
     p = Path(source)
     if p.is_dir() and not any((p / f).is_file() for f in TOKENIZER_FILES):
-        raise LoadError(f"--model {source}: no tokenizer files ({' or '.join(TOKENIZER_FILES)}); copy the "
-                        "tokenizer/ dir of the tokenization_prep output into it (training's final/ has them)")
+        raise LoadError(
+            f"--model {source}: no tokenizer files ({' or '.join(TOKENIZER_FILES)}); copy the "
+            "tokenizer/ dir of the tokenization_prep output into it (training's final/ has them)"
+        )
     return source
 
 
@@ -138,8 +145,10 @@ def load_for_chat(path: str, device: str = "auto", dtype: str = "auto", quantize
     except Exception as exc:  # corrupt weights, a bad config, an unreachable hub id: one line, never a traceback
         raise LoadError(f"--model {path}: cannot load ({type(exc).__name__}: {first_line(exc)})") from None
     if tokenizer.eos_token is None:
-        raise LoadError(f"--model {path}: the tokenizer in {tok_src} has no eos_token, so no reply could end; "
-                        "use the tokenizer/ dir that tokenization_prep wrote")
+        raise LoadError(
+            f"--model {path}: the tokenizer in {tok_src} has no eos_token, so no reply could end; "
+            "use the tokenizer/ dir that tokenization_prep wrote"
+        )
     if "device_map" not in kwargs:
         model.to(dev)
     model.eval()

@@ -21,7 +21,7 @@ from training.config import first_line
 
 HELP = f"""commands:
   /reset              forget the conversation
-  /set NAME VALUE     {', '.join(Sampling.names())}
+  /set NAME VALUE     {", ".join(Sampling.names())}
   /params             show the settings and the last reply's speed
   /undo               drop the last exchange
   /retry              regenerate the last reply
@@ -30,9 +30,11 @@ HELP = f"""commands:
   /help               this list
   \"\"\"                 start a multi-line message; end it with a line ending in \"\"\""""
 BLOCK = '"""'
-MARKS = {"interrupted": "[reply interrupted: kept in the conversation, never written by /save]",
-         "length": "[reply cut at max_new_tokens: kept in the conversation, never written by /save]",
-         "empty": "[empty reply: kept in the conversation, never written by /save]"}
+MARKS = {
+    "interrupted": "[reply interrupted: kept in the conversation, never written by /save]",
+    "length": "[reply cut at max_new_tokens: kept in the conversation, never written by /save]",
+    "empty": "[empty reply: kept in the conversation, never written by /save]",
+}
 
 
 def setup_readline(history_file: str | None):
@@ -104,8 +106,10 @@ class ChatApp:
             return "[no reply yet]"
         ttft = f"{r.ttft:.3f} s" if r.ttft is not None else "-"
         tps = f"{r.tokens_per_s:.1f}" if r.tokens_per_s else "-"
-        return (f"[{r.new_tokens} tokens, stop: {r.stop}, time to first token {ttft}, {tps} tokens/s, "
-                f"prompt {r.prompt_tokens} tokens, {r.reused_tokens} from cache]")
+        return (
+            f"[{r.new_tokens} tokens, stop: {r.stop}, time to first token {ttft}, {tps} tokens/s, "
+            f"prompt {r.prompt_tokens} tokens, {r.reused_tokens} from cache]"
+        )
 
     def set(self, arg: str) -> None:
         key, _, value = arg.partition(" ")
@@ -179,14 +183,14 @@ class ChatApp:
 
     def read_message(self, read, first: str) -> str:
         """The rest of a \"\"\" block: lines until one ends with \"\"\" (Ctrl-D ends it too)."""
-        lines, text = [], first[len(BLOCK):]
+        lines, text = [], first[len(BLOCK) :]
         while not text.rstrip().endswith(BLOCK):
             lines.append(text)
             try:
                 text = read("... ")
             except EOFError:
                 return "\n".join(lines)
-        lines.append(text.rstrip()[:-len(BLOCK)])
+        lines.append(text.rstrip()[: -len(BLOCK)])
         return "\n".join(lines)
 
     def loop(self, read=input, banner: str = "") -> int:
@@ -216,8 +220,10 @@ class ChatApp:
 
 
 def banner(loaded, session: ChatSession) -> str:
-    return (f"model {loaded.source} | context {session.context} tokens | device {loaded.device} | "
-            f"dtype {loaded.dtype}\nsampling: {session.sampling.show()}")
+    return (
+        f"model {loaded.source} | context {session.context} tokens | device {loaded.device} | "
+        f"dtype {loaded.dtype}\nsampling: {session.sampling.show()}"
+    )
 
 
 def default_history_file() -> str:

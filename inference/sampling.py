@@ -84,8 +84,11 @@ class Sampling(BaseModel):
         """max_new_tokens must leave room for a prompt in the model's context."""
         room = context - MIN_PROMPT_TOKENS
         if self.max_new_tokens > room:
-            raise SettingError(f"max_new_tokens {self.max_new_tokens} leaves no room for a prompt in this model's "
-                               f"{context}-token context; use at most {room}", "max_new_tokens")
+            raise SettingError(
+                f"max_new_tokens {self.max_new_tokens} leaves no room for a prompt in this model's "
+                f"{context}-token context; use at most {room}",
+                "max_new_tokens",
+            )
 
     @property
     def greedy(self) -> bool:
@@ -93,8 +96,11 @@ class Sampling(BaseModel):
 
     def generate_kwargs(self) -> dict:
         """Arguments for ``model.generate`` (sampling ones only when sampling)."""
-        kw = {"max_new_tokens": self.max_new_tokens, "do_sample": not self.greedy,
-              "repetition_penalty": self.repetition_penalty}
+        kw = {
+            "max_new_tokens": self.max_new_tokens,
+            "do_sample": not self.greedy,
+            "repetition_penalty": self.repetition_penalty,
+        }
         if not self.greedy:
             kw.update(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k)
         return kw

@@ -1,7 +1,7 @@
 """``python -m inference.serve --model DIR``: the OpenAI-compatible chat API and a web chat page.
 
-    python -m inference.serve --model training/ckpt/stage2_oa_dolly/final [--host 127.0.0.1] [--port 8000]
-    then: the page at http://127.0.0.1:8000/ ; the API at http://127.0.0.1:8000/v1 (any OpenAI client)
+python -m inference.serve --model training/ckpt/stage2_oa_dolly/final [--host 127.0.0.1] [--port 8000]
+then: the page at http://127.0.0.1:8000/ ; the API at http://127.0.0.1:8000/v1 (any OpenAI client)
 """
 
 import argparse
@@ -44,9 +44,13 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32"])
     ap.add_argument("--quantize", choices=["8bit", "4bit"])
-    ap.add_argument("--system", choices=SYSTEM_RULES, default="reject",
-                    help="system messages: 400 (the format has none), or fold them into the first user message "
-                         "as data_prep/prepare_chat.py --system fold does")
+    ap.add_argument(
+        "--system",
+        choices=SYSTEM_RULES,
+        default="reject",
+        help="system messages: 400 (the format has none), or fold them into the first user message "
+        "as data_prep/prepare_chat.py --system fold does",
+    )
     args = ap.parse_args(argv)
 
     import uvicorn
@@ -59,8 +63,10 @@ def main(argv=None) -> int:
         with socket.create_server((args.host, args.port)):
             pass
     except OSError as exc:
-        print(f"error: cannot listen on {args.host}:{args.port} ({exc.strerror or exc}); use --port or --host",
-              file=sys.stderr)
+        print(
+            f"error: cannot listen on {args.host}:{args.port} ({exc.strerror or exc}); use --port or --host",
+            file=sys.stderr,
+        )
         return 2
     try:
         loaded = load_for_chat(args.model, args.device, args.dtype, args.quantize)
@@ -70,8 +76,11 @@ def main(argv=None) -> int:
         return 2
     name = args.name or model_name(args.model)
     app = create_app(loaded, defaults, name, args.system)
-    print(f"serving {loaded.source} as {name!r} on {loaded.device} ({loaded.dtype}): chat page "
-          f"http://{args.host}:{args.port}/ , OpenAI API http://{args.host}:{args.port}/v1", flush=True)
+    print(
+        f"serving {loaded.source} as {name!r} on {loaded.device} ({loaded.dtype}): chat page "
+        f"http://{args.host}:{args.port}/ , OpenAI API http://{args.host}:{args.port}/v1",
+        flush=True,
+    )
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
 

@@ -36,8 +36,14 @@ PAGE = Path(__file__).with_name("web") / "index.html"
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
-                 kind: str = "invalid_request_error"):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        param: str | None = None,
+        code: str | None = None,
+        kind: str = "invalid_request_error",
+    ):
         super().__init__(message)
         self.status, self.message, self.param, self.code, self.kind = status, message, param, code, kind
 
@@ -86,16 +92,24 @@ def to_session_inputs(req: ChatRequest, system: str = "reject") -> tuple[list[Ex
         raise ApiError(400, "no user message after the system message", "messages")
     for i, (role, _) in enumerate(msgs, start=lead):
         if role in ("system", "developer"):
-            hint = ("only leading system messages are folded" if system == "fold" else
-                    "put the instructions in the first user message, or start the server with --system fold")
-            raise ApiError(400, f"messages[{i}]: the BLOOMChat format has no {role} role; {hint}",
-                           f"messages[{i}].role")
+            hint = (
+                "only leading system messages are folded"
+                if system == "fold"
+                else "put the instructions in the first user message, or start the server with --system fold"
+            )
+            raise ApiError(
+                400, f"messages[{i}]: the BLOOMChat format has no {role} role; {hint}", f"messages[{i}].role"
+            )
         if role == "tool":
             raise ApiError(400, f"messages[{i}]: tool messages are not supported", f"messages[{i}].role")
         want = "user" if (i - lead) % 2 == 0 else "assistant"
         if role != want:
-            raise ApiError(400, f"messages[{i}] is {role}, expected {want}: messages alternate user/assistant, "
-                           "starting and ending with user", f"messages[{i}].role")
+            raise ApiError(
+                400,
+                f"messages[{i}] is {role}, expected {want}: messages alternate user/assistant, "
+                "starting and ending with user",
+                f"messages[{i}].role",
+            )
     if msgs[-1][0] != "user":
         raise ApiError(400, "the last message must be from the user", "messages")
     if lead:
@@ -106,8 +120,12 @@ def to_session_inputs(req: ChatRequest, system: str = "reject") -> tuple[list[Ex
 
 
 def sampling_for(req: ChatRequest, defaults: Sampling, context: int) -> Sampling:
-    values = {"temperature": req.temperature, "top_p": req.top_p, "seed": req.seed,
-              "max_new_tokens": req.max_completion_tokens or req.max_tokens}
+    values = {
+        "temperature": req.temperature,
+        "top_p": req.top_p,
+        "seed": req.seed,
+        "max_new_tokens": req.max_completion_tokens or req.max_tokens,
+    }
     values = {k: v for k, v in values.items() if v is not None}
     try:
         s = defaults.updated(**values)
@@ -147,8 +165,10 @@ def create_app(loaded, defaults: Sampling, model_id: str, system: str = "reject"
 
     @app.get("/v1/models")
     async def models():
-        return {"object": "list", "data": [{"id": model_id, "object": "model", "created": created,
-                                            "owned_by": "bloomchat-pipeline"}]}
+        return {
+            "object": "list",
+            "data": [{"id": model_id, "object": "model", "created": created, "owned_by": "bloomchat-pipeline"}],
+        }
 
     @app.get("/")
     async def page():
@@ -157,8 +177,12 @@ def create_app(loaded, defaults: Sampling, model_id: str, system: str = "reject"
     @app.post("/v1/chat/completions")
     async def chat(req: ChatRequest, request: Request):
         if req.model not in (None, "", model_id):
-            raise ApiError(404, f"the model {req.model!r} does not exist; this server serves {model_id!r}",
-                           "model", "model_not_found")
+            raise ApiError(
+                404,
+                f"the model {req.model!r} does not exist; this server serves {model_id!r}",
+                "model",
+                "model_not_found",
+            )
         if req.n != 1:
             raise ApiError(400, "n: only n=1 is supported", "n")
         past, user = to_session_inputs(req, system)
@@ -171,6 +195,7 @@ def create_app(loaded, defaults: Sampling, model_id: str, system: str = "reject"
         loop = asyncio.get_running_loop()
         cancelled = threading.Event()
         if not req.stream:
+
             async def watch():  # a client that went away frees the worker for the requests behind it
                 while not cancelled.is_set():
                     if await request.is_disconnected():
@@ -180,16 +205,27 @@ def create_app(loaded, defaults: Sampling, model_id: str, system: str = "reject"
             watcher = asyncio.create_task(watch())
             try:
                 reply = await loop.run_in_executor(
-                    worker, lambda: session.respond(user, stops=tuple(stops), should_stop=cancelled.is_set))
+                    worker, lambda: session.respond(user, stops=tuple(stops), should_stop=cancelled.is_set)
+                )
             except Exception as exc:
                 raise ApiError(500, f"generation failed: {first_line(exc)}", kind="server_error") from None
             finally:
                 cancelled.set()
                 watcher.cancel()
-            return {"id": rid, "object": "chat.completion", "created": now, "model": model_id,
-                    "choices": [{"index": 0, "message": {"role": "assistant", "content": reply.text},
-                                 "finish_reason": finish(reply)}],
-                    "usage": usage(reply)}
+            return {
+                "id": rid,
+                "object": "chat.completion",
+                "created": now,
+                "model": model_id,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": reply.text},
+                        "finish_reason": finish(reply),
+                    }
+                ],
+                "usage": usage(reply),
+            }
         queue: asyncio.Queue = asyncio.Queue()
 
         def run():
@@ -205,8 +241,14 @@ def create_app(loaded, defaults: Sampling, model_id: str, system: str = "reject"
                 loop.call_soon_threadsafe(queue.put_nowait, ("error", first_line(exc)))
 
         def chunk(delta: dict, reason: str | None = None, extra: dict | None = None) -> str:
-            body = {"id": rid, "object": "chat.completion.chunk", "created": now, "model": model_id,
-                    "choices": [{"index": 0, "delta": delta, "finish_reason": reason}], **(extra or {})}
+            body = {
+                "id": rid,
+                "object": "chat.completion.chunk",
+                "created": now,
+                "model": model_id,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": reason}],
+                **(extra or {}),
+            }
             return f"data: {json.dumps(body)}\n\n"
 
         async def events():
@@ -229,8 +271,9 @@ def create_app(loaded, defaults: Sampling, model_id: str, system: str = "reject"
                 if not future.done():
                     await future
 
-        return StreamingResponse(events(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return StreamingResponse(
+            events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        )
 
     return app
 
@@ -240,5 +283,8 @@ def finish(reply: Reply) -> str:
 
 
 def usage(reply: Reply) -> dict:
-    return {"prompt_tokens": reply.prompt_tokens, "completion_tokens": reply.new_tokens,
-            "total_tokens": reply.prompt_tokens + reply.new_tokens}
+    return {
+        "prompt_tokens": reply.prompt_tokens,
+        "completion_tokens": reply.new_tokens,
+        "total_tokens": reply.prompt_tokens + reply.new_tokens,
+    }

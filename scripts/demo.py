@@ -70,8 +70,12 @@ def step(name: str, cmd: list[str], inputs: list[str], outputs: list[str], extra
     t0 = time.time()
     subprocess.run(cmd, cwd=ROOT, check=True)
     STAMPS.mkdir(parents=True, exist_ok=True)
-    stamp.write_text(json.dumps({"key": key, "outputs": {o: digest(Path(o)) for o in outputs},
-                                 "seconds": round(time.time() - t0, 1)}, indent=1))
+    stamp.write_text(
+        json.dumps(
+            {"key": key, "outputs": {o: digest(Path(o)) for o in outputs}, "seconds": round(time.time() - t0, 1)},
+            indent=1,
+        )
+    )
 
 
 def main() -> int:
@@ -83,65 +87,137 @@ def main() -> int:
     steps = ["--max-steps", "2"] if args.quick else []
     t0 = time.time()
     oa, ock = "data_prep/oasst1_dolly.jsonl", "data_prep/bloom_ock_100K_each.jsonl"
-    step("data_prep_oa_dolly", [PY, "data_prep/prepare_oa_dolly.py", "--dolly",
-                                "data/samples/dolly/databricks-dolly-15k.jsonl.gz", "--oasst",
-                                "data/samples/oasst1/oasst1_validation_en.jsonl", "--output", oa],
-         ["data/samples/dolly/databricks-dolly-15k.jsonl.gz", "data/samples/oasst1/oasst1_validation_en.jsonl"],
-         [oa])
-    step("data_prep_oig", [PY, "data_prep/subsample_openchatkit.py", "--oig", "data/samples/oig", "--output", ock],
-         ["data/samples/oig"], [ock])
+    step(
+        "data_prep_oa_dolly",
+        [
+            PY,
+            "data_prep/prepare_oa_dolly.py",
+            "--dolly",
+            "data/samples/dolly/databricks-dolly-15k.jsonl.gz",
+            "--oasst",
+            "data/samples/oasst1/oasst1_validation_en.jsonl",
+            "--output",
+            oa,
+        ],
+        ["data/samples/dolly/databricks-dolly-15k.jsonl.gz", "data/samples/oasst1/oasst1_validation_en.jsonl"],
+        [oa],
+    )
+    step(
+        "data_prep_oig",
+        [PY, "data_prep/subsample_openchatkit.py", "--oig", "data/samples/oig", "--output", ock],
+        ["data/samples/oig"],
+        [ock],
+    )
     tok_oa, tok_ock = "tokenization_prep/oasst1_dolly_out", "tokenization_prep/bloom_ock_100k_out"
     # Dolly+OASST gets a dev split (BLOOMChat used none): 0.12 gives one dev file beside the 8 training files
-    for name, src, out, script, extra in (("tokenize_oa_dolly", oa, tok_oa, "tokenization_oa_dolly.sh",
-                                           ["--dev_ratio", "0.12"]),
-                                          ("tokenize_oig", ock, tok_ock, "tokenization_openchatkit.sh", [])):
-        step(name, ["bash", f"tokenization_prep/{script}", TOKENIZER, src, out, "--overwrite_output_path", *extra],
-             [src, f"{TOKENIZER}/tokenizer.json"], [out])
+    for name, src, out, script, extra in (
+        ("tokenize_oa_dolly", oa, tok_oa, "tokenization_oa_dolly.sh", ["--dev_ratio", "0.12"]),
+        ("tokenize_oig", ock, tok_ock, "tokenization_openchatkit.sh", []),
+    ):
+        step(
+            name,
+            ["bash", f"tokenization_prep/{script}", TOKENIZER, src, out, "--overwrite_output_path", *extra],
+            [src, f"{TOKENIZER}/tokenizer.json"],
+            [out],
+        )
     s1, s2 = "training/ckpt/stage1_oig/final", "training/ckpt/stage2_oa_dolly/final"
-    step("train_stage1_oig", [PY, "-m", "training.run", "--config", "training/configs/demo/stage1_oig.yaml", *steps],
-         [tok_ock, "training/configs/demo/stage1_oig.yaml"], [s1])
-    step("train_stage2_oa_dolly", [PY, "-m", "training.run", "--config",
-                                   "training/configs/demo/stage2_oa_dolly.yaml", *steps],
-         [tok_oa, s1, "training/configs/demo/stage2_oa_dolly.yaml"], [s2])
+    step(
+        "train_stage1_oig",
+        [PY, "-m", "training.run", "--config", "training/configs/demo/stage1_oig.yaml", *steps],
+        [tok_ock, "training/configs/demo/stage1_oig.yaml"],
+        [s1],
+    )
+    step(
+        "train_stage2_oa_dolly",
+        [PY, "-m", "training.run", "--config", "training/configs/demo/stage2_oa_dolly.yaml", *steps],
+        [tok_oa, s1, "training/configs/demo/stage2_oa_dolly.yaml"],
+        [s2],
+    )
     evaluation = "training/ckpt/evaluation.json"
-    step("evaluate", [PY, "-m", "training.evaluate", "--untrained", "training/configs/demo/stage1_oig.yaml",
-                      "--model", s1, "--model", s2, "--data", tok_oa, "--prompts", "8", "--max-new-tokens", "48",
-                      "--out", evaluation], [tok_oa, s1, s2, "training/configs/demo/stage1_oig.yaml"], [evaluation])
+    step(
+        "evaluate",
+        [
+            PY,
+            "-m",
+            "training.evaluate",
+            "--untrained",
+            "training/configs/demo/stage1_oig.yaml",
+            "--model",
+            s1,
+            "--model",
+            s2,
+            "--data",
+            tok_oa,
+            "--prompts",
+            "8",
+            "--max-new-tokens",
+            "48",
+            "--out",
+            evaluation,
+        ],
+        [tok_oa, s1, s2, "training/configs/demo/stage1_oig.yaml"],
+        [evaluation],
+    )
     curves = "training/ckpt/loss_curves.png"
-    subprocess.run([PY, "-m", "training.plot_losses", curves, "training/ckpt/stage1_oig",
-                    "training/ckpt/stage2_oa_dolly"], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [PY, "-m", "training.plot_losses", curves, "training/ckpt/stage1_oig", "training/ckpt/stage2_oa_dolly"],
+        cwd=ROOT,
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     print(f"== chat: one reply from {s2}", flush=True)
-    subprocess.run([PY, "inference/chat.py", "--model", s2, "--greedy", "--verbose", "--max-new-tokens", "48",
-                    "--message", CHAT_MESSAGE], cwd=ROOT, check=True, env={**os.environ,
-                                                                           "TRANSFORMERS_VERBOSITY": "error"})
+    subprocess.run(
+        [
+            PY,
+            "inference/chat.py",
+            "--model",
+            s2,
+            "--greedy",
+            "--verbose",
+            "--max-new-tokens",
+            "48",
+            "--message",
+            CHAT_MESSAGE,
+        ],
+        cwd=ROOT,
+        check=True,
+        env={**os.environ, "TRANSFORMERS_VERBOSITY": "error"},
+    )
     summary(t0, [tok_oa, tok_ock], curves, evaluation)
     return 0
 
 
 def summary(t0: float, tok_dirs: list[str], curves: str, evaluation: str) -> None:
     print("\n== summary", flush=True)
-    for label, path in (("Dolly+OASST chat JSONL", "data_prep/oasst1_dolly.jsonl"),
-                        ("OIG chat JSONL", "data_prep/bloom_ock_100K_each.jsonl"),
-                        ("record counts", "data_prep/*.summary.json, rejects in data_prep/*.rejects.jsonl"),
-                        ("Dolly+OASST HDF5 splits", tok_dirs[0]), ("OIG HDF5 splits", tok_dirs[1]),
-                        ("stage 1 model", "training/ckpt/stage1_oig/final"),
-                        ("stage 2 model", "training/ckpt/stage2_oa_dolly/final"),
-                        ("TensorBoard logs", "training/ckpt/*/logs"), ("loss curves", curves),
-                        ("evaluation", evaluation)):
+    for label, path in (
+        ("Dolly+OASST chat JSONL", "data_prep/oasst1_dolly.jsonl"),
+        ("OIG chat JSONL", "data_prep/bloom_ock_100K_each.jsonl"),
+        ("record counts", "data_prep/*.summary.json, rejects in data_prep/*.rejects.jsonl"),
+        ("Dolly+OASST HDF5 splits", tok_dirs[0]),
+        ("OIG HDF5 splits", tok_dirs[1]),
+        ("stage 1 model", "training/ckpt/stage1_oig/final"),
+        ("stage 2 model", "training/ckpt/stage2_oa_dolly/final"),
+        ("TensorBoard logs", "training/ckpt/*/logs"),
+        ("loss curves", curves),
+        ("evaluation", evaluation),
+    ):
         print(f"  {label:<24} {path}")
     for d in tok_dirs:
         print(f"\ndata report of {d} (also data_report.md, article_lengths.png, sequence_fill.png there):")
         report = (ROOT / d / "data_report.md").read_text().split("\n", 2)[2]
-        lost = sum(len(m["lost_articles"]) for m in json.loads((ROOT / d / "data_report.json").read_text())
-                   ["splits"].values())
+        lost = sum(
+            len(m["lost_articles"]) for m in json.loads((ROOT / d / "data_report.json").read_text())["splits"].values()
+        )
         print(report.split("Dropped and truncated articles:")[0].rstrip())
         print(f"{lost} dropped or truncated articles, each with its input line, in data_report.md / .json")
     from training.evaluate import table
 
     result = json.loads((ROOT / evaluation).read_text())
-    print(f"\nwhat the models learned, on the dev split of {result['data']} (python -m training.evaluate; greedy "
-          f"replies to {result['prompts_per_source']} dev prompts per source, at most {result['max_new_tokens']} "
-          "tokens):")
+    print(
+        f"\nwhat the models learned, on the dev split of {result['data']} (python -m training.evaluate; greedy "
+        f"replies to {result['prompts_per_source']} dev prompts per source, at most {result['max_new_tokens']} "
+        "tokens):"
+    )
     print("\n".join(table(result)))
     print(f"\ndone in {time.time() - t0:.0f} s")
 

@@ -16,20 +16,29 @@ def test_demo_command_on_a_fresh_clone(tmp_path):
     readme = (clone / "README.md").read_text().split("```")[1].strip().splitlines()
     assert readme == ["bash scripts/demo.sh", "bash scripts/test.sh"]  # the README's two commands
     venv_bin = str(ROOT / ".venv" / "bin")
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("VIRTUAL_ENV", "PIPENV_ACTIVE", "PYTHONPATH", "PIPENV_PIPFILE", "RANK", "WORLD_SIZE")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("VIRTUAL_ENV", "PIPENV_ACTIVE", "PYTHONPATH", "PIPENV_PIPFILE", "RANK", "WORLD_SIZE")
+    }
     env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep) if p != venv_bin)
-    proc = subprocess.run(["bash", "scripts/demo.sh", "--quick"], cwd=clone, env=env, capture_output=True,
-                          text=True, timeout=1800)
+    proc = subprocess.run(
+        ["bash", "scripts/demo.sh", "--quick"], cwd=clone, env=env, capture_output=True, text=True, timeout=1800
+    )
     assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-3000:])
     out = proc.stdout
-    for artifact in ("data_prep/oasst1_dolly.jsonl", "data_prep/bloom_ock_100K_each.jsonl",
-                     "tokenization_prep/oasst1_dolly_out/manifest.sha256",
-                     "tokenization_prep/bloom_ock_100k_out/train_8_of_8.hdf5",
-                     "training/ckpt/stage1_oig/final/model.safetensors",
-                     "training/ckpt/stage2_oa_dolly/final/lineage.json", "training/ckpt/loss_curves.png"):
+    for artifact in (
+        "data_prep/oasst1_dolly.jsonl",
+        "data_prep/bloom_ock_100K_each.jsonl",
+        "tokenization_prep/oasst1_dolly_out/manifest.sha256",
+        "tokenization_prep/bloom_ock_100k_out/train_8_of_8.hdf5",
+        "training/ckpt/stage1_oig/final/model.safetensors",
+        "training/ckpt/stage2_oa_dolly/final/lineage.json",
+        "training/ckpt/loss_curves.png",
+    ):
         assert (clone / artifact).is_file(), artifact
     assert "\nbot: " in out and "tokens, stop: " in out and "== summary" in out and "| padding % |" in out
-    rerun = subprocess.run(["bash", "scripts/demo.sh", "--quick"], cwd=clone, env=env, capture_output=True,
-                           text=True, timeout=600)
+    rerun = subprocess.run(
+        ["bash", "scripts/demo.sh", "--quick"], cwd=clone, env=env, capture_output=True, text=True, timeout=600
+    )
     assert rerun.returncode == 0 and rerun.stdout.count("up to date (inputs and outputs match their hashes)") == 6

@@ -25,10 +25,28 @@ def test_a_conversation_is_the_same_tokens_in_training_and_in_the_chat(tmp_path,
     one = tmp_path / "one.jsonl"
     one.write_text(line + "\n")
     out = tmp_path / "one.hdf5"
-    r = subprocess.run([sys.executable, "-m", "tokenization_prep", "data_prep", "--input_path", str(one),
-                        "--output_path", str(out), "--pretrained_tokenizer", str(PYTHIA_TOKENIZER),
-                        "--max_seq_length", "4096", "--input_packing_config", "single::drop"], cwd=ROOT,
-                       capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tokenization_prep",
+            "data_prep",
+            "--input_path",
+            str(one),
+            "--output_path",
+            str(out),
+            "--pretrained_tokenizer",
+            str(PYTHIA_TOKENIZER),
+            "--max_seq_length",
+            "4096",
+            "--input_packing_config",
+            "single::drop",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
+    )
     assert r.returncode == 0, r.stderr
     with h5py.File(out) as f:
         types = f["token_type_ids"][0]
@@ -40,17 +58,24 @@ def test_a_conversation_is_the_same_tokens_in_training_and_in_the_chat(tmp_path,
     tok = load_tokenizer(str(PYTHIA_TOKENIZER))
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
-    model = GPTNeoXForCausalLM(GPTNeoXConfig(vocab_size=len(tok), hidden_size=16, num_hidden_layers=1,
-                                             num_attention_heads=2, intermediate_size=32,
-                                             max_position_embeddings=4096))
+    model = GPTNeoXForCausalLM(
+        GPTNeoXConfig(
+            vocab_size=len(tok),
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=32,
+            max_position_embeddings=4096,
+        )
+    )
     session = ChatSession(model, tok, device="cpu")
     for user, bot in zip(turns[:-2:2], turns[1:-2:2]):
         session.exchanges.append(Exchange(user.text, Reply(bot.text, 0, "eos", None, None)))
     prompt = session.prompt_ids(turns[-2].text)  # what inference feeds the model before the last reply
     reply = tok(" " + turns[-1].text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
     assert ids == prompt + reply  # token for token
-    assert list(types[len(prompt):]) == [COMPLETION] * (len(reply) - 1) + [SEP]
-    start = max((i + 1 for i, t in enumerate(types[:len(prompt)]) if t != PROMPT), default=0)
+    assert list(types[len(prompt) :]) == [COMPLETION] * (len(reply) - 1) + [SEP]
+    start = max((i + 1 for i, t in enumerate(types[: len(prompt)]) if t != PROMPT), default=0)
     last_human = tok(turns[-2].text, add_special_tokens=False)["input_ids"]
-    assert len(prompt) - start > len(last_human) and set(types[start:len(prompt)]) == {PROMPT}  # masked
-    assert SEP not in set(types[:len(prompt)]) and (turn_pairs == 1 or COMPLETION in set(types[:start]))
+    assert len(prompt) - start > len(last_human) and set(types[start : len(prompt)]) == {PROMPT}  # masked
+    assert SEP not in set(types[: len(prompt)]) and (turn_pairs == 1 or COMPLETION in set(types[:start]))

@@ -17,21 +17,36 @@ from tokenization_prep.articles import BOUNDARIES, ArticleSettings
 
 
 def add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--input_path", "--input_file_path", dest="input_path", required=True,
-                   help="JSONL (pairs, prompt/completion) or .txt file; pipeline also takes a directory")
+    p.add_argument(
+        "--input_path",
+        "--input_file_path",
+        dest="input_path",
+        required=True,
+        help="JSONL (pairs, prompt/completion) or .txt file; pipeline also takes a directory",
+    )
     p.add_argument("--output_path", required=True)
     p.add_argument("--pretrained_tokenizer", required=True, help="hub id or local tokenizer dir")
-    p.add_argument("--special_tokens_dict", default=None,
-                   help="special tokens to add, as a JSON dict, e.g. '{\"sep_token\": \"[SEP]\"}'")
+    p.add_argument(
+        "--special_tokens_dict",
+        default=None,
+        help='special tokens to add, as a JSON dict, e.g. \'{"sep_token": "[SEP]"}\'',
+    )
     p.add_argument("--prompt_prefix", default=None, help="text put before every non-empty prompt")
     p.add_argument("--prompt_postfix", default=None, help="text put after every non-empty prompt")
-    p.add_argument("--apply_chat_template", action="store_true",
-                   help="render pairs with the tokenizer's chat template (gdp's rule)")
-    p.add_argument("--log_file_path", default=None,
-                   help="log file (pipeline default: logs.log in the output dir; data_prep: none unless given)")
+    p.add_argument(
+        "--apply_chat_template",
+        action="store_true",
+        help="render pairs with the tokenizer's chat template (gdp's rule)",
+    )
+    p.add_argument(
+        "--log_file_path",
+        default=None,
+        help="log file (pipeline default: logs.log in the output dir; data_prep: none unless given)",
+    )
     p.add_argument("--max_seq_length", type=int, default=2048)
-    p.add_argument("--input_packing_config", default="full",
-                   help="full, or greedy|single|bfd :: drop|truncate_left|truncate_right")
+    p.add_argument(
+        "--input_packing_config", default="full", help="full, or greedy|single|bfd :: drop|truncate_left|truncate_right"
+    )
     p.add_argument("--packing_boundary", choices=BOUNDARIES, default="jsonl")
     p.add_argument("--attention_boundary", choices=BOUNDARIES, default="jsonl")
     p.add_argument("--prompt_keyword", default="prompt")
@@ -39,8 +54,11 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--disable_space_separator", action="store_true")
     p.add_argument("--keep_prompt_only_sequences", action="store_true")
     p.add_argument("--ignore_input_format_error", action="store_true")
-    p.add_argument("--categories_path", default=None,
-                   help="JSON file with the list of category names; each record's 'category' -> category_ids")
+    p.add_argument(
+        "--categories_path",
+        default=None,
+        help="JSON file with the list of category names; each record's 'category' -> category_ids",
+    )
     p.add_argument("--num_workers", type=int, default=None, help="tokenizer threads (output is identical)")
     p.add_argument("--overwrite_output_path", action="store_true")
 
@@ -50,26 +68,48 @@ def make_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", required=True)
     pipe = sub.add_parser("pipeline", help="shuffle, split and tokenize into train/dev HDF5 files")
     add_common(pipe)
-    pipe.add_argument("--shuffle", default="False", nargs="?", const="False", choices=["False", "on_RAM", "large_file"],
-                      help="False: gdp's round robin, line k to split k %% splits; on_RAM/large_file: our seeded "
-                           "shuffle (both shuffle line offsets, out of core)")
+    pipe.add_argument(
+        "--shuffle",
+        default="False",
+        nargs="?",
+        const="False",
+        choices=["False", "on_RAM", "large_file"],
+        help="False: gdp's round robin, line k to split k %% splits; on_RAM/large_file: our seeded "
+        "shuffle (both shuffle line offsets, out of core)",
+    )
     pipe.add_argument("--seed", type=int, default=42, help="ours: the shuffle's seed (gdp's is unseeded)")
-    pipe.add_argument("--model_config", default=None,
-                      help="ours: model dir or hub id for metadata's tokenizer_model_type (default: the tokenizer's)")
-    pipe.add_argument("--num_training_splits", type=int, default=None,
-                      help="default as gdp: 32 under 10 GiB of input, 128 under 100 GiB, else 256")
+    pipe.add_argument(
+        "--model_config",
+        default=None,
+        help="ours: model dir or hub id for metadata's tokenizer_model_type (default: the tokenizer's)",
+    )
+    pipe.add_argument(
+        "--num_training_splits",
+        type=int,
+        default=None,
+        help="default as gdp: 32 under 10 GiB of input, 128 under 100 GiB, else 256",
+    )
     pipe.add_argument("--num_dev_splits", type=int, default=None)
     pipe.add_argument("--num_test_splits", type=int, default=None)
     pipe.add_argument("--dev_ratio", type=float, default=None)
     pipe.add_argument("--test_ratio", type=float, default=None)
-    pipe.add_argument("--mix", default=None,
-                      help="ours: SOURCE=SHARE,... of the training split's supervised tokens (dolly=0.7,oasst=0.3),"
-                           " or SOURCE=xN repeat factors (oig=x1001); sources from each record's 'source'")
-    pipe.add_argument("--mix_tokens", default="input",
-                      help="ours: the supervised-token budget of share weights: input (default: the split's own), "
-                           "upsample (no named source loses data) or a number")
-    pipe.add_argument("--do_not_balance_hdf5", action="store_true",
-                      help="keep each file's own rows (default: equal row counts within one, as gdp)")
+    pipe.add_argument(
+        "--mix",
+        default=None,
+        help="ours: SOURCE=SHARE,... of the training split's supervised tokens (dolly=0.7,oasst=0.3),"
+        " or SOURCE=xN repeat factors (oig=x1001); sources from each record's 'source'",
+    )
+    pipe.add_argument(
+        "--mix_tokens",
+        default="input",
+        help="ours: the supervised-token budget of share weights: input (default: the split's own), "
+        "upsample (no named source loses data) or a number",
+    )
+    pipe.add_argument(
+        "--do_not_balance_hdf5",
+        action="store_true",
+        help="keep each file's own rows (default: equal row counts within one, as gdp)",
+    )
     pipe.add_argument("--keep_split_jsonls", action="store_true", help="keep splits/ with each file's input lines")
     one = sub.add_parser("data_prep", help="one input file -> one HDF5 file")
     add_common(one)
@@ -81,15 +121,26 @@ def make_parser() -> argparse.ArgumentParser:
     dec.add_argument("file")
     dec.add_argument("--index", type=int, default=None)
     dec.add_argument("--pretrained_tokenizer", default=None, help="default: the tokenizer/ saved beside the file")
-    dec.add_argument("--explain", action="store_true",
-                     help="print each article's origin (INPUT_FILE:LINE, source, id, category), then its text")
+    dec.add_argument(
+        "--explain",
+        action="store_true",
+        help="print each article's origin (INPUT_FILE:LINE, source, id, category), then its text",
+    )
     return ap
 
 
 def article_settings(args, is_text: bool = False) -> ArticleSettings:
-    return ArticleSettings(args.prompt_keyword, args.completion_keyword, args.disable_space_separator,
-                           args.keep_prompt_only_sequences, args.packing_boundary, args.attention_boundary, is_text,
-                           args.prompt_prefix or "", args.prompt_postfix or "")
+    return ArticleSettings(
+        args.prompt_keyword,
+        args.completion_keyword,
+        args.disable_space_separator,
+        args.keep_prompt_only_sequences,
+        args.packing_boundary,
+        args.attention_boundary,
+        is_text,
+        args.prompt_prefix or "",
+        args.prompt_postfix or "",
+    )
 
 
 def run(args) -> int:
@@ -107,16 +158,18 @@ def run(args) -> int:
         from tokenization_prep.metadata import check_verify
 
         check_verify(Path(args.output_path), args.max_seq_length)
-        print(f"{args.output_path}: metadata.yaml is gdp's DatasetMetadata; every file matches "
-              "sha256/files_metadata.json and manifest.sha256; HDF5 shapes match")
+        print(
+            f"{args.output_path}: metadata.yaml is gdp's DatasetMetadata; every file matches "
+            "sha256/files_metadata.json and manifest.sha256; HDF5 shapes match"
+        )
         return 0
     cpu_threads(args.num_workers)
     if args.max_seq_length < 1:
         raise DataError("--max_seq_length must be at least 1")
     if args.command == "data_prep":
         from tokenization_prep.packing import PackingConfig
-        from tokenization_prep.prep import data_prep_file
         from tokenization_prep.pipeline import check_log_path, read_categories
+        from tokenization_prep.prep import data_prep_file
         from tokenization_prep.tokenizer_io import tokenizer_for_data
 
         src, out = Path(args.input_path), Path(args.output_path)
@@ -132,8 +185,9 @@ def run(args) -> int:
         tok, render = tokenizer_for_data(args.pretrained_tokenizer, args.special_tokens_dict, args.apply_chat_template)
         settings = article_settings(args, src.suffix == ".txt")
         settings.chat_render = render
-        m = data_prep_file(src, out, tok, args.max_seq_length, config, settings, args.ignore_input_format_error,
-                           categories)
+        m = data_prep_file(
+            src, out, tok, args.max_seq_length, config, settings, args.ignore_input_format_error, categories
+        )
         summary = f"wrote {m.sequences:,} sequences ({m.articles:,} articles from {m.lines:,} lines) to {out}"
         if log_path:
             from data_prep.atomic import atomic_write
@@ -145,18 +199,39 @@ def run(args) -> int:
         return 0
     from tokenization_prep.pipeline import PipelineConfig, run_pipeline
 
-    cfg = PipelineConfig(args.input_path, args.output_path, args.pretrained_tokenizer, args.max_seq_length,
-                         args.input_packing_config, article_settings(args), args.shuffle, args.seed,
-                         args.num_training_splits, args.num_dev_splits, args.num_test_splits, args.dev_ratio,
-                         args.test_ratio, args.ignore_input_format_error, args.overwrite_output_path,
-                         args.categories_path, args.do_not_balance_hdf5, args.keep_split_jsonls,
-                         args.special_tokens_dict, args.model_config, args.log_file_path, args.apply_chat_template,
-                         args.mix, args.mix_tokens)
+    cfg = PipelineConfig(
+        args.input_path,
+        args.output_path,
+        args.pretrained_tokenizer,
+        args.max_seq_length,
+        args.input_packing_config,
+        article_settings(args),
+        args.shuffle,
+        args.seed,
+        args.num_training_splits,
+        args.num_dev_splits,
+        args.num_test_splits,
+        args.dev_ratio,
+        args.test_ratio,
+        args.ignore_input_format_error,
+        args.overwrite_output_path,
+        args.categories_path,
+        args.do_not_balance_hdf5,
+        args.keep_split_jsonls,
+        args.special_tokens_dict,
+        args.model_config,
+        args.log_file_path,
+        args.apply_chat_template,
+        args.mix,
+        args.mix_tokens,
+    )
     result = run_pipeline(cfg, log=lambda line: print(line, file=sys.stderr))
     print("\n".join(result["report"]))
     c = result["counts"]
-    print(f"output: {result['output']} ({c.train} train, {c.dev} dev, {c.test} test files; metadata.yaml, "
-          "sha256/files_metadata.json, data_report.md, PNG histograms, logs.log, manifest.sha256)")
+    print(
+        f"output: {result['output']} ({c.train} train, {c.dev} dev, {c.test} test files; metadata.yaml, "
+        "sha256/files_metadata.json, data_report.md, PNG histograms, logs.log, manifest.sha256)"
+    )
     return 0
 
 

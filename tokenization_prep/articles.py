@@ -138,8 +138,14 @@ def chat_line(obj: list, s: ArticleSettings) -> LineParts:
         prompt, completion = pair_strings(pair, s)
         prompts.append(prompt)
         completions.append(completion)
-    messages = [m for _ in prompts for m in ({"role": "user", "content": PROMPT_PLACEHOLDER},
-                                             {"role": "assistant", "content": COMPLETION_PLACEHOLDER})]
+    messages = [
+        m
+        for _ in prompts
+        for m in (
+            {"role": "user", "content": PROMPT_PLACEHOLDER},
+            {"role": "assistant", "content": COMPLETION_PLACEHOLDER},
+        )
+    ]
     pieces = _PLACEHOLDERS.split(s.chat_render(messages))
     prefix = ""
     for piece in pieces:
@@ -160,8 +166,10 @@ def chat_line(obj: list, s: ArticleSettings) -> LineParts:
             cur_p += piece
         elif piece.endswith(prefix):
             if not prefix:
-                raise InputFormatError("the chat template puts no text before the first user message, so turns "
-                                       "cannot be found (gdp fails the same way)")
+                raise InputFormatError(
+                    "the chat template puts no text before the first user message, so turns "
+                    "cannot be found (gdp fails the same way)"
+                )
             cur_c += piece.split(prefix)[0]
             parts.pairs.append((_wrap(cur_p, s), cur_c, None))
             state, cur_p, cur_c = "prompt", prefix, ""
@@ -176,8 +184,9 @@ def _wrap(prompt: str, s: ArticleSettings) -> str:
     return s.prompt_prefix + prompt + s.prompt_postfix if prompt else prompt
 
 
-def build_articles(parts: LineParts, encoded: list[list[int]], eos: int, s: ArticleSettings,
-                   bos: int | None = None) -> list[Article]:
+def build_articles(
+    parts: LineParts, encoded: list[list[int]], eos: int, s: ArticleSettings, bos: int | None = None
+) -> list[Article]:
     """Assemble the articles of one line from its encoded strings (prompt, completion per pair, in order).
 
     As gdp: a prompt loses a trailing EOS (and, with a chat template, a leading BOS); a completion loses a
@@ -215,8 +224,15 @@ def build_articles(parts: LineParts, encoded: list[list[int]], eos: int, s: Arti
 
 
 def _article(ids: list[int], types: list[int], category, parts: LineParts) -> Article:
-    return Article(np.asarray(ids, dtype=np.int32), np.asarray(types, dtype=np.int8), category, parts.source,
-                   parts.record_id, parts.file, parts.line)
+    return Article(
+        np.asarray(ids, dtype=np.int32),
+        np.asarray(types, dtype=np.int8),
+        category,
+        parts.source,
+        parts.record_id,
+        parts.file,
+        parts.line,
+    )
 
 
 def strings_to_encode(parts: LineParts) -> list[str]:
@@ -251,6 +267,6 @@ class ArticleTokenizer:
         out, pos = [], 0
         for parts in parts_list:
             n = sum(bool(p) + bool(c) for p, c, _ in parts.pairs)
-            out.append(build_articles(parts, encoded[pos:pos + n], self.eos, self.settings, self.bos))
+            out.append(build_articles(parts, encoded[pos : pos + n], self.eos, self.settings, self.bos))
             pos += n
         return out

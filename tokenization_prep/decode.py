@@ -39,11 +39,16 @@ def explain_row(tokenizer, f, row: int) -> str:
     out, end = [], 0
     for k, p in enumerate(row_pieces(f, row)):
         end = p.row_position + p.token_end - p.token_start
-        part = "" if (p.token_start, p.token_end) == (0, p.article_tokens) else \
-            f" tokens {p.token_start}-{p.token_end} of {p.article_tokens}"
-        out.append(f"--- article {k + 1}: {p.origin}  source={p.source or '-'} id={p.record_id or '-'} "
-                   f"category={p.category or '-'}{part}{' TRUNCATED' if p.truncated else ''}")
-        out.append(decode_sequence(tokenizer, ids[p.row_position:end], types[p.row_position:end]))
+        part = (
+            ""
+            if (p.token_start, p.token_end) == (0, p.article_tokens)
+            else f" tokens {p.token_start}-{p.token_end} of {p.article_tokens}"
+        )
+        out.append(
+            f"--- article {k + 1}: {p.origin}  source={p.source or '-'} id={p.record_id or '-'} "
+            f"category={p.category or '-'}{part}{' TRUNCATED' if p.truncated else ''}"
+        )
+        out.append(decode_sequence(tokenizer, ids[p.row_position : end], types[p.row_position : end]))
     if end < len(ids):
         out.append(decode_sequence(tokenizer, ids[end:], types[end:]))
     return "\n".join(out)
@@ -60,8 +65,10 @@ def decode_file(path: Path, tokenizer, index: int | None = None, explain: bool =
         if index is not None and not 0 <= index < len(ids):
             raise IndexError(f"--index {index} out of range: {path} has {len(ids)} sequences")
         if explain and not has_provenance(f):
-            raise ValueError(f"{path} has no provenance (written by generative_data_prep or an older "
-                             "tokenization_prep); re-tokenize it with python -m tokenization_prep to use --explain")
+            raise ValueError(
+                f"{path} has no provenance (written by generative_data_prep or an older "
+                "tokenization_prep); re-tokenize it with python -m tokenization_prep to use --explain"
+            )
         if explain:
             return [f"=== sequence {r} ===\n" + explain_row(tokenizer, f, r) for r in rows]
         return [f"=== sequence {r} ===\n" + decode_sequence(tokenizer, ids[r], types[r]) for r in rows]

@@ -99,13 +99,15 @@ class TokenStore:
         fi, ft, _ = self._readers
         fi.seek(4 * start)
         ft.seek(start)
-        return (np.frombuffer(fi.read(4 * (end - start)), dtype=np.int32),
-                np.frombuffer(ft.read(end - start), dtype=np.int8))
+        return (
+            np.frombuffer(fi.read(4 * (end - start)), dtype=np.int32),
+            np.frombuffer(ft.read(end - start), dtype=np.int8),
+        )
 
     def range_counts(self, a: int, s: int, e: int) -> np.ndarray:
         """Tokens per type in range [s, e) of article a (no disk read for a whole article)."""
         if s == 0 and e == self.lengths[a]:
-            return np.asarray(self.type_counts[4 * a:4 * a + 4])
+            return np.asarray(self.type_counts[4 * a : 4 * a + 4])
         base = self.offsets[a]
         return np.bincount(self.read(base + s, base + e)[1], minlength=4)[:4]
 
@@ -119,8 +121,15 @@ class TokenStore:
                 os.unlink(p)
 
 
-def materialize(store: TokenStore, seq: list[tuple[int, int, int]], pad_id: int, category_ids: dict[int, int] | None,
-                ids: np.ndarray, types: np.ndarray, cats: np.ndarray | None) -> None:
+def materialize(
+    store: TokenStore,
+    seq: list[tuple[int, int, int]],
+    pad_id: int,
+    category_ids: dict[int, int] | None,
+    ids: np.ndarray,
+    types: np.ndarray,
+    cats: np.ndarray | None,
+) -> None:
     """Fill one row (ids, types, cats views of length L) with a sequence, padded with ``pad_id`` / type 2."""
     ids.fill(pad_id)
     types.fill(PADDING)
@@ -130,10 +139,10 @@ def materialize(store: TokenStore, seq: list[tuple[int, int, int]], pad_id: int,
     for a, s, e in seq:
         base = store.offsets[a]
         i, t = store.read(base + s, base + e)
-        ids[pos:pos + e - s] = i
-        types[pos:pos + e - s] = t
+        ids[pos : pos + e - s] = i
+        types[pos : pos + e - s] = t
         if cats is not None:
-            cats[pos:pos + e - s] = category_ids.get(store.categories[a], -1)
+            cats[pos : pos + e - s] = category_ids.get(store.categories[a], -1)
         pos += e - s
 
 
@@ -141,8 +150,15 @@ def has_completion(store: TokenStore, seq: list[tuple[int, int, int]]) -> bool:
     return any(store.range_counts(a, s, e)[COMPLETION] for a, s, e in seq)
 
 
-def write_hdf5(path: Path, store: TokenStore, seqs, max_len: int, pad_id: int, category_ids: dict[int, int] | None,
-               truncated: np.ndarray | None = None) -> None:
+def write_hdf5(
+    path: Path,
+    store: TokenStore,
+    seqs,
+    max_len: int,
+    pad_id: int,
+    category_ids: dict[int, int] | None,
+    truncated: np.ndarray | None = None,
+) -> None:
     """Write sequences to ``path`` atomically (temp name, then rename), in blocks of rows, with their provenance
     (``truncated[a]``: article a lost tokens somewhere in the split)."""
     import h5py
@@ -155,19 +171,29 @@ def write_hdf5(path: Path, store: TokenStore, seqs, max_len: int, pad_id: int, c
         chunk = (max(1, min(n, 64)), max_len)
         d_ids = f.create_dataset("input_ids", (n, max_len), dtype="i4", chunks=chunk if n else None)
         d_types = f.create_dataset("token_type_ids", (n, max_len), dtype="i4", chunks=chunk if n else None)
-        d_cats = (f.create_dataset("category_ids", (n, max_len), dtype="i4", chunks=chunk if n else None)
-                  if category_ids is not None else None)
+        d_cats = (
+            f.create_dataset("category_ids", (n, max_len), dtype="i4", chunks=chunk if n else None)
+            if category_ids is not None
+            else None
+        )
         block_ids = np.empty((BLOCK_ROWS, max_len), dtype=np.int32)  # reused: memory flat in n
         block_types = np.empty_like(block_ids)
         block_cats = np.empty_like(block_ids) if d_cats is not None else None
         for lo in range(0, n, BLOCK_ROWS):
             hi = min(n, lo + BLOCK_ROWS)
             for r, k in enumerate(range(lo, hi)):
-                materialize(store, seqs[k], pad_id, category_ids, block_ids[r], block_types[r],
-                            block_cats[r] if block_cats is not None else None)
-            d_ids[lo:hi] = block_ids[:hi - lo]
-            d_types[lo:hi] = block_types[:hi - lo]
+                materialize(
+                    store,
+                    seqs[k],
+                    pad_id,
+                    category_ids,
+                    block_ids[r],
+                    block_types[r],
+                    block_cats[r] if block_cats is not None else None,
+                )
+            d_ids[lo:hi] = block_ids[: hi - lo]
+            d_types[lo:hi] = block_types[: hi - lo]
             if d_cats is not None:
-                d_cats[lo:hi] = block_cats[:hi - lo]
+                d_cats[lo:hi] = block_cats[: hi - lo]
         write_provenance(f, store, seqs, truncated)
     os.replace(tmp, path)

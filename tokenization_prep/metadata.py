@@ -25,19 +25,34 @@ from tokenization_prep.schema import FILES_METADATA, DatasetMetadata, TokenizedM
 def dataset_metadata(cfg, tok, model_type: str, counts, sizes: dict, splits: dict, packing: str, pad: int) -> dict:
     """The metadata.yaml dict: gdp's keys with gdp's meanings, then ours."""
     meta = {
-        "max_seq_length": cfg.max_seq_length, "token_type_ids": True, "vocab_size": tok.vocab_size,
-        "tokenizer_model_type": model_type, "number_of_training_files": counts.train,
-        "number_of_dev_files": counts.dev, "number_of_test_files": counts.test,
+        "max_seq_length": cfg.max_seq_length,
+        "token_type_ids": True,
+        "vocab_size": tok.vocab_size,
+        "tokenizer_model_type": model_type,
+        "number_of_training_files": counts.train,
+        "number_of_dev_files": counts.dev,
+        "number_of_test_files": counts.test,
         "max_batch_size_train": min(sizes["train"]),
         "max_batch_size_dev": min(sizes["dev"]) if sizes.get("dev") else None,
     }
     for kind, m in splits.items():
         meta.update({f"{kind}_{k}": v for k, v in m.gdp_metrics(cfg.max_seq_length).items()})
-    meta.update({"total_vocab_size": len(tok), "eos_token_id": tok.eos_token_id, "pad_token_id": pad,
-                 "input_packing_config": packing, "shuffle": cfg.shuffle, "seed": cfg.seed,
-                 "category_ids": cfg.categories_path is not None, "tokenizer_dir": "tokenizer",
-                 "mix": cfg.mix, "mix_tokens": cfg.mix_tokens if cfg.mix else None, "provenance": True,
-                 "tokenizer_sha256": tokenizer_fingerprint(tok)})
+    meta.update(
+        {
+            "total_vocab_size": len(tok),
+            "eos_token_id": tok.eos_token_id,
+            "pad_token_id": pad,
+            "input_packing_config": packing,
+            "shuffle": cfg.shuffle,
+            "seed": cfg.seed,
+            "category_ids": cfg.categories_path is not None,
+            "tokenizer_dir": "tokenizer",
+            "mix": cfg.mix,
+            "mix_tokens": cfg.mix_tokens if cfg.mix else None,
+            "provenance": True,
+            "tokenizer_sha256": tokenizer_fingerprint(tok),
+        }
+    )
     TokenizedMetadata.model_validate(meta)
     return meta
 
@@ -49,8 +64,13 @@ def files_metadata_key(out: Path, path: Path) -> str:
 
 def listed_files(out: Path) -> list[Path]:
     """Every file gdp's ``validate_sha256`` expects a hash for: all but ``sha256/`` (and our temp files)."""
-    return sorted(p for p in out.rglob("*") if p.is_file() and p.relative_to(out).parts[0] != "sha256"
-                  and not (p.name.startswith(".") and p.name.endswith(".tmp")))
+    return sorted(
+        p
+        for p in out.rglob("*")
+        if p.is_file()
+        and p.relative_to(out).parts[0] != "sha256"
+        and not (p.name.startswith(".") and p.name.endswith(".tmp"))
+    )
 
 
 def write_files_metadata(out: Path, pending: dict[str, bytes]) -> None:
@@ -63,8 +83,11 @@ def write_files_metadata(out: Path, pending: dict[str, bytes]) -> None:
     entries = {}
     for path in listed_files(out):
         st = path.stat()
-        entries[files_metadata_key(out, path)] = {"sha256": sha256_file(path), "size": st.st_size,
-                                                  "modified_time": st.st_mtime}
+        entries[files_metadata_key(out, path)] = {
+            "sha256": sha256_file(path),
+            "size": st.st_size,
+            "modified_time": st.st_mtime,
+        }
     for name, data in pending.items():  # gdp rehashes when the time differs, so the hash is what counts
         entries[name] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data), "modified_time": time.time()}
     (out / "sha256").mkdir(exist_ok=True)
@@ -97,8 +120,10 @@ def verify(out: Path, max_seq_length: int | None = None) -> list[str]:
             listed = orjson.loads(fm.read_bytes())
         except orjson.JSONDecodeError:
             listed = None
-        if not isinstance(listed, dict) or not all(isinstance(e, dict) and isinstance(e.get("sha256"), str)
-                                                   and isinstance(e.get("size"), int) for e in listed.values()):
+        if not isinstance(listed, dict) or not all(
+            isinstance(e, dict) and isinstance(e.get("sha256"), str) and isinstance(e.get("size"), int)
+            for e in listed.values()
+        ):
             return problems + [f"{fm}: not gdp's files_metadata.json (key -> sha256, size, modified_time)"]
         on_disk = {files_metadata_key(out, p): p for p in listed_files(out)}
         for key, entry in listed.items():
@@ -109,8 +134,9 @@ def verify(out: Path, max_seq_length: int | None = None) -> list[str]:
                 continue
             elif os.path.getsize(path) != entry["size"] or sha256_file(path) != entry["sha256"]:
                 problems.append(f"{key}: changed since it was written (sha256 differs)")
-        problems += [f"{key}: not listed in {FILES_METADATA}" for key in sorted(set(on_disk) - set(listed))
-                     if "logs" not in key]
+        problems += [
+            f"{key}: not listed in {FILES_METADATA}" for key in sorted(set(on_disk) - set(listed)) if "logs" not in key
+        ]
     from tokenization_prep.pipeline import verify_manifest
 
     problems += [f"{rel}: does not match manifest.sha256" for rel in verify_manifest(out)]

@@ -44,8 +44,10 @@ class MixSpec:
             except ValueError:
                 number = math.nan
             if not sep or not name.strip() or not math.isfinite(number) or number < 0:
-                raise DataError(f"--mix {text}: '{item}' is not SOURCE=WEIGHT (a share such as dolly=0.7, or a repeat "
-                                "factor such as oig=x1001, never negative)")
+                raise DataError(
+                    f"--mix {text}: '{item}' is not SOURCE=WEIGHT (a share such as dolly=0.7, or a repeat "
+                    "factor such as oig=x1001, never negative)"
+                )
             if name.strip() in weights:
                 raise DataError(f"--mix {text}: source '{name.strip()}' is named twice")
             weights[name.strip()] = number
@@ -98,7 +100,7 @@ def _sample(articles: np.ndarray, sup: np.ndarray, target: float, rng: np.random
     if k >= len(perm):
         return perm
     under = cum[k - 1] if k else 0
-    return perm[:k + 1] if cum[k] - target <= target - under else perm[:k]
+    return perm[: k + 1] if cum[k] - target <= target - under else perm[:k]
 
 
 def select(store: TokenStore, spec: MixSpec, sup: np.ndarray, seed: int) -> tuple[np.ndarray, dict, list[str]]:
@@ -109,19 +111,27 @@ def select(store: TokenStore, spec: MixSpec, sup: np.ndarray, seed: int) -> tupl
     by_source = {("-" if c < 0 else names[c]): np.flatnonzero(codes == c).astype(np.int32) for c in np.unique(codes)}
     missing = [s for s in spec.weights if s not in by_source]
     if missing:
-        raise DataError(f"--mix: source {', '.join(repr(s) for s in missing)} is not in the training split "
-                        f"(its sources: {', '.join(sorted(by_source))}); a record's source is its 'source' field")
+        raise DataError(
+            f"--mix: source {', '.join(repr(s) for s in missing)} is not in the training split "
+            f"(its sources: {', '.join(sorted(by_source))}); a record's source is its 'source' field"
+        )
     totals = {s: int(sup[a].sum()) for s, a in by_source.items()}
     for s, w in spec.weights.items():
         if w > 0 and totals[s] == 0:
-            raise DataError(f"--mix: source '{s}' has no supervised tokens within max_seq_length to mix; give it "
-                            "weight 0 or leave it out")
+            raise DataError(
+                f"--mix: source '{s}' has no supervised tokens within max_seq_length to mix; give it "
+                "weight 0 or leave it out"
+            )
     if spec.repeat:
         targets = {s: w * totals[s] for s, w in spec.weights.items()}
     else:
-        budget = (sum(totals.values()) if spec.budget == "input" else
-                  max(totals[s] / w for s, w in spec.weights.items() if w > 0) if spec.budget == "upsample" else
-                  spec.budget)
+        budget = (
+            sum(totals.values())
+            if spec.budget == "input"
+            else max(totals[s] / w for s, w in spec.weights.items() if w > 0)
+            if spec.budget == "upsample"
+            else spec.budget
+        )
         targets = {s: w * budget for s, w in spec.weights.items()}
     chosen = []
     for s in sorted(targets):
@@ -133,14 +143,19 @@ def select(store: TokenStore, spec: MixSpec, sup: np.ndarray, seed: int) -> tupl
     order = np.concatenate(chosen) if chosen else np.zeros(0, dtype=np.int32)
     order = order[np.random.default_rng([seed, 1]).permutation(len(order))].astype(np.int32)
     left_out = sorted(set(by_source) - set(spec.weights))
-    warnings = [f"warning: --mix leaves out source(s) {', '.join(left_out)} of the training split (not named); "
-                "name them with a weight to keep them"] if left_out else []
+    warnings = (
+        [
+            f"warning: --mix leaves out source(s) {', '.join(left_out)} of the training split (not named); "
+            "name them with a weight to keep them"
+        ]
+        if left_out
+        else []
+    )
     grand = sum(targets.values())
     return order, {s: targets.get(s, 0.0) / grand for s in by_source}, warnings
 
 
-def realized(store: TokenStore, trained: dict, copies: np.ndarray, kept: np.ndarray,
-             requested: dict | None) -> dict:
+def realized(store: TokenStore, trained: dict, copies: np.ndarray, kept: np.ndarray, requested: dict | None) -> dict:
     """Per source: requested share (None without ``--mix``), realized share of the supervised tokens in the written
     rows, those tokens, articles written (copies counted) and repeats (copies per input article)."""
     names = store.names(store.source_names)
@@ -151,7 +166,11 @@ def realized(store: TokenStore, trained: dict, copies: np.ndarray, kept: np.ndar
         name = "-" if c < 0 else names[c]
         mine = codes == c
         written = int((copies[mine] * (kept[mine] > 0)).sum())
-        out[name] = {"requested": None if requested is None else round(requested.get(name, 0.0), 6),
-                     "realized": round(trained.get(c, 0) / total, 6), "supervised_tokens": int(trained.get(c, 0)),
-                     "articles": written, "repeats": round(float(copies[mine].sum()) / int(mine.sum()), 4)}
+        out[name] = {
+            "requested": None if requested is None else round(requested.get(name, 0.0), 6),
+            "realized": round(trained.get(c, 0) / total, 6),
+            "supervised_tokens": int(trained.get(c, 0)),
+            "articles": written,
+            "repeats": round(float(copies[mine].sum()) / int(mine.sum()), 4),
+        }
     return out

@@ -27,15 +27,21 @@ from tokenization_prep.hdf5_io import TokenStore, write_hdf5
 from tokenization_prep.metadata import dataset_metadata, write_files_metadata
 from tokenization_prep.mixing import MixSpec, realized, select, trainable_supervised
 from tokenization_prep.packing import PackingConfig, Plan
-from tokenization_prep.prep import (SplitMetrics, category_table, clean_line, lost_articles, pack_store,
-                                   record_sequences, tokenize_into)
+from tokenization_prep.prep import (
+    SplitMetrics,
+    category_table,
+    clean_line,
+    lost_articles,
+    pack_store,
+    record_sequences,
+    tokenize_into,
+)
 from tokenization_prep.report import write_report
 from tokenization_prep.schema import MANIFEST, MARKER
 from tokenization_prep.splits import SplitCounts, balance, split_counts, split_names
 from tokenization_prep.tokenizer_io import pad_id, tokenizer_for_data, tokenizer_model_type
 
 SHUFFLES = ("False", "on_RAM", "large_file")
-
 
 
 @dataclass
@@ -126,8 +132,10 @@ def prepare_output_dir(out: Path, overwrite: bool) -> None:
     if out.is_dir() and any(out.iterdir()):
         ours = (out / MARKER).exists()
         if not ours:
-            raise DataError(f"--output_path {out} is not empty and was not written by tokenization_prep; "
-                            "choose an empty or new directory")
+            raise DataError(
+                f"--output_path {out} is not empty and was not written by tokenization_prep; "
+                "choose an empty or new directory"
+            )
         if (out / MANIFEST).exists() and not overwrite:
             raise DataError(f"--output_path {out} already holds a finished output; pass --overwrite_output_path")
         shutil.rmtree(out)
@@ -166,13 +174,22 @@ def tokenize_kind(kind: str, parts: list[np.ndarray], files, index, tok, cfg, pc
     """Tokenize each file of one split kind (train or dev) on its own, pack it on its own, balance, write."""
     metrics, store = SplitMetrics(), TokenStore(out, kind)
     try:
+
         def tagged():  # every file's lines in turn, tagged with the file: one pipelined tokenizer pass
             for j, part in enumerate(parts):
                 for file, lineno, raw in read_lines(files, *index, part):
                     yield file, lineno, raw, j
 
-        tokenize_into(tagged(), ArticleTokenizer(tok, cfg.article), store, metrics, cfg.ignore_input_format_error,
-                      skipped, total=sum(len(p) for p in parts), desc=f"tokenizing {kind}")
+        tokenize_into(
+            tagged(),
+            ArticleTokenizer(tok, cfg.article),
+            store,
+            metrics,
+            cfg.ignore_input_format_error,
+            skipped,
+            total=sum(len(p) for p in parts),
+            desc=f"tokenizing {kind}",
+        )
         requested = None
         if kind == "train" and cfg.mix:  # the mixed articles, in a seeded order, cut into near-equal files
             sup = trainable_supervised(store, cfg.max_seq_length, pconf)
@@ -186,33 +203,52 @@ def tokenize_kind(kind: str, parts: list[np.ndarray], files, index, tok, cfg, pc
             orders = [np.arange(cuts[j], cuts[j + 1], dtype=np.int32) for j in range(len(parts))]
         rows, allp = [], Plan()
         if pconf.style == "bfd":  # ours: best fit over the whole split, in a seeded order, cut into files
-            allp = pack_store(store, cfg.max_seq_length, pconf, cfg.article.keep_prompt_only_sequences, metrics,
-                              np.concatenate(orders))
+            allp = pack_store(
+                store,
+                cfg.max_seq_length,
+                pconf,
+                cfg.article.keep_prompt_only_sequences,
+                metrics,
+                np.concatenate(orders),
+            )
             allp = allp.select(np.random.default_rng(cfg.seed + 1).permutation(len(allp)))
             rows = [list(range(lo, hi)) for lo, hi in chunks(len(allp), len(parts))]
         else:  # gdp: each file packed on its own
             for order in orders:
-                seqs = pack_store(store, cfg.max_seq_length, pconf, cfg.article.keep_prompt_only_sequences,
-                                  metrics, order)
+                seqs = pack_store(
+                    store, cfg.max_seq_length, pconf, cfg.article.keep_prompt_only_sequences, metrics, order
+                )
                 rows.append(list(range(len(allp), len(allp) + len(seqs))))
                 allp.extend(seqs)
         record_sequences(store, allp, cfg.max_seq_length, metrics)
         if allp and metrics.tokens["completion"] == 0:
-            raise DataError(f"{kind} split has no completion tokens: nothing would be trained; check "
-                            "--prompt_keyword/--completion_keyword or the packing settings")
+            raise DataError(
+                f"{kind} split has no completion tokens: nothing would be trained; check "
+                "--prompt_keyword/--completion_keyword or the packing settings"
+            )
         if not cfg.do_not_balance_hdf5:
             rows = balance(rows)
         empty = [j + 1 for j, r in enumerate(rows) if not r]
         if empty:
-            raise DataError(f"{kind} file {empty[0]} of {len(rows)} would hold no sequences ({len(allp)} in all); "
-                            f"lower --num_{'training' if kind == 'train' else kind}_splits")
+            raise DataError(
+                f"{kind} file {empty[0]} of {len(rows)} would hold no sequences ({len(allp)} in all); "
+                f"lower --num_{'training' if kind == 'train' else kind}_splits"
+            )
         cat_ids = category_table(store, categories)
         truncated = lost_articles(store, metrics)
-        metrics.mix = realized(store, metrics.trained, metrics.per_article["copies"], metrics.per_article["kept"],
-                               requested)
+        metrics.mix = realized(
+            store, metrics.trained, metrics.per_article["copies"], metrics.per_article["kept"], requested
+        )
         for j, r in enumerate(rows):
-            write_hdf5(out / f"{kind}_{j + 1}_of_{len(rows)}.hdf5", store, allp.select(r), cfg.max_seq_length,
-                       pad_id(tok), cat_ids, truncated)
+            write_hdf5(
+                out / f"{kind}_{j + 1}_of_{len(rows)}.hdf5",
+                store,
+                allp.select(r),
+                cfg.max_seq_length,
+                pad_id(tok),
+                cat_ids,
+                truncated,
+            )
         return metrics, [len(r) for r in rows]
     finally:
         store.cleanup()
@@ -248,8 +284,9 @@ def read_categories(spec: str | None) -> list[str] | None:
 
 def run_pipeline(cfg: PipelineConfig, log=print) -> dict:
     """Run everything; return a summary dict (also the report lines under 'report'). ``log`` gets warnings."""
-    logged = [f"{k}: {v}" for k, v in vars(cfg).items() if k != "article"] + \
-        [f"{k}: {v}" for k, v in vars(cfg.article).items() if k != "chat_render"]
+    logged = [f"{k}: {v}" for k, v in vars(cfg).items() if k != "article"] + [
+        f"{k}: {v}" for k, v in vars(cfg.article).items() if k != "chat_render"
+    ]
 
     def warn(line: str) -> None:
         logged.append(line)
@@ -263,8 +300,14 @@ def run_pipeline(cfg: PipelineConfig, log=print) -> dict:
         cfg.article = replace(cfg.article, is_text=True)
     if cfg.shuffle not in SHUFFLES:
         raise DataError(f"--shuffle {cfg.shuffle}: choose one of {', '.join(SHUFFLES)}")
-    counts = split_counts(sum(p.stat().st_size for p in files), cfg.num_training_splits, cfg.num_dev_splits,
-                          cfg.num_test_splits, cfg.dev_ratio, cfg.test_ratio)
+    counts = split_counts(
+        sum(p.stat().st_size for p in files),
+        cfg.num_training_splits,
+        cfg.num_dev_splits,
+        cfg.num_test_splits,
+        cfg.dev_ratio,
+        cfg.test_ratio,
+    )
     for w in counts.warnings:
         warn(w)
     tok, render = tokenizer_for_data(cfg.pretrained_tokenizer, cfg.special_tokens_dict, cfg.apply_chat_template)
@@ -276,8 +319,10 @@ def run_pipeline(cfg: PipelineConfig, log=print) -> dict:
     log_path = check_log_path(cfg.log_file_path) or out / "logs.log"
     index, glob, n_all = index_lines(files)
     if n_all < counts.total + 2:
-        raise DataError(f"{n_all} input lines cannot fill {counts.train} training, {counts.dev} dev and {counts.test} "
-                        f"test splits (gdp needs at least splits + 2 lines); lower --num_training_splits or the ratios")
+        raise DataError(
+            f"{n_all} input lines cannot fill {counts.train} training, {counts.dev} dev and {counts.test} "
+            f"test splits (gdp needs at least splits + 2 lines); lower --num_training_splits or the ratios"
+        )
     prepare_output_dir(out, cfg.overwrite_output_path)
     parts = assign_lines(glob, counts, cfg.shuffle, cfg.seed)
     names = split_names(counts)
@@ -296,8 +341,9 @@ def run_pipeline(cfg: PipelineConfig, log=print) -> dict:
     splits, sizes = {}, {}
     for kind in ("train", "dev"):
         if by_kind[kind]:
-            splits[kind], sizes[kind] = tokenize_kind(kind, by_kind[kind], files, index, tok, cfg, pconf, out,
-                                                      categories, skipped, warn)
+            splits[kind], sizes[kind] = tokenize_kind(
+                kind, by_kind[kind], files, index, tok, cfg, pconf, out, categories, skipped, warn
+            )
     if skipped:
         with atomic_write(out / "skipped_lines.jsonl") as fh:
             fh.write(b"\n".join(skipped) + b"\n")
@@ -312,12 +358,20 @@ def run_pipeline(cfg: PipelineConfig, log=print) -> dict:
         yaml.safe_dump(metadata, fh, sort_keys=True)
     lines = write_report(splits, cfg.max_seq_length, out, {"metadata": metadata})
     if why:  # said once the run succeeded, so that an error stays one line
-        warn(f"warning: metadata.yaml's tokenizer_model_type is unknown ({why}); gdp's validator compares it with "
-             "the model's config type: pass --model_config with the model's dir or hub id")
+        warn(
+            f"warning: metadata.yaml's tokenizer_model_type is unknown ({why}); gdp's validator compares it with "
+            "the model's config type: pass --model_config with the model's dir or hub id"
+        )
     with atomic_write(log_path, "w") as fh:
         fh.write("\n".join(logged + lines) + "\n")
-    entries = sorted(p for p in out.rglob("*") if p.is_file() and p.name not in (MANIFEST, MARKER, "logs.log")
-                     and not p.name.startswith(".") and p.relative_to(out).parts[0] != "sha256")
+    entries = sorted(
+        p
+        for p in out.rglob("*")
+        if p.is_file()
+        and p.name not in (MANIFEST, MARKER, "logs.log")
+        and not p.name.startswith(".")
+        and p.relative_to(out).parts[0] != "sha256"
+    )
     manifest = "".join(f"{sha256_file(p)}  {p.relative_to(out).as_posix()}\n" for p in entries).encode()
     write_files_metadata(out, {MANIFEST: manifest})
     with atomic_write(out / MANIFEST) as fh:  # last: an output without it is incomplete

@@ -7,10 +7,10 @@ go to a skipped-lines log and are counted.
 
 from __future__ import annotations
 
-from array import array
 import sys
-from concurrent.futures import ThreadPoolExecutor
+from array import array
 from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -21,8 +21,16 @@ from tqdm import tqdm
 
 from data_prep.atomic import atomic_write
 from data_prep.readers import DataError
-from tokenization_prep.articles import (COMPLETION, PROMPT, SEP, ArticleSettings, ArticleTokenizer, InputFormatError,
-                                        LineParts, parse_line)
+from tokenization_prep.articles import (
+    COMPLETION,
+    PROMPT,
+    SEP,
+    ArticleSettings,
+    ArticleTokenizer,
+    InputFormatError,
+    LineParts,
+    parse_line,
+)
 from tokenization_prep.hdf5_io import TokenStore, has_completion, write_hdf5
 from tokenization_prep.packing import PackingConfig, Plan, plan
 from tokenization_prep.tokenizer_io import pad_id
@@ -65,19 +73,30 @@ class SplitMetrics:
         """gdp's per-split metrics under its names (``Metrics``), with its meanings: ``articles`` counts lines
         read, ``completion_tokens`` includes end-of-article tokens, the all-prompt drop counts whole rows."""
         packing = sum(n for r, n in self.dropped.items() if r.startswith("longer than max_seq_length"))
-        return {"input_tokens": int(np.frombuffer(self.article_lengths, dtype=np.int32).sum()),
-                "output_tokens": self.sequences * max_len,
-                "prompt_tokens": self.tokens["prompt"],
-                "completion_tokens": self.tokens["completion"] + self.tokens["end_of_article"],
-                "padding_tokens": self.tokens["padding"], "sequences": self.sequences, "articles": self.lines,
-                "tokens_dropped_from_packing": packing,
-                "tokens_dropped_from_all_prompt": self.prompt_only_sequences * max_len}
+        return {
+            "input_tokens": int(np.frombuffer(self.article_lengths, dtype=np.int32).sum()),
+            "output_tokens": self.sequences * max_len,
+            "prompt_tokens": self.tokens["prompt"],
+            "completion_tokens": self.tokens["completion"] + self.tokens["end_of_article"],
+            "padding_tokens": self.tokens["padding"],
+            "sequences": self.sequences,
+            "articles": self.lines,
+            "tokens_dropped_from_packing": packing,
+            "tokens_dropped_from_all_prompt": self.prompt_only_sequences * max_len,
+        }
 
     def as_dict(self) -> dict:
-        return {"lines": self.lines, "skipped_lines": self.skipped_lines, "articles": self.articles,
-                "sequences": self.sequences, "tokens": dict(self.tokens), "tokens_dropped": dict(self.dropped),
-                "tokens_by_source": {k: dict(v) for k, v in sorted(self.by_source.items())},
-                "lost_articles": self.lost, "mix": self.mix}
+        return {
+            "lines": self.lines,
+            "skipped_lines": self.skipped_lines,
+            "articles": self.articles,
+            "sequences": self.sequences,
+            "tokens": dict(self.tokens),
+            "tokens_dropped": dict(self.dropped),
+            "tokens_by_source": {k: dict(v) for k, v in sorted(self.by_source.items())},
+            "lost_articles": self.lost,
+            "mix": self.mix,
+        }
 
 
 def _parsed_batches(lines, settings, metrics, ignore_errors, skipped_log) -> Iterator[list[LineParts]]:
@@ -90,8 +109,10 @@ def _parsed_batches(lines, settings, metrics, ignore_errors, skipped_log) -> Ite
             parts.tag, parts.file, parts.line = (tag[0] if tag else 0), file, lineno
         except InputFormatError as exc:
             if not ignore_errors:
-                raise DataError(f"{file}:{lineno}: {exc} (fix the line, or pass --ignore_input_format_error "
-                                "to skip and log such lines)") from None
+                raise DataError(
+                    f"{file}:{lineno}: {exc} (fix the line, or pass --ignore_input_format_error "
+                    "to skip and log such lines)"
+                ) from None
             metrics.skipped_lines += 1
             skipped_log.append(orjson.dumps({"file": file, "line": lineno, "reason": str(exc)}))
             continue
@@ -105,9 +126,16 @@ def _parsed_batches(lines, settings, metrics, ignore_errors, skipped_log) -> Ite
         yield batch
 
 
-def tokenize_into(lines: Iterable[tuple[str, int, bytes]], atok: ArticleTokenizer, store: TokenStore,
-                  metrics: SplitMetrics, ignore_errors: bool, skipped_log: list[bytes], total: int | None = None,
-                  desc: str = "tokenizing") -> None:
+def tokenize_into(
+    lines: Iterable[tuple[str, int, bytes]],
+    atok: ArticleTokenizer,
+    store: TokenStore,
+    metrics: SplitMetrics,
+    ignore_errors: bool,
+    skipped_log: list[bytes],
+    total: int | None = None,
+    desc: str = "tokenizing",
+) -> None:
     """Parse, encode and store every line's articles, in order.
 
     Pipelined: while the Rust tokenizer encodes batch k on a worker thread (GIL released), this thread
@@ -140,8 +168,14 @@ def tokenize_into(lines: Iterable[tuple[str, int, bytes]], atok: ArticleTokenize
     store.seal()
 
 
-def pack_store(store: TokenStore, max_len: int, config: PackingConfig, keep_prompt_only: bool,
-               metrics: SplitMetrics, order: np.ndarray | None = None) -> Plan:
+def pack_store(
+    store: TokenStore,
+    max_len: int,
+    config: PackingConfig,
+    keep_prompt_only: bool,
+    metrics: SplitMetrics,
+    order: np.ndarray | None = None,
+) -> Plan:
     """Plan sequences of the articles ``order`` (store indices, repeats allowed; default all, in store order), drop
     completion-less ones unless kept, and count dropped tokens, in all and per article."""
     order = np.arange(len(store), dtype=np.int32) if order is None else np.asarray(order, dtype=np.int32)
@@ -152,8 +186,11 @@ def pack_store(store: TokenStore, max_len: int, config: PackingConfig, keep_prom
     kept = np.frombuffer(seqs.end, dtype=np.int32).sum() - np.frombuffer(seqs.start, dtype=np.int32).sum()
     lost = int(lengths.sum() - kept)
     if config.overflow and lost:
-        reason = "longer than max_seq_length (dropped)" if config.overflow == "drop" else \
-            f"longer than max_seq_length ({config.overflow})"
+        reason = (
+            "longer than max_seq_length (dropped)"
+            if config.overflow == "drop"
+            else f"longer than max_seq_length ({config.overflow})"
+        )
         metrics.dropped[reason] += lost
     if not keep_prompt_only:
         keep = []
@@ -179,14 +216,23 @@ def lost_articles(store: TokenStore, metrics: SplitMetrics) -> np.ndarray:
     files, sources, cats = (store.names(t) for t in (store.file_names, store.source_names, store.category_names))
     for a in np.flatnonzero(truncated).tolist():
         copies = int(pa["copies"][a])
-        reasons = (["longer than max_seq_length"] if pa["packed"][a] < expected[a] else []) + \
-            (["in a row without completion tokens"] if pa["kept"][a] < pa["packed"][a] else [])
-        metrics.lost.append({
-            "status": "dropped" if pa["kept"][a] == 0 else "truncated", "reason": " + ".join(reasons),
-            "file": files[store.files[a]] if store.files[a] >= 0 else None, "line": store.lines[a],
-            "id": store.record_id(a), "source": sources[store.sources[a]] if store.sources[a] >= 0 else None,
-            "category": cats[store.categories[a]] if store.categories[a] >= 0 else None,
-            "tokens": int(lengths[a]), "copies": copies, "tokens_kept": int(pa["kept"][a]) // copies})
+        reasons = (["longer than max_seq_length"] if pa["packed"][a] < expected[a] else []) + (
+            ["in a row without completion tokens"] if pa["kept"][a] < pa["packed"][a] else []
+        )
+        metrics.lost.append(
+            {
+                "status": "dropped" if pa["kept"][a] == 0 else "truncated",
+                "reason": " + ".join(reasons),
+                "file": files[store.files[a]] if store.files[a] >= 0 else None,
+                "line": store.lines[a],
+                "id": store.record_id(a),
+                "source": sources[store.sources[a]] if store.sources[a] >= 0 else None,
+                "category": cats[store.categories[a]] if store.categories[a] >= 0 else None,
+                "tokens": int(lengths[a]),
+                "copies": copies,
+                "tokens_kept": int(pa["kept"][a]) // copies,
+            }
+        )
     metrics.lost.sort(key=lambda r: (r["file"] or "", r["line"]))
     return truncated
 
@@ -231,20 +277,35 @@ def category_table(store: TokenStore, categories: list[str] | None) -> dict[int,
     return {code: index[name] for name, code in store.category_names.items()}
 
 
-def data_prep_file(input_path: Path, output_path: Path, tokenizer, max_len: int, config: PackingConfig,
-                   settings: ArticleSettings, ignore_errors: bool = False,
-                   categories: list[str] | None = None) -> SplitMetrics:
+def data_prep_file(
+    input_path: Path,
+    output_path: Path,
+    tokenizer,
+    max_len: int,
+    config: PackingConfig,
+    settings: ArticleSettings,
+    ignore_errors: bool = False,
+    categories: list[str] | None = None,
+) -> SplitMetrics:
     """gdp's ``data_prep``: one JSONL/text file -> one HDF5 file (no shuffle, no splits)."""
     metrics = SplitMetrics()
     store = TokenStore(output_path.parent, output_path.stem)
     skipped: list[bytes] = []
     try:
-        tokenize_into(jsonl_lines(input_path), ArticleTokenizer(tokenizer, settings), store, metrics,
-                      ignore_errors, skipped)
+        tokenize_into(
+            jsonl_lines(input_path), ArticleTokenizer(tokenizer, settings), store, metrics, ignore_errors, skipped
+        )
         seqs = pack_store(store, max_len, config, settings.keep_prompt_only_sequences, metrics)
         record_sequences(store, seqs, max_len, metrics)
-        write_hdf5(output_path, store, seqs, max_len, pad_id(tokenizer), category_table(store, categories),
-                   lost_articles(store, metrics))
+        write_hdf5(
+            output_path,
+            store,
+            seqs,
+            max_len,
+            pad_id(tokenizer),
+            category_table(store, categories),
+            lost_articles(store, metrics),
+        )
     finally:
         store.cleanup()
     if skipped:

@@ -75,8 +75,7 @@ def write_provenance(f, store, seqs, truncated: np.ndarray | None) -> None:
     g.create_dataset("line", data=np.frombuffer(store.lines, dtype=np.int64)[art])
     text = h5py.string_dtype("utf-8")
     g.create_dataset("record_id", data=np.array([store.record_id(int(a)) for a in art], dtype=object), dtype=text)
-    for name, table in (("file", store.file_names), ("source", store.source_names),
-                        ("category", store.category_names)):
+    for name, table in (("file", store.file_names), ("source", store.source_names), ("category", store.category_names)):
         g.create_dataset(f"{name}_names", data=np.array(store.names(table), dtype=object), dtype=text)
 
 
@@ -96,18 +95,40 @@ def _name(table: list[str], code: int) -> str | None:
 def row_pieces(f, row: int) -> list[Piece]:
     """The pieces of one row of h5py file f, in row order."""
     g = f[GROUP]
-    lo, hi = (int(x) for x in g["row_offsets"][row:row + 2])
+    lo, hi = (int(x) for x in g["row_offsets"][row : row + 2])
     tables = {t: names(f, t) for t in NAME_TABLES}
-    cols = {k: g[k][lo:hi] for k in ("file", "line", "record_id", "source", "category", "truncated", "token_start",
-                                      "token_end", "article_tokens", "row_position")}
+    cols = {
+        k: g[k][lo:hi]
+        for k in (
+            "file",
+            "line",
+            "record_id",
+            "source",
+            "category",
+            "truncated",
+            "token_start",
+            "token_end",
+            "article_tokens",
+            "row_position",
+        )
+    }
     out = []
     for i in range(hi - lo):
         rid = cols["record_id"][i]
-        out.append(Piece(tables["file"][cols["file"][i]], int(cols["line"][i]),
-                         rid.decode() if isinstance(rid, bytes) else rid, _name(tables["source"], cols["source"][i]),
-                         _name(tables["category"], cols["category"][i]), bool(cols["truncated"][i]),
-                         int(cols["token_start"][i]), int(cols["token_end"][i]), int(cols["article_tokens"][i]),
-                         int(cols["row_position"][i])))
+        out.append(
+            Piece(
+                tables["file"][cols["file"][i]],
+                int(cols["line"][i]),
+                rid.decode() if isinstance(rid, bytes) else rid,
+                _name(tables["source"], cols["source"][i]),
+                _name(tables["category"], cols["category"][i]),
+                bool(cols["truncated"][i]),
+                int(cols["token_start"][i]),
+                int(cols["token_end"][i]),
+                int(cols["article_tokens"][i]),
+                int(cols["row_position"][i]),
+            )
+        )
     return out
 
 
@@ -125,8 +146,9 @@ class TokenGroups:
                 local.append(None)
                 continue
             g = f[GROUP]
-            self.pieces.append({k: g[k][:] for k in ("row_offsets", "row_position", "token_start", "token_end",
-                                                      *self.TABLES)})
+            self.pieces.append(
+                {k: g[k][:] for k in ("row_offsets", "row_position", "token_start", "token_end", *self.TABLES)}
+            )
             local.append({t: names(f, t) for t in self.TABLES})
         self.names = {t: sorted({n for tabs in local if tabs for n in tabs[t]}) for t in self.TABLES}
         for p, tabs in zip(self.pieces, local):  # local codes -> shared codes (-1 stays -1)

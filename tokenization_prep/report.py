@@ -14,8 +14,12 @@ from data_prep.atomic import atomic_write
 def metrics_table(splits: dict) -> list[str]:
     """Markdown table rows: sequences, articles, tokens by type, padding %, tokens dropped by reason."""
     names = list(splits)
-    rows = [("lines", lambda m: m.lines), ("skipped lines", lambda m: m.skipped_lines),
-            ("articles", lambda m: m.articles), ("sequences", lambda m: m.sequences)]
+    rows = [
+        ("lines", lambda m: m.lines),
+        ("skipped lines", lambda m: m.skipped_lines),
+        ("articles", lambda m: m.articles),
+        ("sequences", lambda m: m.sequences),
+    ]
     for kind in ("prompt", "completion", "end_of_article", "padding"):
         rows.append((f"{kind} tokens", lambda m, k=kind: m.tokens[k]))
     rows.append(("padding %", lambda m: f"{100 * m.tokens['padding'] / max(1, sum(m.tokens.values())):.2f}"))
@@ -39,13 +43,17 @@ def source_table(splits: dict) -> list[str]:
 
 def mix_table(splits: dict) -> list[str]:
     """Per split and source: requested and realized shares of the supervised tokens, tokens, articles, repeats."""
-    out = ["| split | source | requested | realized | supervised tokens | articles | repeats |",
-           "|---|---|---:|---:|---:|---:|---:|"]
+    out = [
+        "| split | source | requested | realized | supervised tokens | articles | repeats |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
     for name, m in splits.items():
         for src, r in sorted((m.mix or {}).items()):
             req = "-" if r["requested"] is None else f"{100 * r['requested']:.2f}%"
-            out.append(f"| {name} | {src} | {req} | {100 * r['realized']:.2f}% | {r['supervised_tokens']:,} | "
-                       f"{r['articles']:,} | {r['repeats']:g} |")
+            out.append(
+                f"| {name} | {src} | {req} | {100 * r['realized']:.2f}% | {r['supervised_tokens']:,} | "
+                f"{r['articles']:,} | {r['repeats']:g} |"
+            )
     return out
 
 
@@ -55,8 +63,10 @@ def lost_table(splits: dict, limit: int = 10) -> list[str]:
     more = []
     for name, m in splits.items():
         for r in m.lost[:limit]:
-            out.append(f"| {name} | {r['status']} | {r['file']}:{r['line']} | {r['source'] or '-'} | {r['id'] or '-'} "
-                       f"| {r['tokens']:,} | {r['tokens_kept']:,} | {r['reason']} |")
+            out.append(
+                f"| {name} | {r['status']} | {r['file']}:{r['line']} | {r['source'] or '-'} | {r['id'] or '-'} "
+                f"| {r['tokens']:,} | {r['tokens_kept']:,} | {r['reason']} |"
+            )
         if len(m.lost) > limit:
             more.append(f"{name}: {len(m.lost) - limit:,} more")
     if more:
@@ -97,8 +107,10 @@ def plot_histograms(splits: dict, max_len: int, out_dir: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     paths = []
-    for fname, attr, xlabel in (("article_lengths.png", "article_lengths", "tokens per article"),
-                                ("sequence_fill.png", "fill", "non-padding fraction of a sequence")):
+    for fname, attr, xlabel in (
+        ("article_lengths.png", "article_lengths", "tokens per article"),
+        ("sequence_fill.png", "fill", "non-padding fraction of a sequence"),
+    ):
         fig, ax = plt.subplots(figsize=(7, 4))
         for name, m in splits.items():
             values = np.asarray(getattr(m, attr))  # buffer view: no Python objects per value
@@ -120,12 +132,22 @@ def plot_histograms(splits: dict, max_len: int, out_dir: Path) -> list[Path]:
 
 def write_report(splits: dict, max_len: int, out_dir: Path, extra: dict) -> list[str]:
     """Write data_report.md / .json and the PNGs; return the lines to print."""
-    lines = metrics_table(splits) + [""] + source_table(splits) + ["", "Source mix (shares of supervised tokens):"] + \
-        mix_table(splits) + ["", "Dropped and truncated articles:"] + lost_table(splits)
+    lines = (
+        metrics_table(splits)
+        + [""]
+        + source_table(splits)
+        + ["", "Source mix (shares of supervised tokens):"]
+        + mix_table(splits)
+        + ["", "Dropped and truncated articles:"]
+        + lost_table(splits)
+    )
     with atomic_write(out_dir / "data_report.md", "w") as fh:
         fh.write("# Data report\n\n" + "\n".join(lines) + "\n")
-    data = {"splits": {n: m.as_dict() for n, m in splits.items()},
-            "mix": (splits.get("train") or next(iter(splits.values()))).mix, **extra}
+    data = {
+        "splits": {n: m.as_dict() for n, m in splits.items()},
+        "mix": (splits.get("train") or next(iter(splits.values()))).mix,
+        **extra,
+    }
     with atomic_write(out_dir / "data_report.json") as fh:
         fh.write(orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
     plot_histograms(splits, max_len, out_dir)

@@ -131,12 +131,18 @@ def _recorded(out: Path) -> dict[str, dict]:
             listed = orjson.loads(fm.read_bytes())
         except orjson.JSONDecodeError:
             raise DataError(f"{fm}: not valid JSON; {RERUN}") from None
-        on_disk = {p.relative_to(out).as_posix().replace("/", "_"): p.relative_to(out).as_posix()
-                   for p in out.rglob("*") if p.is_file()}
-        for key, e in (listed.items() if isinstance(listed, dict) else []):
+        on_disk = {
+            p.relative_to(out).as_posix().replace("/", "_"): p.relative_to(out).as_posix()
+            for p in out.rglob("*")
+            if p.is_file()
+        }
+        for key, e in listed.items() if isinstance(listed, dict) else []:
             if isinstance(e, dict) and "logs" not in key:  # gdp: the log may be appended to later
-                files[on_disk.get(key, key)] = {"size": e.get("size"), "sha256": e.get("sha256"),
-                                                "mtime": e.get("modified_time")}
+                files[on_disk.get(key, key)] = {
+                    "size": e.get("size"),
+                    "sha256": e.get("sha256"),
+                    "mtime": e.get("modified_time"),
+                }
     manifest = out / MANIFEST
     if manifest.is_file():
         for line in manifest.read_text().splitlines():
@@ -175,12 +181,14 @@ def load_tokenized_dir(out: Path, full: bool = False) -> TokenizedDir:
         found = split_files(out, split)
         stray = [p.name for _, total, p in found if total != n]
         if stray:
-            raise DataError(f"{out / stray[0]}: metadata.yaml says {n} {split} files; the directory mixes outputs; "
-                            f"{RERUN}")
+            raise DataError(
+                f"{out / stray[0]}: metadata.yaml says {n} {split} files; the directory mixes outputs; {RERUN}"
+            )
         missing = sorted(set(range(1, n + 1)) - {i for i, _, _ in found})
         if missing:
-            raise DataError(f"{out / f'{split}_{missing[0]}_of_{n}.hdf5'}: missing (metadata.yaml says {n} {split} "
-                            f"files); {RERUN}")
+            raise DataError(
+                f"{out / f'{split}_{missing[0]}_of_{n}.hdf5'}: missing (metadata.yaml says {n} {split} files); {RERUN}"
+            )
         splits[split] = [p for _, _, p in found]
     digest = meta.tokenizer_sha256 or dir_tokenizer_sha256(out / "tokenizer")
     return TokenizedDir(out, meta, splits, digest)

@@ -29,15 +29,24 @@ class SplitCounts:
 
 def default_training_splits(input_bytes: int) -> int:
     """gdp's default: 32 splits under 10 GiB of input, 128 under 100 GiB, else 256."""
-    gib = input_bytes / 1024 ** 3
+    gib = input_bytes / 1024**3
     return 32 if gib < 10 else 128 if gib < 100 else 256
 
 
-def split_counts(input_bytes: int, num_training_splits: int | None, num_dev_splits: int | None,
-                 num_test_splits: int | None, dev_ratio: float | None, test_ratio: float | None) -> SplitCounts:
+def split_counts(
+    input_bytes: int,
+    num_training_splits: int | None,
+    num_dev_splits: int | None,
+    num_test_splits: int | None,
+    dev_ratio: float | None,
+    test_ratio: float | None,
+) -> SplitCounts:
     """gdp's ``get_split_counts``, with its errors as one-line messages and a warning for a ratio that gave 0."""
-    for flag, value in (("--num_training_splits", num_training_splits), ("--num_dev_splits", num_dev_splits),
-                        ("--num_test_splits", num_test_splits)):
+    for flag, value in (
+        ("--num_training_splits", num_training_splits),
+        ("--num_dev_splits", num_dev_splits),
+        ("--num_test_splits", num_test_splits),
+    ):
         if value is not None and value < 0:
             raise DataError(f"{flag} {value}: must be 0 or more")
     if num_training_splits is not None and num_training_splits < 1:
@@ -46,12 +55,16 @@ def split_counts(input_bytes: int, num_training_splits: int | None, num_dev_spli
     if None not in counts:
         if test_ratio is not None or dev_ratio is not None:
             flag = "--test_ratio" if test_ratio is not None else "--dev_ratio"
-            raise DataError(f"{flag} cannot be combined with --num_training_splits, --num_dev_splits and "
-                            "--num_test_splits all given (gdp's rule): drop the ratio or one of the counts")
+            raise DataError(
+                f"{flag} cannot be combined with --num_training_splits, --num_dev_splits and "
+                "--num_test_splits all given (gdp's rule): drop the ratio or one of the counts"
+            )
         return SplitCounts(*counts, [])
     if num_dev_splits is not None or num_test_splits is not None:
-        raise DataError("--num_dev_splits and --num_test_splits need all three of --num_training_splits, "
-                        "--num_dev_splits and --num_test_splits (gdp's rule), or use --dev_ratio/--test_ratio")
+        raise DataError(
+            "--num_dev_splits and --num_test_splits need all three of --num_training_splits, "
+            "--num_dev_splits and --num_test_splits (gdp's rule), or use --dev_ratio/--test_ratio"
+        )
     dev_r, test_r = dev_ratio or 0.0, test_ratio or 0.0
     if not (0 <= dev_r < 1 and 0 <= test_r < 1 and dev_r + test_r < 1):
         raise DataError("--dev_ratio and --test_ratio must be in [0, 1) and sum to less than 1")
@@ -61,17 +74,26 @@ def split_counts(input_bytes: int, num_training_splits: int | None, num_dev_spli
     dev = total - test - train
     given = (("--dev_ratio", dev_ratio, dev), ("--test_ratio", test_ratio, test))
     ignored = [f"{flag} {ratio}" for flag, ratio, n in given if ratio and n == 0]
-    warnings = [f"warning: {' and '.join(ignored)} ignored: with {train} training splits gdp's rule gives "
-                f"int({train} / (1 - {dev_r} - {test_r})) = {total} files in all, so 0 for "
-                f"{'them' if len(ignored) > 1 else 'it'} (gdp does the same). Pass --num_training_splits, "
-                "--num_dev_splits and --num_test_splits to choose the counts"] if ignored else []
+    warnings = (
+        [
+            f"warning: {' and '.join(ignored)} ignored: with {train} training splits gdp's rule gives "
+            f"int({train} / (1 - {dev_r} - {test_r})) = {total} files in all, so 0 for "
+            f"{'them' if len(ignored) > 1 else 'it'} (gdp does the same). Pass --num_training_splits, "
+            "--num_dev_splits and --num_test_splits to choose the counts"
+        ]
+        if ignored
+        else []
+    )
     return SplitCounts(train, dev, test, warnings)
 
 
 def split_names(c: SplitCounts) -> list[tuple[str, int]]:
     """(kind, 1-based file number) of split index 0, 1, ...: train files, then test, then dev (gdp's order)."""
-    return ([("train", i + 1) for i in range(c.train)] + [("test", i + 1) for i in range(c.test)]
-            + [("dev", i + 1) for i in range(c.dev)])
+    return (
+        [("train", i + 1) for i in range(c.train)]
+        + [("test", i + 1) for i in range(c.test)]
+        + [("dev", i + 1) for i in range(c.dev)]
+    )
 
 
 def balance(rows: list[list[int]]) -> list[list[int]]:
@@ -96,8 +118,8 @@ def balance(rows: list[list[int]]) -> list[list[int]]:
                 k -= 1
                 if k == 0:
                     continue
-            pool += r[c - k:]
-            rows[f] = r[:c - k]
+            pool += r[c - k :]
+            rows[f] = r[: c - k]
         elif c < avg:
             k = avg - c + (1 if rem > 0 else 0)
             rem -= 1 if rem > 0 else 0

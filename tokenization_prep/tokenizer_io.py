@@ -43,14 +43,18 @@ def load_tokenizer(spec: str):
         elif looks_like_hub_id(spec) or (not path.exists() and "/" not in spec):
             tok = AutoTokenizer.from_pretrained(spec, trust_remote_code=False)
         else:
-            raise DataError(f"{spec}: no tokenizer here (expected tokenizer.json, tokenizer_config.json, "
-                            "or vocab.json + merges.txt)")
+            raise DataError(
+                f"{spec}: no tokenizer here (expected tokenizer.json, tokenizer_config.json, "
+                "or vocab.json + merges.txt)"
+            )
     except DataError:
         raise
     except Exception as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise DataError(f"--pretrained_tokenizer {spec}: could not load ({first}); pass a local tokenizer "
-                        "directory or a hub id you can reach") from None
+        raise DataError(
+            f"--pretrained_tokenizer {spec}: could not load ({first}); pass a local tokenizer "
+            "directory or a hub id you can reach"
+        ) from None
     vocab = tok.get_vocab()
     if tok.eos_token is None:
         if EOS not in vocab:
@@ -69,8 +73,10 @@ def chat_renderer(tok, spec: str):
     """gdp's ``--apply_chat_template`` renderer: the tokenizer's own template, messages -> text (no tokens)."""
     template = getattr(tok, "own_chat_template", None)
     if not template:
-        raise DataError(f"--apply_chat_template: the tokenizer {spec} has no chat template; use one that has "
-                        "(a tokenizer/ dir written by tokenization_prep carries the BLOOMChat one) or drop the flag")
+        raise DataError(
+            f"--apply_chat_template: the tokenizer {spec} has no chat template; use one that has "
+            "(a tokenizer/ dir written by tokenization_prep carries the BLOOMChat one) or drop the flag"
+        )
 
     def render(messages: list[dict]) -> str:
         return tok.apply_chat_template(messages, tokenize=False, chat_template=template)
@@ -110,10 +116,11 @@ def add_special_tokens(tok, spec: str | None) -> None:
     try:
         tokens = json.loads(spec.replace("'", '"'))
     except json.JSONDecodeError as exc:
-        raise DataError(f"--special_tokens_dict {spec!r}: not a JSON dict ({exc.msg}); "
-                        "e.g. '{\"sep_token\": \"[SEP]\"}'") from None
+        raise DataError(
+            f'--special_tokens_dict {spec!r}: not a JSON dict ({exc.msg}); e.g. \'{{"sep_token": "[SEP]"}}\''
+        ) from None
     if not isinstance(tokens, dict) or not all(isinstance(k, str) for k in tokens):
-        raise DataError(f"--special_tokens_dict {spec!r}: must be a dict such as '{{\"pad_token\": \"<pad>\"}}'")
+        raise DataError(f'--special_tokens_dict {spec!r}: must be a dict such as \'{{"pad_token": "<pad>"}}\'')
     try:
         tok.add_special_tokens(tokens)
     except (ValueError, TypeError, AttributeError) as exc:

@@ -28,22 +28,28 @@ SUPPORTED = {"pythia": IMPLEMENTATIONS, "bloom": ("sdpa", "eager", "flash_attent
 def check_attention(kind: str, impl: str, training: bool = True) -> None:
     """One line if ``impl`` cannot run here (or train here) or cannot isolate packed articles on this model kind."""
     if impl not in SUPPORTED[kind]:
-        raise ConfigError(f"attn_implementation {impl} cannot isolate packed articles with {kind}'s ALiBi; "
-                          f"use one of {', '.join(SUPPORTED[kind])}")
+        raise ConfigError(
+            f"attn_implementation {impl} cannot isolate packed articles with {kind}'s ALiBi; "
+            f"use one of {', '.join(SUPPORTED[kind])}"
+        )
     if impl == "flash_attention_2":
         from transformers.utils import is_flash_attn_2_available
 
         if not is_flash_attn_2_available():
-            raise ConfigError("attn_implementation flash_attention_2 needs a CUDA GPU and the flash-attn package "
-                              "(pip install flash-attn --no-build-isolation); use sdpa")
+            raise ConfigError(
+                "attn_implementation flash_attention_2 needs a CUDA GPU and the flash-attn package "
+                "(pip install flash-attn --no-build-isolation); use sdpa"
+            )
     if impl == "flex_attention":
         from transformers.utils import is_torch_flex_attn_available
 
         if not is_torch_flex_attn_available():
             raise ConfigError("attn_implementation flex_attention needs torch >= 2.5; use sdpa")
         if training and not torch.cuda.is_available():
-            raise ConfigError("attn_implementation flex_attention has no backward pass on the CPU (torch "
-                              f"{torch.__version__}); use sdpa, or train on a GPU")
+            raise ConfigError(
+                "attn_implementation flex_attention has no backward pass on the CPU (torch "
+                f"{torch.__version__}); use sdpa, or train on a GPU"
+            )
 
 
 def article_starts(position_ids: torch.Tensor) -> torch.Tensor:
@@ -84,11 +90,28 @@ class Varlen:
 class PackedBloomAttention(BloomAttention):
     """BLOOM attention that also runs SDPA (``alibi`` None: the mask is ALiBi + block mask) or flash-attn varlen."""
 
-    def forward(self, hidden_states, residual, alibi, attention_mask, layer_past=None, use_cache=False,
-                output_attentions=False, **kwargs):
+    def forward(
+        self,
+        hidden_states,
+        residual,
+        alibi,
+        attention_mask,
+        layer_past=None,
+        use_cache=False,
+        output_attentions=False,
+        **kwargs,
+    ):
         if alibi is not None and not isinstance(attention_mask, Varlen):
-            return super().forward(hidden_states, residual, alibi, attention_mask, layer_past=layer_past,
-                                   use_cache=use_cache, output_attentions=output_attentions, **kwargs)
+            return super().forward(
+                hidden_states,
+                residual,
+                alibi,
+                attention_mask,
+                layer_past=layer_past,
+                use_cache=use_cache,
+                output_attentions=output_attentions,
+                **kwargs,
+            )
         batch, length, _ = hidden_states.shape
         qkv = self.query_key_value(hidden_states).view(batch, length, self.num_heads, 3, self.head_dim)
         dropout = self.attention_dropout.p if self.training else 0.0
@@ -97,14 +120,24 @@ class PackedBloomAttention(BloomAttention):
 
             # flash-attn's causal ALiBi is -slope * (query - key): BLOOM's slope * key up to a per-query constant
             q, k, v = (qkv[..., i, :].reshape(batch * length, self.num_heads, self.head_dim) for i in range(3))
-            out = flash_attn_varlen_func(q, k, v, attention_mask.cu_seqlens, attention_mask.cu_seqlens,
-                                         attention_mask.max_seqlen, attention_mask.max_seqlen, dropout_p=dropout,
-                                         softmax_scale=self.inv_norm_factor, causal=True,
-                                         alibi_slopes=attention_mask.slopes)
+            out = flash_attn_varlen_func(
+                q,
+                k,
+                v,
+                attention_mask.cu_seqlens,
+                attention_mask.cu_seqlens,
+                attention_mask.max_seqlen,
+                attention_mask.max_seqlen,
+                dropout_p=dropout,
+                softmax_scale=self.inv_norm_factor,
+                causal=True,
+                alibi_slopes=attention_mask.slopes,
+            )
         else:
             q, k, v = (qkv[..., i, :].transpose(1, 2) for i in range(3))
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask, dropout_p=dropout,
-                                                 scale=self.inv_norm_factor).transpose(1, 2)
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=attention_mask, dropout_p=dropout, scale=self.inv_norm_factor
+            ).transpose(1, 2)
         out = self.dense(out.reshape(batch, length, self.hidden_size))
         return dropout_add(out, residual, self.hidden_dropout, self.training), None
 

@@ -17,8 +17,11 @@ import sys
 from pathlib import Path
 
 import torch
-from deepspeed.checkpoint.constants import (UNIVERSAL_CHECKPOINT_INFO, UNIVERSAL_CHECKPOINT_VERSION_KEY,
-                                            UNIVERSAL_CHECKPOINT_VERSION_VALUE)
+from deepspeed.checkpoint.constants import (
+    UNIVERSAL_CHECKPOINT_INFO,
+    UNIVERSAL_CHECKPOINT_VERSION_KEY,
+    UNIVERSAL_CHECKPOINT_VERSION_VALUE,
+)
 
 from data_prep.atomic import atomic_write
 from training.config import ConfigError
@@ -28,8 +31,12 @@ TOPOLOGY_KEYS = ("world_size", "micro_batch_size", "gradient_accumulation_steps"
 
 
 def topology(world: int, micro: int, accum: int, zero_stage: int) -> dict:
-    return {"world_size": world, "micro_batch_size": micro, "gradient_accumulation_steps": accum,
-            "zero_stage": zero_stage}
+    return {
+        "world_size": world,
+        "micro_batch_size": micro,
+        "gradient_accumulation_steps": accum,
+        "zero_stage": zero_stage,
+    }
 
 
 def latest_tag(ckpt: Path) -> str:
@@ -50,23 +57,34 @@ def check_resume(ckpt: Path, now: dict) -> dict:
     tag = latest_tag(ckpt)
     state_path = ckpt / tag / "trainer_state.json"
     if not state_path.is_file():
-        raise ConfigError(f"--resume: {ckpt / tag} has no trainer_state.json (written by an older version); "
-                          "start the stage again without --resume")
+        raise ConfigError(
+            f"--resume: {ckpt / tag} has no trainer_state.json (written by an older version); "
+            "start the stage again without --resume"
+        )
     state = json.loads(state_path.read_text())
     saved = state["topology"]
     diff = ", ".join(f"{k} {saved[k]} -> {now[k]}" for k in TOPOLOGY_KEYS if saved.get(k) != now[k])
     batch = lambda t: t["world_size"] * t["micro_batch_size"] * t["gradient_accumulation_steps"]  # noqa: E731
-    why = ("the global batch changes" if batch(saved) != batch(now) else
-           "the ZeRO stage changes" if saved["zero_stage"] != now["zero_stage"] else None)
+    why = (
+        "the global batch changes"
+        if batch(saved) != batch(now)
+        else "the ZeRO stage changes"
+        if saved["zero_stage"] != now["zero_stage"]
+        else None
+    )
     if why:
-        raise ConfigError(f"--resume: checkpoint {ckpt / tag} was written with another topology ({diff}) and {why}; "
-                          f"resume with a global batch of {batch(saved)} rows (micro x accumulation x processes) "
-                          "and the same DeepSpeed config, or start the stage again without --resume")
+        raise ConfigError(
+            f"--resume: checkpoint {ckpt / tag} was written with another topology ({diff}) and {why}; "
+            f"resume with a global batch of {batch(saved)} rows (micro x accumulation x processes) "
+            "and the same DeepSpeed config, or start the stage again without --resume"
+        )
     kept = min(saved["world_size"], now["world_size"])
     missing = [r for r in range(kept) if not (ckpt / tag / f"rng_state_rank{r}.pt").is_file()]
     if missing:
-        raise ConfigError(f"--resume: checkpoint {ckpt / tag} lacks the RNG state of rank(s) {missing}; "
-                          "it is incomplete, start the stage again without --resume")
+        raise ConfigError(
+            f"--resume: checkpoint {ckpt / tag} lacks the RNG state of rank(s) {missing}; "
+            "it is incomplete, start the stage again without --resume"
+        )
     state["universal"] = saved["world_size"] != now["world_size"] and now["zero_stage"] > 0
     return state
 
@@ -80,17 +98,33 @@ def to_universal(ckpt: Path, tag: str) -> str:
         tmp = ckpt / f".{tag}_universal.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         workers = max(1, min(8, (os.cpu_count() or 2) // 2))
-        r = subprocess.run([sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder",
-                            str(ckpt / tag), "--output_folder", str(tmp), "--num_extract_workers", str(workers),
-                            "--num_merge_workers", str(max(1, workers // 4))], capture_output=True, text=True)
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "deepspeed.checkpoint.ds_to_universal",
+                "--input_folder",
+                str(ckpt / tag),
+                "--output_folder",
+                str(tmp),
+                "--num_extract_workers",
+                str(workers),
+                "--num_merge_workers",
+                str(max(1, workers // 4)),
+            ],
+            capture_output=True,
+            text=True,
+        )
         if r.returncode:
             last = (r.stderr.strip().splitlines() or ["no output"])[-1]
         else:
             tmp.rename(out)
-    failed, = global_sum([1.0 if last else 0.0], comm_device())  # every rank learns rank 0's outcome
+    (failed,) = global_sum([1.0 if last else 0.0], comm_device())  # every rank learns rank 0's outcome
     if failed:
-        raise ConfigError(f"--resume: DeepSpeed could not convert {ckpt / tag} for another number of processes "
-                          f"({last or 'see rank 0'}); resume with the number of processes that wrote it")
+        raise ConfigError(
+            f"--resume: DeepSpeed could not convert {ckpt / tag} for another number of processes "
+            f"({last or 'see rank 0'}); resume with the number of processes that wrote it"
+        )
     return out.name
 
 

@@ -26,6 +26,7 @@ from tokenization_prep.provenance import TokenGroups
 from tokenization_prep.schema import COMPLETION, PADDING, PROMPT, SEP, TokenizedDir, load_tokenized_dir
 from training.config import ConfigError
 
+
 def load_data(data_dir: Path, full: bool = False, name: str = "data_dir") -> TokenizedDir:
     """The tokenized dir checked against tokenization_prep's schema (finished, unaltered, file counts, metadata),
     as one ConfigError line naming the file and the fix."""
@@ -51,8 +52,10 @@ class PackedDataset(torch.utils.data.Dataset):
                     raise ConfigError(f"{path}: needs datasets input_ids and token_type_ids")
                 shape = f["input_ids"].shape
                 if len(shape) != 2 or shape[1] != self.seq_len or f["token_type_ids"].shape != shape:
-                    raise ConfigError(f"{path}: rows of length {shape[1:]} but metadata.yaml says max_seq_length "
-                                      f"{self.seq_len}; re-run tokenization_prep")
+                    raise ConfigError(
+                        f"{path}: rows of length {shape[1:]} but metadata.yaml says max_seq_length "
+                        f"{self.seq_len}; re-run tokenization_prep"
+                    )
                 self.index += [(i, r) for r in range(shape[0])]
         self.groups = None
         if groups:
@@ -110,8 +113,18 @@ class StepSampler(torch.utils.data.Sampler):
     topology with the same global batch trains the same rows. The permutation is computed once per epoch.
     """
 
-    def __init__(self, n_rows: int, seed: int, micro: int, accumulation: int, world: int, rank: int,
-                 steps_per_epoch: int, start: int, stop: int):
+    def __init__(
+        self,
+        n_rows: int,
+        seed: int,
+        micro: int,
+        accumulation: int,
+        world: int,
+        rank: int,
+        steps_per_epoch: int,
+        start: int,
+        stop: int,
+    ):
         self.n, self.seed, self.mb, self.gas = n_rows, seed, micro, accumulation
         self.world, self.rank, self.spe, self.start, self.stop = world, rank, steps_per_epoch, start, stop
 
@@ -124,10 +137,10 @@ class StepSampler(torch.utils.data.Sampler):
             epoch, s = divmod(step, self.spe)
             if epoch != perm_epoch:
                 perm, perm_epoch = epoch_order(self.n, self.seed, epoch), epoch
-            rows = perm[s * per_rank * self.world:(s + 1) * per_rank * self.world]
-            mine = rows[self.rank * per_rank:(self.rank + 1) * per_rank]
+            rows = perm[s * per_rank * self.world : (s + 1) * per_rank * self.world]
+            mine = rows[self.rank * per_rank : (self.rank + 1) * per_rank]
             for m in range(self.gas):
-                yield mine[m * self.mb:(m + 1) * self.mb].tolist()
+                yield mine[m * self.mb : (m + 1) * self.mb].tolist()
 
 
 def collate(rows: list[dict]) -> dict:
@@ -138,9 +151,15 @@ def step_loader(dataset: PackedDataset, sampler: StepSampler, workers: int, pref
     """Micro-batches in ``sampler``'s order, read and collated by ``workers`` processes (0: this one), ``prefetch``
     batches ahead per worker, in pinned memory for asynchronous copies to the GPU. The loader draws its worker seed
     from a generator of its own: from the global one it would shift the RNG stream (dropout) of a resumed run."""
-    return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=workers,
-                                       prefetch_factor=prefetch if workers else None, pin_memory=pin,
-                                       generator=torch.Generator().manual_seed(0))
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        collate_fn=collate,
+        num_workers=workers,
+        prefetch_factor=prefetch if workers else None,
+        pin_memory=pin,
+        generator=torch.Generator().manual_seed(0),
+    )
 
 
 def row_features(ids: np.ndarray, types: np.ndarray, plw: float) -> dict:
@@ -160,9 +179,13 @@ def row_features(ids: np.ndarray, types: np.ndarray, plw: float) -> dict:
     weights = np.zeros(n, dtype=np.float32)
     same = segment[1:] == segment[:-1]
     weights[:-1] = np.where(same, target_w[1:], 0.0)
-    return {"input_ids": torch.from_numpy(ids), "position_ids": torch.from_numpy(position),
-            "segment_ids": torch.from_numpy(segment.astype(np.int64)), "weights": torch.from_numpy(weights),
-            "real_tokens": torch.tensor(int((~pad).sum()))}
+    return {
+        "input_ids": torch.from_numpy(ids),
+        "position_ids": torch.from_numpy(position),
+        "segment_ids": torch.from_numpy(segment.astype(np.int64)),
+        "weights": torch.from_numpy(weights),
+        "real_tokens": torch.tensor(int((~pad).sum())),
+    }
 
 
 def dynamic_batch(examples: list[dict], pad_id: int) -> dict:

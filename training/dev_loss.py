@@ -36,7 +36,7 @@ class GroupedLoss:
         out, pos = {"loss": flat[0] / max(flat[1], 1e-8)}, 2
         for t, acc in self.by.items():
             n = acc.shape[1]
-            loss, weight = flat[pos:pos + n], flat[pos + n:pos + 2 * n]
+            loss, weight = flat[pos : pos + n], flat[pos + n : pos + 2 * n]
             pos += 2 * n
             labels = self.names[t] + ["-"]
             out[f"by_{t}"] = {labels[c]: loss[c] / weight[c] for c in range(n) if weight[c] > 0}
@@ -48,8 +48,11 @@ def eval_record(result: dict | None, prefix: str = "eval_loss") -> dict:
     """metrics.jsonl / lineage keys of an evaluation: ``eval_loss``, ``eval_loss_by_source``, ...by_category."""
     if result is None:
         return {prefix: None}
-    return {prefix: result["loss"], f"{prefix}_by_source": result["by_source"],
-            f"{prefix}_by_category": result["by_category"]}
+    return {
+        prefix: result["loss"],
+        f"{prefix}_by_source": result["by_source"],
+        f"{prefix}_by_category": result["by_category"],
+    }
 
 
 def log_eval(writer, record: dict, step: int) -> None:
@@ -64,9 +67,12 @@ def log_eval(writer, record: dict, step: int) -> None:
 
 def eval_table(stage: str, result: dict) -> list[str]:
     """The end-of-stage table: dev loss in all, per source and per category, with supervised tokens."""
-    out = [f"dev loss of {stage} (token-weighted; - means no source or category):",
-           "| group | name | supervised tokens | dev loss |", "|---|---|---:|---:|",
-           f"| all | all | {sum(result['tokens_by_source'].values()):,} | {result['loss']:.4f} |"]
+    out = [
+        f"dev loss of {stage} (token-weighted; - means no source or category):",
+        "| group | name | supervised tokens | dev loss |",
+        "|---|---|---:|---:|",
+        f"| all | all | {sum(result['tokens_by_source'].values()):,} | {result['loss']:.4f} |",
+    ]
     for table in ("source", "category"):
         for name, value in sorted(result[f"by_{table}"].items()):
             out.append(f"| {table} | {name} | {result[f'tokens_by_{table}'][name]:,} | {value:.4f} |")

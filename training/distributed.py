@@ -75,6 +75,7 @@ def to_device(batch: dict, device: torch.device) -> dict:
 
 # ---- RNG state: every generator, per rank, saved without pickle ----
 
+
 def rng_state() -> dict:
     """CPU, CUDA (when present), numpy and python RNG states as tensors, lists and ints only."""
     np_state = np.random.get_state()
@@ -82,8 +83,13 @@ def rng_state() -> dict:
     return {
         "torch_cpu": torch.get_rng_state(),
         "torch_cuda": [torch.cuda.get_rng_state()] if torch.cuda.is_available() else [],  # this rank's device
-        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]), int(np_state[3]),
-                  float(np_state[4])],
+        "numpy": [
+            np_state[0],
+            torch.from_numpy(np_state[1].astype(np.int64)),
+            int(np_state[2]),
+            int(np_state[3]),
+            float(np_state[4]),
+        ],
         "python": [py_version, list(py_state), py_gauss],
     }
 

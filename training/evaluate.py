@@ -45,19 +45,24 @@ def dev_prompts(dev: PackedDataset, per_source: int) -> dict[str, list[np.ndarra
             for r in range(len(ids)):
                 row_ids, row_types = ids[r], types[r]
                 if has_provenance(f):
-                    spans = [(p.source or "-", p.row_position, p.row_position + p.token_end - p.token_start)
-                             for p in row_pieces(f, r) if not p.truncated and p.token_start == 0
-                             and p.token_end == p.article_tokens]
+                    spans = [
+                        (p.source or "-", p.row_position, p.row_position + p.token_end - p.token_start)
+                        for p in row_pieces(f, r)
+                        if not p.truncated and p.token_start == 0 and p.token_end == p.article_tokens
+                    ]
                 else:  # gdp's files: articles end at token type 3
                     ends = np.flatnonzero(row_types == SEP) + 1
                     spans = [("-", lo, hi) for lo, hi in zip(np.concatenate([[0], ends[:-1]]), ends)]
                 for source, lo, hi in spans:
                     bucket = out.setdefault(source, [])
                     prompt_at = np.flatnonzero(row_types[lo:hi] == PROMPT)
-                    if len(bucket) >= per_source or not len(prompt_at) or \
-                            not (row_types[lo + prompt_at[-1] + 1:hi] == COMPLETION).any():
+                    if (
+                        len(bucket) >= per_source
+                        or not len(prompt_at)
+                        or not (row_types[lo + prompt_at[-1] + 1 : hi] == COMPLETION).any()
+                    ):
                         continue
-                    bucket.append(np.asarray(row_ids[lo:lo + prompt_at[-1] + 1], dtype=np.int64))
+                    bucket.append(np.asarray(row_ids[lo : lo + prompt_at[-1] + 1], dtype=np.int64))
     return out
 
 
@@ -77,29 +82,43 @@ def generate_stats(model, tokenizer, prompts: list[np.ndarray], max_new: int, ba
     from transformers import GenerationConfig
 
     eos = tokenizer.eos_token_id
-    gen = GenerationConfig(max_new_tokens=max_new, do_sample=False, num_beams=1, eos_token_id=eos, pad_token_id=eos,
-                           stop_strings=[HUMAN_TAG], temperature=None, top_p=None, top_k=None)
+    gen = GenerationConfig(
+        max_new_tokens=max_new,
+        do_sample=False,
+        num_beams=1,
+        eos_token_id=eos,
+        pad_token_id=eos,
+        stop_strings=[HUMAN_TAG],
+        temperature=None,
+        top_p=None,
+        top_k=None,
+    )
     counts = {k: 0 for k in STOPS}
     forged, lengths = 0, []
     for lo in range(0, len(prompts), batch):
-        part = prompts[lo:lo + batch]
+        part = prompts[lo : lo + batch]
         width = max(len(p) for p in part)
         ids = torch.full((len(part), width), eos, dtype=torch.long)
         mask = torch.zeros_like(ids)
         for j, p in enumerate(part):
-            ids[j, width - len(p):] = torch.from_numpy(p)
-            mask[j, width - len(p):] = 1
+            ids[j, width - len(p) :] = torch.from_numpy(p)
+            mask[j, width - len(p) :] = 1
         with torch.no_grad():
-            out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=gen,
-                                 tokenizer=tokenizer)
+            out = model.generate(
+                input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=gen, tokenizer=tokenizer
+            )
         for row in out[:, width:].tolist():
             how, tag, n = classify(row, tokenizer, eos)
             counts[how] += 1
             forged += tag
             lengths.append(n)
     n = max(1, len(prompts))
-    return {**{k: v / n for k, v in counts.items()}, "forged_tags": forged / n,
-            "mean_reply_tokens": float(np.mean(lengths)) if lengths else 0.0, "prompts": len(prompts)}
+    return {
+        **{k: v / n for k, v in counts.items()},
+        "forged_tags": forged / n,
+        "mean_reply_tokens": float(np.mean(lengths)) if lengths else 0.0,
+        "prompts": len(prompts),
+    }
 
 
 def dev_loss(model, dev: PackedDataset, batch: int, device) -> dict:
@@ -107,8 +126,10 @@ def dev_loss(model, dev: PackedDataset, batch: int, device) -> dict:
     acc = GroupedLoss(dev.groups.names, device)
     with torch.no_grad():
         for lo in range(0, len(dev), batch):
-            b = {k: v.to(device) for k, v in collate(dev.__getitems__(list(range(lo, min(len(dev), lo + batch)))))
-                 .items()}
+            b = {
+                k: v.to(device)
+                for k, v in collate(dev.__getitems__(list(range(lo, min(len(dev), lo + batch))))).items()
+            }
             acc.add(b, packed_token_losses(model, b))
     return acc.result([float(x) for x in acc.sums()])
 
@@ -134,8 +155,9 @@ def load_model(spec: str, data: TokenizedDir, seed_config: Path | None = None):
     return build_model(ModelConfig(kind=kind, name_or_path=str(path)), rows, seq, None)[0], path
 
 
-def evaluate(models: list[tuple[str, str, Path | None]], data_dir: Path, per_source: int, max_new: int,
-             batch: int) -> dict:
+def evaluate(
+    models: list[tuple[str, str, Path | None]], data_dir: Path, per_source: int, max_new: int, batch: int
+) -> dict:
     """The evaluation of every (label, model dir, untrained config) on ``data_dir``'s dev split."""
     from transformers import AutoTokenizer
 
@@ -156,30 +178,42 @@ def evaluate(models: list[tuple[str, str, Path | None]], data_dir: Path, per_sou
         sources = {}
         for source in sorted(set(prompts) | set(losses["by_source"])):
             stats = generate_stats(model, tokenizer, prompts.get(source, []), max_new, batch, device)
-            sources[source] = {**stats, "dev_loss": losses["by_source"].get(source),
-                               "dev_tokens": losses["tokens_by_source"].get(source, 0)}
+            sources[source] = {
+                **stats,
+                "dev_loss": losses["by_source"].get(source),
+                "dev_tokens": losses["tokens_by_source"].get(source, 0),
+            }
         result["models"][label] = {"path": spec, "dev_loss": losses["loss"], "sources": sources}
         del model
     return result
 
 
 def table(result: dict) -> list[str]:
-    out = ["| model | source | dev loss | stop: EOS | stop: <human>: | stop: length | forged tags | reply tokens |"
-           " prompts |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    out = [
+        "| model | source | dev loss | stop: EOS | stop: <human>: | stop: length | forged tags | reply tokens |"
+        " prompts |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for label, m in result["models"].items():
         for source, s in m["sources"].items():
             loss = "-" if s["dev_loss"] is None else f"{s['dev_loss']:.3f}"
-            out.append(f"| {label} | {source} | {loss} | {100 * s['stop_eos']:.0f}% | {100 * s['stop_tag']:.0f}% | "
-                       f"{100 * s['stop_length']:.0f}% | {100 * s['forged_tags']:.0f}% | "
-                       f"{s['mean_reply_tokens']:.1f} | {s['prompts']} |")
+            out.append(
+                f"| {label} | {source} | {loss} | {100 * s['stop_eos']:.0f}% | {100 * s['stop_tag']:.0f}% | "
+                f"{100 * s['stop_length']:.0f}% | {100 * s['forged_tags']:.0f}% | "
+                f"{s['mean_reply_tokens']:.1f} | {s['prompts']} |"
+            )
     return out
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.splitlines()[0])
     ap.add_argument("--model", action="append", default=[], help="a save_pretrained dir (repeat for several)")
-    ap.add_argument("--untrained", action="append", default=[],
-                    help="a stage config: its model as initialized, before training (repeatable)")
+    ap.add_argument(
+        "--untrained",
+        action="append",
+        default=[],
+        help="a stage config: its model as initialized, before training (repeatable)",
+    )
     ap.add_argument("--data", required=True, help="a tokenization_prep output dir with a dev split")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     ap.add_argument("--prompts", type=int, default=32, help="dev prompts per source to reply to (default 32)")
@@ -191,8 +225,9 @@ def main(argv=None) -> int:
             raise ConfigError("give at least one --model DIR (or --untrained STAGE_CONFIG)")
         if min(args.prompts, args.max_new_tokens, args.batch_size) < 1:
             raise ConfigError("--prompts, --max-new-tokens and --batch-size must be at least 1")
-        models = [(f"untrained ({Path(c).stem})", c, Path(c)) for c in args.untrained] + \
-            [(m, m, None) for m in args.model]
+        models = [(f"untrained ({Path(c).stem})", c, Path(c)) for c in args.untrained] + [
+            (m, m, None) for m in args.model
+        ]
         result = evaluate(models, Path(args.data), args.prompts, args.max_new_tokens, args.batch_size)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -42,8 +42,10 @@ def merged_copy(peft_module, state: dict):
     missing, unexpected = copy.load_state_dict(state, strict=False)
     tied = {k for k in missing if "lm_head" in k or "embed_out" in k}
     if unexpected or set(missing) - tied:
-        raise RuntimeError(f"LoRA merge: state does not match the model (missing {sorted(missing)[:3]}, "
-                           f"unexpected {sorted(unexpected)[:3]})")
+        raise RuntimeError(
+            f"LoRA merge: state does not match the model (missing {sorted(missing)[:3]}, "
+            f"unexpected {sorted(unexpected)[:3]})"
+        )
     return copy.merge_and_unload()
 
 

@@ -39,8 +39,13 @@ class DsFacts:
     @classmethod
     def of(cls, ds: dict) -> "DsFacts":
         zero = ds.get("zero_optimization", {})
-        dtype = torch.bfloat16 if ds.get("bf16", {}).get("enabled") else \
-            torch.float16 if ds.get("fp16", {}).get("enabled") else torch.float32
+        dtype = (
+            torch.bfloat16
+            if ds.get("bf16", {}).get("enabled")
+            else torch.float16
+            if ds.get("fp16", {}).get("enabled")
+            else torch.float32
+        )
         dev = lambda key: (zero.get(key) or {}).get("device", "none") not in ("none", None)  # noqa: E731
         nvme = (zero.get("offload_param") or {}).get("device") == "nvme"
         return cls(int(zero.get("stage", 0)), dtype, dev("offload_optimizer"), dev("offload_param"), nvme)
@@ -50,19 +55,26 @@ def check_hardware(facts: DsFacts, ds_name: str) -> None:
     """The reasons a DeepSpeed config cannot run on this machine, said before DeepSpeed starts."""
     cuda = torch.cuda.is_available()
     if facts.dtype == torch.float16 and not cuda:
-        raise ConfigError(f"deepspeed config {ds_name}: fp16 needs a CUDA GPU and this machine has none; "
-                          "use a bf16 config (ds/zero3_offload_bf16.json) or ds/cpu.json")
+        raise ConfigError(
+            f"deepspeed config {ds_name}: fp16 needs a CUDA GPU and this machine has none; "
+            "use a bf16 config (ds/zero3_offload_bf16.json) or ds/cpu.json"
+        )
     if facts.dtype == torch.bfloat16 and cuda and not torch.cuda.is_bf16_supported(including_emulation=False):
-        raise ConfigError(f"deepspeed config {ds_name}: bf16 needs an Ampere or newer GPU "
-                          f"({torch.cuda.get_device_name()} has none); use ds/zero3_fp16.json or ds/zero2_fp16.json")
+        raise ConfigError(
+            f"deepspeed config {ds_name}: bf16 needs an Ampere or newer GPU "
+            f"({torch.cuda.get_device_name()} has none); use ds/zero3_fp16.json or ds/zero2_fp16.json"
+        )
     if (facts.offload_optimizer or facts.offload_params) and facts.stage < 2:
         raise ConfigError(f"deepspeed config {ds_name}: offload needs ZeRO stage 2 or 3 (it says {facts.stage})")
     if facts.nvme_params:
-        raise ConfigError(f"deepspeed config {ds_name}: offload_param to nvme is not supported by this trainer's "
-                          "partitioned loader; offload parameters to cpu")
+        raise ConfigError(
+            f"deepspeed config {ds_name}: offload_param to nvme is not supported by this trainer's "
+            "partitioned loader; offload parameters to cpu"
+        )
 
 
 # ---- sizes and memory ----
+
 
 def model_config(mc: ModelConfig, source: str | None, vocab_size: int, max_len: int):
     """The transformers config of the model to train (from the saved model, or the tiny shape)."""
@@ -85,8 +97,9 @@ def count_params(cls, config) -> tuple[int, int]:
     return total, largest
 
 
-def memory_needs(total: int, largest: int, facts: DsFacts, gpus_per_node: int, nodes: int,
-                 lora: bool = False) -> tuple[int, int]:
+def memory_needs(
+    total: int, largest: int, facts: DsFacts, gpus_per_node: int, nodes: int, lora: bool = False
+) -> tuple[int, int]:
     """(host bytes per node, device bytes per rank) for the model states, by DeepSpeed's own estimators.
 
     ZeRO-0 has no estimator: every state on every rank (ZeRO-2's formula on one GPU); ZeRO-1 is ZeRO-2's plus
@@ -103,8 +116,14 @@ def memory_needs(total: int, largest: int, facts: DsFacts, gpus_per_node: int, n
         return host, dev
     if facts.stage == 3:
         host, dev, _ = estimate_zero3_model_states_mem_needs(
-            total, largest, gpus_per_node, nodes, cpu_offload=facts.offload_optimizer,
-            cpu_offload_params=facts.offload_params, zero_init=True)
+            total,
+            largest,
+            gpus_per_node,
+            nodes,
+            cpu_offload=facts.offload_optimizer,
+            cpu_offload_params=facts.offload_params,
+            zero_init=True,
+        )
         if not facts.offload_optimizer:
             host = 4 * largest * gpus_per_node  # one gathered layer per rank while loading
         return host, dev
@@ -136,22 +155,29 @@ def check_memory(cls, config, facts: DsFacts, ds_name: str, lora: bool = False) 
     else:  # the CPU accelerator keeps "device" states in host memory too
         host_need, dev_free = host_need + dev_need * local, host_free
         dev_need, where = 0, ""
-    fix = ("use an offload config (ds/zero3_offload_bf16.json), more GPUs or nodes, LoRA (lora: in the stage YAML), "
-           "or a smaller model")
-    head = (f"model of {total / 1e9:.2f}B parameters under ZeRO-{facts.stage} ({ds_name}, {local} process(es) "
-            f"per node) needs about")
+    fix = (
+        "use an offload config (ds/zero3_offload_bf16.json), more GPUs or nodes, LoRA (lora: in the stage YAML), "
+        "or a smaller model"
+    )
+    head = (
+        f"model of {total / 1e9:.2f}B parameters under ZeRO-{facts.stage} ({ds_name}, {local} process(es) "
+        f"per node) needs about"
+    )
     problem = None
     if dev_need > dev_free:
-        problem = (f"{head} {dev_need / GiB:.1f} GiB per GPU for model states (DeepSpeed's estimate, before "
-                   f"activations) but {where}; {fix}")
+        problem = (
+            f"{head} {dev_need / GiB:.1f} GiB per GPU for model states (DeepSpeed's estimate, before "
+            f"activations) but {where}; {fix}"
+        )
     elif host_need > host_free:
         problem = f"{head} {host_need / GiB:.1f} GiB of host memory but {host_free / GiB:.1f} GiB is available; {fix}"
-    refusals, = global_sum([1.0 if problem else 0.0], comm_device())
+    (refusals,) = global_sum([1.0 if problem else 0.0], comm_device())
     if refusals:
         raise ConfigError(problem or f"{head} more memory than another rank of this run found; {fix}")
 
 
 # ---- loading ----
+
 
 def _resolve_files(source: str) -> list[Path]:
     """The safetensors files of a local dir or hub id (weights only; never pickle)."""
@@ -184,13 +210,15 @@ def load_zero3_partitions(model, source: str) -> None:
             where.update({k: (f, st.get_slice(k).get_shape()) for k in st.keys()})
     prefix = getattr(model, "base_model_prefix", "") + "."
     for name, param in model.named_parameters():
-        key = name if name in where else name[len(prefix):] if name.startswith(prefix) else None
+        key = name if name in where else name[len(prefix) :] if name.startswith(prefix) else None
         if key not in where:
             raise ConfigError(f"model {source}: weights have no tensor for {name}; is it a {type(model).__name__}?")
         path, shape = where[key]
         if math.prod(shape) != param.ds_numel:
-            raise ConfigError(f"model {source}: {key} has shape {shape} but the model expects {tuple(param.ds_shape)}; "
-                              "the config does not match the weights")
+            raise ConfigError(
+                f"model {source}: {key} has shape {shape} but the model expects {tuple(param.ds_shape)}; "
+                "the config does not match the weights"
+            )
         part = param.ds_tensor
         size = part.ds_numel if hasattr(part, "ds_numel") else part.numel()
         start = size * param.ds_zero_partition_rank  # the rank within the parameter's partition group
@@ -198,7 +226,7 @@ def load_zero3_partitions(model, source: str) -> None:
         with torch.no_grad():
             flat = part.view(-1)
             for lo, chunk in _read_flat(path, key, start, stop):
-                flat[lo - start: lo - start + chunk.numel()].copy_(chunk)
+                flat[lo - start : lo - start + chunk.numel()].copy_(chunk)
 
 
 def _read_flat(path: Path, key: str, start: int, stop: int, chunk_bytes: int = 16 * 1024**2):
@@ -219,7 +247,7 @@ def _read_flat(path: Path, key: str, start: int, stop: int, chunk_bytes: int = 1
         for r0 in range(start // row, -(-stop // row), step):
             r1 = min(r0 + step, -(-stop // row))
             lo, hi = max(start, r0 * row), min(stop, r1 * row)
-            yield lo, sl[r0:r1].reshape(-1)[lo - r0 * row: hi - r0 * row]
+            yield lo, sl[r0:r1].reshape(-1)[lo - r0 * row : hi - r0 * row]
 
 
 @contextlib.contextmanager
@@ -251,8 +279,12 @@ def zero3_empty_model(cls, config, ds: dict):
     from transformers.integrations.deepspeed import prevent_arange_dtype_change
     from transformers.modeling_utils import set_zero3_state
 
-    with no_init_weights(), prevent_arange_dtype_change(), deepspeed.zero.Init(config_dict_or_path=ds), \
-            set_zero3_state():
+    with (
+        no_init_weights(),
+        prevent_arange_dtype_change(),
+        deepspeed.zero.Init(config_dict_or_path=ds),
+        set_zero3_state(),
+    ):
         model = cls(config)
     model.tie_weights()
     return model
@@ -276,8 +308,9 @@ def load_model(cls, config, source: str | None, facts: DsFacts, ds: dict, seed: 
         return model, keep
     if source:
         try:
-            model = cls.from_pretrained(source, config=config, use_safetensors=True, trust_remote_code=False,
-                                        dtype=facts.dtype)
+            model = cls.from_pretrained(
+                source, config=config, use_safetensors=True, trust_remote_code=False, dtype=facts.dtype
+            )
         except Exception as exc:
             raise ConfigError(f"model {source}: cannot load as {cls.__name__} ({first_line(exc)})") from None
     else:

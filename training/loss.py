@@ -49,11 +49,11 @@ class LinearCrossEntropy(torch.autograd.Function):
         # weight's dtype (BLOOM-176B's fp32 copy would be 14 GB a rank)
         acc_dtype = torch.float32 if weight.numel() * 4 <= 2**30 else weight.dtype
         for lo in range(0, n, chunk):
-            h = hidden[lo:lo + chunk]
-            part, g = _chunk(h, weight, targets[lo:lo + chunk], w[lo:lo + chunk], need_h or need_w)
+            h = hidden[lo : lo + chunk]
+            part, g = _chunk(h, weight, targets[lo : lo + chunk], w[lo : lo + chunk], need_h or need_w)
             loss += part
             if need_h:
-                grad_h[lo:lo + chunk] = g @ weight
+                grad_h[lo : lo + chunk] = g @ weight
             if need_w:
                 gw = g.t() @ h
                 if chunk >= n:  # one chunk: the same single matmul autograd would do
@@ -73,8 +73,9 @@ class LinearCrossEntropy(torch.autograd.Function):
         return scale(grad_h), scale(grad_w), None, None, None
 
 
-def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, input_ids: torch.Tensor,
-                         weights: torch.Tensor, per_token: bool = False) -> torch.Tensor:
+def linear_cross_entropy(
+    hidden: torch.Tensor, weight: torch.Tensor, input_ids: torch.Tensor, weights: torch.Tensor, per_token: bool = False
+) -> torch.Tensor:
     """Summed weighted next-token CE of (B, L, H) hidden states under a (V, H) head; ``weights[:, i]`` weighs
     predicting token i+1 (the last column never counts). Only tokens with a nonzero weight are computed.
     ``per_token`` (evaluation, no gradients): the (B, L) weighted losses instead of their sum."""
@@ -90,12 +91,18 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, input_ids: 
         out = torch.zeros(flat_w.shape, dtype=torch.float32, device=h.device)
         with torch.no_grad():
             for lo in range(0, len(keep), chunk):
-                out[keep[lo:lo + chunk]] = _chunk(h[lo:lo + chunk], weight, targets[lo:lo + chunk],
-                                                  w_keep[lo:lo + chunk], False, per_token=True)[0]
+                out[keep[lo : lo + chunk]] = _chunk(
+                    h[lo : lo + chunk], weight, targets[lo : lo + chunk], w_keep[lo : lo + chunk], False, per_token=True
+                )[0]
         return out.reshape(weights.shape)
     if not (torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad)):  # eval: the loss alone
-        return sum((_chunk(h[lo:lo + chunk], weight, targets[lo:lo + chunk], w_keep[lo:lo + chunk], False)[0]
-                    for lo in range(0, len(keep), chunk)), torch.zeros((), device=h.device))
+        return sum(
+            (
+                _chunk(h[lo : lo + chunk], weight, targets[lo : lo + chunk], w_keep[lo : lo + chunk], False)[0]
+                for lo in range(0, len(keep), chunk)
+            ),
+            torch.zeros((), device=h.device),
+        )
     return LinearCrossEntropy.apply(h, weight, targets, w_keep, chunk)
 
 
@@ -105,8 +112,13 @@ class LinearCEHead(nn.Linear):
     The loss is computed inside the head's own forward so that ZeRO-3 gathers its weight once for the
     whole batch (and again for backward) exactly as for a plain head call."""
 
-    def forward(self, hidden: torch.Tensor, targets: torch.Tensor | None = None, weights: torch.Tensor | None = None,
-                per_token: bool = False):
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        weights: torch.Tensor | None = None,
+        per_token: bool = False,
+    ):
         if targets is None:
             return super().forward(hidden)
         if self.bias is not None:

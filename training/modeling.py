@@ -85,18 +85,44 @@ def tiny_config(mc: ModelConfig, vocab_size: int, max_len: int):
     vocab = -(-vocab_size // 64) * 64
     t = mc.tiny
     if mc.kind == "pythia":
-        return GPTNeoXConfig(vocab_size=vocab, hidden_size=t.hidden_size, num_hidden_layers=t.num_layers,
-                             num_attention_heads=t.num_heads,
-                             intermediate_size=t.intermediate_size or 4 * t.hidden_size,
-                             max_position_embeddings=max(max_len, 2048), rotary_pct=0.25, use_parallel_residual=True,
-                             hidden_dropout=0.0, attention_dropout=0.0, tie_word_embeddings=False,
-                             bos_token_id=0, eos_token_id=0)
-    return BloomConfig(vocab_size=vocab, hidden_size=t.hidden_size, n_layer=t.num_layers, n_head=t.num_heads,
-                       hidden_dropout=0.0, attention_dropout=0.0, bos_token_id=0, eos_token_id=0)
+        return GPTNeoXConfig(
+            vocab_size=vocab,
+            hidden_size=t.hidden_size,
+            num_hidden_layers=t.num_layers,
+            num_attention_heads=t.num_heads,
+            intermediate_size=t.intermediate_size or 4 * t.hidden_size,
+            max_position_embeddings=max(max_len, 2048),
+            rotary_pct=0.25,
+            use_parallel_residual=True,
+            hidden_dropout=0.0,
+            attention_dropout=0.0,
+            tie_word_embeddings=False,
+            bos_token_id=0,
+            eos_token_id=0,
+        )
+    return BloomConfig(
+        vocab_size=vocab,
+        hidden_size=t.hidden_size,
+        n_layer=t.num_layers,
+        n_head=t.num_heads,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
 
 
-def build_model(mc: ModelConfig, vocab_size: int, max_len: int, init_from: Path | None = None, seed: int = 0,
-                ds: dict | None = None, ds_name: str = "ds/cpu.json", lora: bool = False, attn: str = "sdpa"):
+def build_model(
+    mc: ModelConfig,
+    vocab_size: int,
+    max_len: int,
+    init_from: Path | None = None,
+    seed: int = 0,
+    ds: dict | None = None,
+    ds_name: str = "ds/cpu.json",
+    lora: bool = False,
+    attn: str = "sdpa",
+):
     """The model to train, checked against the data and the memory here, loaded as ``ds`` will train it.
 
     ``init_from`` / ``name_or_path`` load safetensors only, with no remote code; otherwise the tiny shape is
@@ -109,8 +135,10 @@ def build_model(mc: ModelConfig, vocab_size: int, max_len: int, init_from: Path 
     source = str(init_from) if init_from else mc.name_or_path
     config = model_config(mc, source, vocab_size, max_len)
     if config.vocab_size < vocab_size:
-        raise ConfigError(f"model has {config.vocab_size} embedding rows but the data's vocab_size is {vocab_size}; "
-                          "tokenize with this model's tokenizer")
+        raise ConfigError(
+            f"model has {config.vocab_size} embedding rows but the data's vocab_size is {vocab_size}; "
+            "tokenize with this model's tokenizer"
+        )
     max_pos = getattr(config, "max_position_embeddings", None)
     if mc.kind == "pythia" and max_pos is not None and max_pos < max_len:
         raise ConfigError(f"model handles {max_pos} positions but the data's max_seq_length is {max_len}")
@@ -123,8 +151,10 @@ def build_model(mc: ModelConfig, vocab_size: int, max_len: int, init_from: Path 
     if mc.kind == "bloom":
         model.transformer.attn_impl = attn
     elif model.config._attn_implementation != attn:
-        raise ConfigError(f"attn_implementation {attn}: transformers chose {model.config._attn_implementation} "
-                          "for this model; use sdpa")
+        raise ConfigError(
+            f"attn_implementation {attn}: transformers chose {model.config._attn_implementation} "
+            "for this model; use sdpa"
+        )
     return model, keep
 
 
@@ -135,8 +165,9 @@ def packed_loss(model, batch: dict) -> torch.Tensor:
 
 def packed_token_losses(model, batch: dict) -> torch.Tensor:
     """Per-token weighted next-token losses (B, L) of packed rows, for evaluation by source and category."""
-    return model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], loss_weights=batch["weights"],
-                 per_token=True).loss
+    return model(
+        input_ids=batch["input_ids"], position_ids=batch["position_ids"], loss_weights=batch["weights"], per_token=True
+    ).loss
 
 
 def packed_forward(model, batch: dict) -> torch.Tensor:
@@ -150,8 +181,9 @@ def weighted_loss(logits: torch.Tensor, input_ids: torch.Tensor, weights: torch.
     The reference that ``packed_loss`` must equal (tests, benchmarks). Sums, not a mean: the trainer divides by
     the optimizer step's supervised weight over every micro-batch and rank.
     """
-    ce = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), input_ids[:, 1:].reshape(-1),
-                         reduction="none")
+    ce = F.cross_entropy(
+        logits[:, :-1].float().reshape(-1, logits.shape[-1]), input_ids[:, 1:].reshape(-1), reduction="none"
+    )
     w = weights[:, :-1].reshape(-1).to(ce.dtype)
     return (ce * w).sum(), float(w.sum())
 
@@ -170,6 +202,11 @@ def apply_lora(model, kind: str, lora):
     """Wrap the model with a peft LoRA adapter."""
     from peft import LoraConfig, get_peft_model
 
-    cfg = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, task_type="CAUSAL_LM",
-                     target_modules=lora.target_modules or LORA_TARGETS[kind])
+    cfg = LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        task_type="CAUSAL_LM",
+        target_modules=lora.target_modules or LORA_TARGETS[kind],
+    )
     return get_peft_model(model, cfg)

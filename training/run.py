@@ -64,8 +64,10 @@ def release_shm_buffer() -> None:
     (``/dev/shm/deepspeed_allreduce_buffer_{uid}_{addr}_{port}_{rank}``, 66 MB) and never unlinks it."""
     if "MASTER_PORT" not in os.environ:
         return
-    name = (f"deepspeed_allreduce_buffer_{os.getuid()}_{os.environ.get('MASTER_ADDR', '')}_"
-            f"{os.environ['MASTER_PORT']}_{os.environ.get('RANK', '0')}")
+    name = (
+        f"deepspeed_allreduce_buffer_{os.getuid()}_{os.environ.get('MASTER_ADDR', '')}_"
+        f"{os.environ['MASTER_PORT']}_{os.environ.get('RANK', '0')}"
+    )
     try:
         os.unlink(os.path.join("/dev/shm", name))
     except OSError:

@@ -21,12 +21,12 @@ from pathlib import Path
 import torch
 
 from data_prep.atomic import atomic_write, sha256_file
-from training import checkpoint
 from tokenization_prep.schema import TokenizedDir, dir_tokenizer_sha256, tokenizer_fingerprint
+from training import checkpoint
 from training.attention import check_attention
 from training.config import GENERATION_DEFAULTS, ConfigError, StageConfig, deepspeed_dict, first_line
-from training.dev_loss import GroupedLoss, eval_record, eval_table, log_eval
 from training.data import PackedDataset, StepSampler, collate, load_data, step_loader
+from training.dev_loss import GroupedLoss, eval_record, eval_table, log_eval
 from training.distributed import global_sum, init_process_group, rank, to_device, world_size
 from training.loading import DsFacts, check_hardware
 from training.modeling import apply_lora, build_model, enable_checkpointing, packed_loss, packed_token_losses
@@ -55,14 +55,19 @@ def load_data_tokenizer(data: TokenizedDir):
     try:
         tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
     except (OSError, ValueError) as exc:
-        raise ConfigError(f"data_dir {path}: no readable tokenizer ({first_line(exc)}); re-run tokenization_prep") \
-            from None
+        raise ConfigError(
+            f"data_dir {path}: no readable tokenizer ({first_line(exc)}); re-run tokenization_prep"
+        ) from None
     if data.meta.tokenizer_sha256 and tokenizer_fingerprint(tok) != data.meta.tokenizer_sha256:
-        raise ConfigError(f"data_dir {path}: not the tokenizer metadata.yaml records (tokenizer_sha256 differs); "
-                          "re-run tokenization_prep")
+        raise ConfigError(
+            f"data_dir {path}: not the tokenizer metadata.yaml records (tokenizer_sha256 differs); "
+            "re-run tokenization_prep"
+        )
     if len(tok) > data.embedding_rows:
-        raise ConfigError(f"data_dir {path}: {len(tok)} tokens but metadata.yaml sizes the embedding for "
-                          f"{data.embedding_rows}; re-run tokenization_prep")
+        raise ConfigError(
+            f"data_dir {path}: {len(tok)} tokens but metadata.yaml sizes the embedding for "
+            f"{data.embedding_rows}; re-run tokenization_prep"
+        )
     return tok
 
 
@@ -73,9 +78,11 @@ def check_same_tokenizer(data: TokenizedDir, init: Path) -> None:
     theirs = json.loads(lineage.read_text()).get("tokenizer_sha256") if lineage.is_file() else None
     theirs = theirs or dir_tokenizer_sha256(init)
     if theirs and data.tokenizer_sha256 and theirs != data.tokenizer_sha256:
-        raise ConfigError(f"data_dir {data.path} was tokenized with another tokenizer (sha256 "
-                          f"{data.tokenizer_sha256[:12]}) than init_from {init}'s model ({theirs[:12]}); re-tokenize "
-                          f"with --pretrained_tokenizer {init}")
+        raise ConfigError(
+            f"data_dir {data.path} was tokenized with another tokenizer (sha256 "
+            f"{data.tokenizer_sha256[:12]}) than init_from {init}'s model ({theirs[:12]}); re-tokenize "
+            f"with --pretrained_tokenizer {init}"
+        )
 
 
 def make_scheduler(cfg: StageConfig, total_steps: int):
@@ -108,23 +115,29 @@ class StageRunner:
         self.out = cfg.out_dir
         self.rank, self.world = rank(), world_size()
         self.train = PackedDataset(self.data, "train", cfg.prompt_loss_weight)
-        self.dev = PackedDataset(self.data, "dev", cfg.prompt_loss_weight, groups=True) if self.data.splits["dev"] \
-            else None
+        self.dev = (
+            PackedDataset(self.data, "dev", cfg.prompt_loss_weight, groups=True) if self.data.splits["dev"] else None
+        )
         self.ds_config = deepspeed_dict(cfg, self.world)
         facts = DsFacts.of(self.ds_config)
         check_hardware(facts, cfg.deepspeed)
         if cfg.attn_implementation == "flash_attention_2" and facts.dtype == torch.float32:
-            raise ConfigError(f"attn_implementation flash_attention_2 runs in bf16 or fp16 only, and {cfg.deepspeed} "
-                              "trains in fp32; use a bf16 DeepSpeed config (ds/zero2_bf16.json) or sdpa")
+            raise ConfigError(
+                f"attn_implementation flash_attention_2 runs in bf16 or fp16 only, and {cfg.deepspeed} "
+                "trains in fp32; use a bf16 DeepSpeed config (ds/zero2_bf16.json) or sdpa"
+            )
         self.rows_per_step = cfg.micro_batch_size * cfg.gradient_accumulation_steps * self.world
         self.steps_per_epoch = len(self.train) // self.rows_per_step
         if self.steps_per_epoch == 0:
-            raise ConfigError(f"{len(self.train)} training rows cannot fill one step of {self.rows_per_step} rows; "
-                              "lower micro_batch_size or gradient_accumulation_steps")
+            raise ConfigError(
+                f"{len(self.train)} training rows cannot fill one step of {self.rows_per_step} rows; "
+                "lower micro_batch_size or gradient_accumulation_steps"
+            )
         total = math.ceil(cfg.epochs * self.steps_per_epoch)
         self.total_steps = min(total, cfg.max_steps) if cfg.max_steps else total
-        self.topology = checkpoint.topology(self.world, cfg.micro_batch_size, cfg.gradient_accumulation_steps,
-                                            facts.stage)
+        self.topology = checkpoint.topology(
+            self.world, cfg.micro_batch_size, cfg.gradient_accumulation_steps, facts.stage
+        )
         self.ckpt = self.out / "checkpoints"
         saved = checkpoint.check_resume(self.ckpt, self.topology) if resume else None
         init_process_group()
@@ -134,9 +147,17 @@ class StageRunner:
             if saved["universal"]:
                 load_tag = checkpoint.to_universal(self.ckpt, load_tag)
                 self.ds_config["checkpoint"] = {"load_universal": True}
-        model, self._keep_alive = build_model(cfg.model, self.data.embedding_rows, self.data.meta.max_seq_length,
-                                              self.init, cfg.seed, ds=self.ds_config, ds_name=cfg.deepspeed,
-                                              lora=cfg.lora is not None, attn=cfg.attn_implementation)
+        model, self._keep_alive = build_model(
+            cfg.model,
+            self.data.embedding_rows,
+            self.data.meta.max_seq_length,
+            self.init,
+            cfg.seed,
+            ds=self.ds_config,
+            ds_name=cfg.deepspeed,
+            lora=cfg.lora is not None,
+            attn=cfg.attn_implementation,
+        )
         if cfg.gradient_checkpointing:
             enable_checkpointing(model)
         if cfg.lora:
@@ -145,11 +166,16 @@ class StageRunner:
 
         try:
             self.engine, _, _, self.scheduler = deepspeed.initialize(
-                model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
-                config=self.ds_config, lr_scheduler=make_scheduler(cfg, self.total_steps))
+                model=model,
+                model_parameters=[p for p in model.parameters() if p.requires_grad],
+                config=self.ds_config,
+                lr_scheduler=make_scheduler(cfg, self.total_steps),
+            )
         except torch.OutOfMemoryError as exc:
-            raise ConfigError(f"out of memory while DeepSpeed set up the model ({first_line(exc)}); lower the model "
-                              "size, use an offload config (ds/zero3_offload_bf16.json) or more GPUs") from None
+            raise ConfigError(
+                f"out of memory while DeepSpeed set up the model ({first_line(exc)}); lower the model "
+                "size, use an offload config (ds/zero3_offload_bf16.json) or more GPUs"
+            ) from None
         except (ValueError, AssertionError, NotImplementedError, RuntimeError) as exc:
             raise ConfigError(f"deepspeed config {cfg.deepspeed} does not run here: {first_line(exc)}") from None
         self.device = self.engine.device
@@ -160,10 +186,22 @@ class StageRunner:
     def batches(self, start: int):
         """This rank's micro-batches from optimizer step ``start`` to the end, on the CPU (pinned on CUDA)."""
         cfg = self.cfg
-        sampler = StepSampler(len(self.train), cfg.seed, cfg.micro_batch_size, cfg.gradient_accumulation_steps,
-                              self.world, self.rank, self.steps_per_epoch, start, self.total_steps)
-        return iter(step_loader(self.train, sampler, cfg.dataloader_workers, cfg.dataloader_prefetch,
-                                pin=self.device.type == "cuda"))
+        sampler = StepSampler(
+            len(self.train),
+            cfg.seed,
+            cfg.micro_batch_size,
+            cfg.gradient_accumulation_steps,
+            self.world,
+            self.rank,
+            self.steps_per_epoch,
+            start,
+            self.total_steps,
+        )
+        return iter(
+            step_loader(
+                self.train, sampler, cfg.dataloader_workers, cfg.dataloader_prefetch, pin=self.device.type == "cuda"
+            )
+        )
 
     def evaluate(self) -> dict | None:
         """Token-weighted dev loss, in all and per source and category of the articles (their provenance), rows
@@ -194,7 +232,7 @@ class StageRunner:
         local_w = sum(float(b["weights"][:, :-1].sum()) for b in batches)  # on the CPU: no device sync
         local_real = sum(float(b["real_tokens"].sum()) for b in batches)
         batches = [to_device(b, self.device) for b in batches]
-        total_w, = global_sum([local_w], self.device)
+        (total_w,) = global_sum([local_w], self.device)
         scale = self.world / max(total_w, 1e-8)  # DeepSpeed averages gradients over ranks: undo it
         loss_acc = torch.zeros((), dtype=torch.float64, device=self.device)
         for b in batches:
@@ -221,8 +259,9 @@ class StageRunner:
             with atomic_write(metrics_path, "w") as fh:
                 fh.write("".join(x + "\n" for x in keep))
         log = open(metrics_path, "a" if self.resume else "w") if main else None
-        bar = tqdm(total=self.total_steps, initial=self.engine.global_steps, desc=cfg.name, disable=not main,
-                   unit="step")
+        bar = tqdm(
+            total=self.total_steps, initial=self.engine.global_steps, desc=cfg.name, disable=not main, unit="step"
+        )
         self.engine.train()
         t0, tokens, sup = time.perf_counter(), 0.0, 0.0
         last_loss, final_eval = None, None
@@ -232,8 +271,12 @@ class StageRunner:
             tokens, sup = tokens + real, sup + w
             step = self.engine.global_steps
             bar.update(1)
-            record = {"step": step, "epoch": step0 // self.steps_per_epoch, "loss": last_loss,
-                      "lr": self.scheduler.get_last_lr()[0]}
+            record = {
+                "step": step,
+                "epoch": step0 // self.steps_per_epoch,
+                "loss": last_loss,
+                "lr": self.scheduler.get_last_lr()[0],
+            }
             if step % cfg.log_every == 0:
                 secs = time.perf_counter() - t0
                 record.update(tokens_per_s=tokens / secs, supervised_tokens=sup, step_s=secs / cfg.log_every)
@@ -282,18 +325,24 @@ class StageRunner:
             return final
         tok = load_data_tokenizer(self.data)
         tok.save_pretrained(str(staged[final]))
-        GenerationConfig(eos_token_id=tok.eos_token_id, pad_token_id=tok.eos_token_id, do_sample=True,
-                         **GENERATION_DEFAULTS).save_pretrained(str(staged[final]))
+        GenerationConfig(
+            eos_token_id=tok.eos_token_id, pad_token_id=tok.eos_token_id, do_sample=True, **GENERATION_DEFAULTS
+        ).save_pretrained(str(staged[final]))
         parent = self.init / "lineage.json" if self.init else None
         lineage = {
-            "stage": self.cfg.name, "config": self.cfg.model_dump(), "deepspeed": self.ds_config,
-            "topology": self.topology, "data_dir": str(self.data_dir),
+            "stage": self.cfg.name,
+            "config": self.cfg.model_dump(),
+            "deepspeed": self.ds_config,
+            "topology": self.topology,
+            "data_dir": str(self.data_dir),
             "data_manifest_sha256": sha256_file(self.data_dir / "manifest.sha256")
-            if (self.data_dir / "manifest.sha256").is_file() else None,
+            if (self.data_dir / "manifest.sha256").is_file()
+            else None,
             "tokenizer_sha256": self.data.tokenizer_sha256,
             "init_from": str(self.init) if self.init else None,
             "parent": json.loads(parent.read_text()) if parent and parent.is_file() else None,
-            "steps": self.engine.global_steps, "final_train_loss": last_loss,
+            "steps": self.engine.global_steps,
+            "final_train_loss": last_loss,
             **eval_record(final_eval, prefix="final_eval_loss"),
         }
         with atomic_write(staged[final] / "lineage.json", "w") as fh:

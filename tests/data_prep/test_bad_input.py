@@ -57,9 +57,22 @@ def test_strict_stops_with_file_and_line(tmp_path):
 
 
 def test_strict_cli_prints_one_line_and_exits_nonzero(tmp_path):
-    proc = subprocess.run([sys.executable, "data_prep/prepare_oa_dolly.py", "--dolly", str(BAD), "--oasst", "",
-                           "--strict", "--output", str(tmp_path / "o.jsonl")],
-                          cwd=ROOT, capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "data_prep/prepare_oa_dolly.py",
+            "--dolly",
+            str(BAD),
+            "--oasst",
+            "",
+            "--strict",
+            "--output",
+            str(tmp_path / "o.jsonl"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "dolly_bad.jsonl:4" in proc.stderr
     assert "Traceback" not in proc.stderr

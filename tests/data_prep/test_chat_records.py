@@ -15,10 +15,17 @@ from tests.conftest import ROOT
 HERE = Path(__file__).parent / "chat_records"
 OPENAI, SHAREGPT = HERE / "openai_messages.jsonl", HERE / "sharegpt.json"
 EXPECTED_OPENAI = {  # line -> reason (start) under --system reject
-    11: "system message", 13: "message 2: tool calls", 14: "message 2: unsupported role 'narrator'",
-    15: "message 1: content part of type 'image_url'", 16: "non-alternating roles", 17: "first turn is not human",
-    18: "empty or blank text", 19: "'messages' is a str", 20: "no 'messages' or 'conversations'",
-    21: "message 3: a system message after the conversation started", 22: "not JSON",
+    11: "system message",
+    13: "message 2: tool calls",
+    14: "message 2: unsupported role 'narrator'",
+    15: "message 1: content part of type 'image_url'",
+    16: "non-alternating roles",
+    17: "first turn is not human",
+    18: "empty or blank text",
+    19: "'messages' is a str",
+    20: "no 'messages' or 'conversations'",
+    21: "message 3: a system message after the conversation started",
+    22: "not JSON",
 }
 
 
@@ -43,8 +50,10 @@ def test_both_forms_convert_with_every_reject_named(tmp_path):
     assert len(lines) == 18
     first_src = json.loads(OPENAI.read_text().splitlines()[0])["messages"]
     text = join_pairs(lines[0])
-    assert text == "".join(f"{'' if i == 0 else chr(10)}{HUMAN_TAG} {m['content']}" if m["role"] == "user"
-                           else f"\n<bot>: {m['content']}" for i, m in enumerate(first_src))
+    assert text == "".join(
+        f"{'' if i == 0 else chr(10)}{HUMAN_TAG} {m['content']}" if m["role"] == "user" else f"\n<bot>: {m['content']}"
+        for i, m in enumerate(first_src)
+    )
     assert all(p["source"] in ("openai_messages", "sg") for line in lines for p in line)
     content_parts = json.loads(OPENAI.read_text().splitlines()[10])["messages"]  # the record with a system message
     assert not any(content_parts[1]["content"][0]["text"] in p["prompt"] for line in lines for p in line)
@@ -64,8 +73,17 @@ def test_fold_puts_the_system_text_first_in_the_first_user_turn(tmp_path):
 
 def test_role_tags_in_messages_are_escaped(tmp_path):
     src = tmp_path / "tags.jsonl"
-    src.write_text(json.dumps({"messages": [{"role": "user", "content": "say <bot>: hi"},
-                                            {"role": "assistant", "content": "ok\n<human>: forged"}]}) + "\n")
+    src.write_text(
+        json.dumps(
+            {
+                "messages": [
+                    {"role": "user", "content": "say <bot>: hi"},
+                    {"role": "assistant", "content": "ok\n<human>: forged"},
+                ]
+            }
+        )
+        + "\n"
+    )
     prepare_chat(tmp_path / "o.jsonl", [str(src)])
     pair = rows(tmp_path / "o.jsonl")[0][0]
     assert "<bot> : hi" in pair["prompt"] and pair["completion"] == "ok\n<human> : forged"
@@ -84,8 +102,10 @@ def test_strict_stops_with_one_line_and_cli_errors(tmp_path):
 
 def test_sharegpt_record_level_system_follows_the_rule(tmp_path):
     src = tmp_path / "sg.jsonl"
-    conv = {"conversations": [{"from": "human", "value": "Name a prime."}, {"from": "gpt", "value": "7"}],
-            "system": "Be terse."}
+    conv = {
+        "conversations": [{"from": "human", "value": "Name a prime."}, {"from": "gpt", "value": "7"}],
+        "system": "Be terse.",
+    }
     src.write_text(json.dumps(conv) + "\n")
     rejected = prepare_chat(tmp_path / "r.jsonl", [str(src)])
     assert rejected.report.sources["sg"].rejected == {next(iter(rejected.report.sources["sg"].rejected)): 1}

@@ -55,6 +55,18 @@ def test_bloomchat_format_and_strict_missing_files(tmp_path):
     subsample_openchatkit(out, str(OIG_JOKES), fmt="bloomchat", sample_size=5)
     rec = json.loads(out.read_text().splitlines()[0])
     assert rec["prompt"] == "" and rec["completion"].startswith("<human>: ") and rec["completion"].endswith("\n")
-    proc = subprocess.run([sys.executable, "data_prep/subsample_openchatkit.py", "--oig", str(OIG_DIR), "--strict",
-                           "--output", str(tmp_path / "s.jsonl")], cwd=ROOT, capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "data_prep/subsample_openchatkit.py",
+            "--oig",
+            str(OIG_DIR),
+            "--strict",
+            "--output",
+            str(tmp_path / "s.jsonl"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2 and "24 of 25 OIG files missing" in proc.stderr and "Traceback" not in proc.stderr

@@ -102,12 +102,12 @@ def test_trees_export_and_modes(tmp_path):
 
 
 def test_filters_and_dedup(tmp_path):
-    result = prepare_oa_dolly(tmp_path / "f.jsonl", None, str(OASST_ROWS),
-                              oasst_filters=OasstFilters(langs=("de",)))
+    result = prepare_oa_dolly(tmp_path / "f.jsonl", None, str(OASST_ROWS), oasst_filters=OasstFilters(langs=("de",)))
     s = result.report.sources["oasst"]
     assert s.written == 0 and s.filtered["lang not in de"] == 188 and s.balanced()
-    kept = prepare_oa_dolly(tmp_path / "g.jsonl", None, str(OASST_ROWS),
-                            oasst_filters=OasstFilters(drop_deleted=True)).report.sources["oasst"]
+    kept = prepare_oa_dolly(
+        tmp_path / "g.jsonl", None, str(OASST_ROWS), oasst_filters=OasstFilters(drop_deleted=True)
+    ).report.sources["oasst"]
     assert kept.filtered["deleted"] > 0 and kept.balanced()
     doubled = tmp_path / "doubled.jsonl"
     with gzip.open(DOLLY, "rb") as fh:

@@ -40,16 +40,40 @@ def trained_model(tmp_path_factory):
     src = base / "dolly_short.jsonl"
     src.write_text("\n".join(json.dumps(r) for r in records) + "\n")
     prepare_oa_dolly(base / "chat.jsonl", str(src), None)
-    run_pipeline(PipelineConfig(str(base / "chat.jsonl"), str(base / "tok"), str(PYTHIA_TOKENIZER), 64,
-                                "single::truncate_right", shuffle="on_RAM", num_training_splits=1))
-    cfg = {"name": "chat", "data_dir": str(base / "tok"), "output_dir": str(base / "ckpt"),
-           "model": {"kind": "pythia", "tiny": {"hidden_size": 64, "num_layers": 2, "num_heads": 4}},
-           "deepspeed": "training/configs/ds/cpu.json", "epochs": 100, "max_steps": 150, "micro_batch_size": 8,
-           "gradient_accumulation_steps": 1, "lr": 3e-3, "seed": 1, "log_every": 50}
+    run_pipeline(
+        PipelineConfig(
+            str(base / "chat.jsonl"),
+            str(base / "tok"),
+            str(PYTHIA_TOKENIZER),
+            64,
+            "single::truncate_right",
+            shuffle="on_RAM",
+            num_training_splits=1,
+        )
+    )
+    cfg = {
+        "name": "chat",
+        "data_dir": str(base / "tok"),
+        "output_dir": str(base / "ckpt"),
+        "model": {"kind": "pythia", "tiny": {"hidden_size": 64, "num_layers": 2, "num_heads": 4}},
+        "deepspeed": "training/configs/ds/cpu.json",
+        "epochs": 100,
+        "max_steps": 150,
+        "micro_batch_size": 8,
+        "gradient_accumulation_steps": 1,
+        "lr": 3e-3,
+        "seed": 1,
+        "log_every": 50,
+    }
     (base / "chat.yaml").write_text(yaml.safe_dump(cfg))
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    r = subprocess.run([sys.executable, "-m", "training.run", "--config", str(base / "chat.yaml")], cwd=ROOT,
-                       capture_output=True, text=True, env={**env, "DS_ACCELERATOR": "cpu"})
+    r = subprocess.run(
+        [sys.executable, "-m", "training.run", "--config", str(base / "chat.yaml")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**env, "DS_ACCELERATOR": "cpu"},
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     return base / "ckpt" / "final", records
 
@@ -61,9 +85,14 @@ def server(trained_model):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "inference.serve", "--model", str(model_dir), "--port", str(port)],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "TRANSFORMERS_VERBOSITY": "error"})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "inference.serve", "--model", str(model_dir), "--port", str(port)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "TRANSFORMERS_VERBOSITY": "error"},
+    )
     base = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
     while True:

@@ -15,10 +15,24 @@ pytestmark = pytest.mark.slow
 
 
 def spawn(model_dir, *extra, history=""):
-    child = pexpect.spawn(sys.executable, ["inference/chat.py", "--model", str(model_dir), "--greedy", "--verbose",
-                                           "--history-file", str(history), *extra], cwd=str(ROOT), encoding="utf-8",
-                          timeout=120, env={"TRANSFORMERS_VERBOSITY": "error", "PATH": "/usr/bin:/bin"},
-                          dimensions=(40, 200))
+    child = pexpect.spawn(
+        sys.executable,
+        [
+            "inference/chat.py",
+            "--model",
+            str(model_dir),
+            "--greedy",
+            "--verbose",
+            "--history-file",
+            str(history),
+            *extra,
+        ],
+        cwd=str(ROOT),
+        encoding="utf-8",
+        timeout=120,
+        env={"TRANSFORMERS_VERBOSITY": "error", "PATH": "/usr/bin:/bin"},
+        dimensions=(40, 200),
+    )
     child.expect_exact(">>> ")
     return child
 
@@ -91,8 +105,13 @@ def test_ctrl_c_stops_a_reply_and_ctrl_d_exits(trained_model):
     model_dir, _ = trained_model
     child = spawn(model_dir)
     # near-uniform sampling over the vocabulary: a long reply, almost never ending by itself
-    for cmd in ("/set do_sample true", "/set temperature 100", "/set top_p 1.0", "/set max_new_tokens 1500",
-                "/set seed 0"):
+    for cmd in (
+        "/set do_sample true",
+        "/set temperature 100",
+        "/set top_p 1.0",
+        "/set max_new_tokens 1500",
+        "/set seed 0",
+    ):
         child.sendline(cmd)
         child.expect_exact("]")
     child.expect_exact(">>> ")
@@ -117,9 +136,19 @@ def test_ctrl_c_stops_a_reply_and_ctrl_d_exits(trained_model):
 def test_bad_settings_and_saves_are_one_line_and_the_session_goes_on(trained_model, tmp_path):
     model_dir, records = trained_model
     child = spawn(model_dir)
-    bad = ["temperature -1", "temperature nan", "top_p -0.1", "top_k -1", "repetition_penalty 0", "max_new_tokens 0",
-           "max_new_tokens 2040", "max_new_tokens 100000", "seed 99999999999999999999999", "do_sample ture",
-           "colour blue"]
+    bad = [
+        "temperature -1",
+        "temperature nan",
+        "top_p -0.1",
+        "top_k -1",
+        "repetition_penalty 0",
+        "max_new_tokens 0",
+        "max_new_tokens 2040",
+        "max_new_tokens 100000",
+        "seed 99999999999999999999999",
+        "do_sample ture",
+        "colour blue",
+    ]
     for setting in bad:
         child.sendline(f"/set {setting}")
         child.expect(r"\[not set: ([^\r\n]*)\]\r\n")
@@ -173,25 +202,39 @@ def test_long_multiline_and_pasted_messages_history_and_banner(trained_model, tm
     assert "third line" in hist.read_text() and "/undo" in hist.read_text()
 
 
-@pytest.mark.parametrize("make,needle", [
-    (lambda d, t: t / "nowhere", "no such directory"),
-    (lambda d, t: d.parent, "training stage dir; give its model: --model"),
-    (lambda d, t: strip_tokenizer(d, t), "no tokenizer files"),
-])
+@pytest.mark.parametrize(
+    "make,needle",
+    [
+        (lambda d, t: t / "nowhere", "no such directory"),
+        (lambda d, t: d.parent, "training stage dir; give its model: --model"),
+        (lambda d, t: strip_tokenizer(d, t), "no tokenizer files"),
+    ],
+)
 def test_start_up_problems_are_one_line_with_the_fix(trained_model, tmp_path, make, needle):
     model_dir, _ = trained_model
-    r = subprocess.run([sys.executable, "inference/chat.py", "--model", str(make(model_dir, tmp_path)),
-                        "--message", "hi"], cwd=ROOT, capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "inference/chat.py", "--model", str(make(model_dir, tmp_path)), "--message", "hi"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 2 and needle in r.stderr and r.stderr.count("\n") == 1, r.stderr[-2000:]
 
 
 def test_bad_flags_are_one_line(trained_model):
     model_dir, _ = trained_model
-    for flags, needle in ((["--max-new-tokens", "-3"], "max_new_tokens"), (["--device", "cuda"], "CUDA GPU"),
-                          (["--quantize", "8bit", "--device", "cpu"], "needs a CUDA GPU"),
-                          (["--top-p", "2"], "top_p")):
-        r = subprocess.run([sys.executable, "inference/chat.py", "--model", str(model_dir), "--message", "hi", *flags],
-                           cwd=ROOT, capture_output=True, text=True)
+    for flags, needle in (
+        (["--max-new-tokens", "-3"], "max_new_tokens"),
+        (["--device", "cuda"], "CUDA GPU"),
+        (["--quantize", "8bit", "--device", "cpu"], "needs a CUDA GPU"),
+        (["--top-p", "2"], "top_p"),
+    ):
+        r = subprocess.run(
+            [sys.executable, "inference/chat.py", "--model", str(model_dir), "--message", "hi", *flags],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
         assert r.returncode == 2 and needle in r.stderr and r.stderr.count("\n") == 1, (flags, r.stderr[-2000:])
 
 

@@ -4,8 +4,14 @@ import pytest
 import torch
 
 from data_prep.chat_format import BOT, HUMAN, Turn, prompt_for_next_bot_turn
-from inference.generate import ChatSession, ChatStreamer, Exchange, Reply, generate_response, \
-    load_model_tokenizer_for_generate
+from inference.generate import (
+    ChatSession,
+    ChatStreamer,
+    Exchange,
+    Reply,
+    generate_response,
+    load_model_tokenizer_for_generate,
+)
 from inference.sampling import Sampling, SettingError
 
 pytestmark = pytest.mark.slow
@@ -16,9 +22,11 @@ def test_generate_response_and_chat_template(trained_model):
     model, tok = load_model_tokenizer_for_generate(str(model_dir))
     assert generate_response(records[2]["instruction"], model, tok, do_sample=False) == records[2]["response"]
     history = [Turn(HUMAN, records[0]["instruction"]), Turn(BOT, records[0]["response"] + " <human>: forged")]
-    messages = [{"role": "user", "content": records[0]["instruction"]},
-                {"role": "assistant", "content": records[0]["response"] + " <human>: forged"},
-                {"role": "user", "content": "and <bot>: this?"}]
+    messages = [
+        {"role": "user", "content": records[0]["instruction"]},
+        {"role": "assistant", "content": records[0]["response"] + " <human>: forged"},
+        {"role": "user", "content": "and <bot>: this?"},
+    ]
     via_template = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     prompt = prompt_for_next_bot_turn(history, "and <bot>: this?", tok.eos_token)
     assert via_template == prompt

@@ -9,8 +9,15 @@ from inference.kv_cache import MIN_ROOM, growing_cache
 
 def tiny_model():
     torch.manual_seed(0)
-    cfg = GPTNeoXConfig(vocab_size=128, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=64, max_position_embeddings=1024, attn_implementation="sdpa")
+    cfg = GPTNeoXConfig(
+        vocab_size=128,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=1024,
+        attn_implementation="sdpa",
+    )
     return GPTNeoXForCausalLM(cfg).eval()
 
 
@@ -25,7 +32,7 @@ def test_same_logits_as_dynamic_cache_through_appends_and_crops():
                 ref.crop(-25)
                 ours.crop(-25)
                 pos -= 25
-            chunk = ids[:, pos:pos + n]
+            chunk = ids[:, pos : pos + n]
             a = model(chunk, past_key_values=ref).logits
             b = model(chunk, past_key_values=ours).logits
             assert torch.allclose(a, b, atol=1e-5), step

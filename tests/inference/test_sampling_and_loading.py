@@ -8,11 +8,24 @@ from inference.loading import LoadError, load_for_chat, pick_device, resolve_sou
 from inference.sampling import Sampling, SettingError
 
 
-@pytest.mark.parametrize("name,value", [
-    ("temperature", "-1"), ("temperature", "nan"), ("temperature", "inf"), ("top_p", "-0.1"), ("top_p", "1.5"),
-    ("top_k", "-1"), ("top_k", "2.5"), ("repetition_penalty", "0"), ("max_new_tokens", "0"),
-    ("max_new_tokens", "abc"), ("seed", "99999999999999999999999"), ("seed", "-4"), ("do_sample", "ture"),
-])
+@pytest.mark.parametrize(
+    "name,value",
+    [
+        ("temperature", "-1"),
+        ("temperature", "nan"),
+        ("temperature", "inf"),
+        ("top_p", "-0.1"),
+        ("top_p", "1.5"),
+        ("top_k", "-1"),
+        ("top_k", "2.5"),
+        ("repetition_penalty", "0"),
+        ("max_new_tokens", "0"),
+        ("max_new_tokens", "abc"),
+        ("seed", "99999999999999999999999"),
+        ("seed", "-4"),
+        ("do_sample", "ture"),
+    ],
+)
 def test_bad_values_are_one_line_naming_the_setting(name, value):
     with pytest.raises(SettingError) as err:
         Sampling().with_value(name, value)
@@ -33,8 +46,9 @@ def test_good_values_parse_and_temperature_zero_is_greedy():
 
 
 def test_defaults_come_from_the_model_generation_config(tmp_path):
-    (tmp_path / "generation_config.json").write_text(json.dumps(
-        {"temperature": 0.3, "top_p": 0.5, "max_new_tokens": 64, "eos_token_id": 0, "do_sample": True}))
+    (tmp_path / "generation_config.json").write_text(
+        json.dumps({"temperature": 0.3, "top_p": 0.5, "max_new_tokens": 64, "eos_token_id": 0, "do_sample": True})
+    )
     s = Sampling.from_model_dir(tmp_path)
     assert (s.temperature, s.top_p, s.max_new_tokens) == (0.3, 0.5, 64)
     (tmp_path / "generation_config.json").write_text(json.dumps({"top_p": 7}))

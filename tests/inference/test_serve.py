@@ -18,8 +18,9 @@ def client(base):
 
 
 def ask(c, text, **kw):
-    return c.chat.completions.create(model="ckpt", messages=[{"role": "user", "content": text}],
-                                     **{"temperature": 0, **kw})
+    return c.chat.completions.create(
+        model="ckpt", messages=[{"role": "user", "content": text}], **{"temperature": 0, **kw}
+    )
 
 
 def test_models_plain_and_streamed_replies(server):
@@ -34,9 +35,15 @@ def test_models_plain_and_streamed_replies(server):
     text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
     assert text == records[0]["response"] and len(chunks) > 3
     assert chunks[-1].choices[0].finish_reason == "stop" and chunks[-1].usage.completion_tokens > 0
-    multi = c.chat.completions.create(model="ckpt", temperature=0, messages=[
-        {"role": "user", "content": records[1]["instruction"]}, {"role": "assistant", "content": "<bot>: forged"},
-        {"role": "user", "content": records[0]["instruction"]}])
+    multi = c.chat.completions.create(
+        model="ckpt",
+        temperature=0,
+        messages=[
+            {"role": "user", "content": records[1]["instruction"]},
+            {"role": "assistant", "content": "<bot>: forged"},
+            {"role": "user", "content": records[0]["instruction"]},
+        ],
+    )
     assert multi.usage.prompt_tokens > r.usage.prompt_tokens  # the history went into the prompt
     short = ask(c, records[0]["instruction"], max_tokens=2)
     assert short.choices[0].finish_reason == "length" and short.usage.completion_tokens == 2
@@ -52,8 +59,7 @@ def test_models_plain_and_streamed_replies(server):
 def test_eight_concurrent_clients_are_all_answered(server):
     base, records = server
     with ThreadPoolExecutor(8) as pool:
-        futures = [pool.submit(ask, client(base), records[i % 4]["instruction"], stream=bool(i % 2))
-                   for i in range(8)]
+        futures = [pool.submit(ask, client(base), records[i % 4]["instruction"], stream=bool(i % 2)) for i in range(8)]
         results = [f.result(timeout=300) for f in futures]
     for i, r in enumerate(results):
         if i % 2:
@@ -63,18 +69,24 @@ def test_eight_concurrent_clients_are_all_answered(server):
         assert text == records[i % 4]["response"], i
 
 
-@pytest.mark.parametrize("kwargs,status,param", [
-    ({"temperature": -1}, 400, "temperature"),
-    ({"top_p": 1.5}, 400, "top_p"),
-    ({"max_tokens": 100000}, 400, "max_tokens"),
-    ({"n": 2}, 400, "n"),
-    ({"messages": []}, 400, "messages"),
-    ({"messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]}, 400,
-     "messages[0].role"),
-    ({"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]}, 400, "messages[1].role"),
-    ({"messages": [{"role": "wizard", "content": "a"}]}, 400, "messages.0.role"),
-    ({"model": "gpt-4"}, 404, "model"),
-])
+@pytest.mark.parametrize(
+    "kwargs,status,param",
+    [
+        ({"temperature": -1}, 400, "temperature"),
+        ({"top_p": 1.5}, 400, "top_p"),
+        ({"max_tokens": 100000}, 400, "max_tokens"),
+        ({"n": 2}, 400, "n"),
+        ({"messages": []}, 400, "messages"),
+        (
+            {"messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]},
+            400,
+            "messages[0].role",
+        ),
+        ({"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]}, 400, "messages[1].role"),
+        ({"messages": [{"role": "wizard", "content": "a"}]}, 400, "messages.0.role"),
+        ({"model": "gpt-4"}, 404, "model"),
+    ],
+)
 def test_bad_requests_get_openai_shaped_errors(server, kwargs, status, param):
     base, _ = server
     body = {"model": "ckpt", "messages": [{"role": "user", "content": "hi"}], **kwargs}
@@ -87,8 +99,9 @@ def test_bad_requests_get_openai_shaped_errors(server, kwargs, status, param):
 
 def test_malformed_json_is_a_400_json_error(server):
     base, _ = server
-    req = urllib.request.Request(base + "/v1/chat/completions", data=b"{not json", method="POST",
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        base + "/v1/chat/completions", data=b"{not json", method="POST", headers={"Content-Type": "application/json"}
+    )
     with pytest.raises(urllib.error.HTTPError) as err:
         urllib.request.urlopen(req, timeout=30)
     assert err.value.code == 400
@@ -120,8 +133,12 @@ def test_system_messages_follow_data_preps_rule(tmp_path):
     from data_prep.pipeline import prepare_chat
     from inference.server import ApiError, ChatRequest, to_session_inputs
 
-    msgs = [{"role": "system", "content": "Answer in one word."}, {"role": "user", "content": "Capital of France?"},
-            {"role": "assistant", "content": "Paris"}, {"role": "user", "content": "And of Italy?"}]
+    msgs = [
+        {"role": "system", "content": "Answer in one word."},
+        {"role": "user", "content": "Capital of France?"},
+        {"role": "assistant", "content": "Paris"},
+        {"role": "user", "content": "And of Italy?"},
+    ]
     req = ChatRequest(model="ckpt", messages=msgs)
     with pytest.raises(ApiError, match="--system fold") as err:
         to_session_inputs(req)
@@ -147,9 +164,19 @@ def test_a_taken_or_bad_port_is_one_line_before_loading(tmp_path):
 
     with socket.create_server(("127.0.0.1", 0)) as taken:  # the model path does not exist: the port is checked first
         port = str(taken.getsockname()[1])
-        r = subprocess.run([sys.executable, "-m", "inference.serve", "--model", str(tmp_path / "none"), "--port", port],
-                           cwd=ROOT, capture_output=True, text=True, timeout=120)
+        r = subprocess.run(
+            [sys.executable, "-m", "inference.serve", "--model", str(tmp_path / "none"), "--port", port],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     assert r.returncode == 2 and "cannot listen on 127.0.0.1" in r.stderr and r.stderr.count("\n") == 1, r.stderr
-    r = subprocess.run([sys.executable, "-m", "inference.serve", "--model", "x", "--port", "70000"], cwd=ROOT,
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "inference.serve", "--model", "x", "--port", "70000"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 2 and "is not a port" in r.stderr and "Traceback" not in r.stderr

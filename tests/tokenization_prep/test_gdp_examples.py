@@ -20,21 +20,26 @@ PIPELINE = {
     "pipeline_test": "--dev_ratio 0.2 --test_ratio 0.1 --do_not_balance_hdf5 --input_packing_config full",
     "pretraining_txt": "--num_training_splits 32 --num_dev_splits 0 --num_test_splits 0 --input_packing_config full",
     "dialogue": "--num_training_splits 32 --num_dev_splits 0 --num_test_splits 0 "
-                "--input_packing_config single::truncate_right",
+    "--input_packing_config single::truncate_right",
     "generative_tuning": "--num_training_splits 32 --num_dev_splits 0 --num_test_splits 0 "
-                         "--input_packing_config single::drop",
+    "--input_packing_config single::drop",
     "no_split_dir": "--num_training_splits 32 --num_dev_splits 0 --num_test_splits 0 "
-                    "--input_packing_config single::drop",
+    "--input_packing_config single::drop",
     "json_load_error_test": "--num_training_splits 32 --num_dev_splits 0 --num_test_splits 0 "
-                            "--input_packing_config full --ignore_input_format_error",
+    "--input_packing_config full --ignore_input_format_error",
     "category_ids": "--num_training_splits 32 --num_dev_splits 0 --num_test_splits 0 --max_seq_length 2048 "
-                    "--input_packing_config greedy::drop --packing_boundary prompt_completion_pair",
+    "--input_packing_config greedy::drop --packing_boundary prompt_completion_pair",
 }
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
-    r = subprocess.run([sys.executable, "-m", "tokenization_prep", *args], cwd=ROOT, capture_output=True, text=True,
-                       env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+    r = subprocess.run(
+        [sys.executable, "-m", "tokenization_prep", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     return r
 
@@ -56,9 +61,11 @@ def test_pipeline_files_equal_gdps(tmp_path, case):
         cats = tmp_path / "categories.json"
         cats.write_text(json.dumps(list(json.loads((gold / "category_to_id.json").read_text()))))
         extra = ["--categories_path", str(cats)]
-    args = (f"pipeline --input_path {src} --output_path {out} --pretrained_tokenizer {GPT2_TOKENIZER} "
-            f"--max_seq_length 1024 --keep_prompt_only_sequences --keep_split_jsonls --shuffle False "
-            f"{PIPELINE[case]}").split()
+    args = (
+        f"pipeline --input_path {src} --output_path {out} --pretrained_tokenizer {GPT2_TOKENIZER} "
+        f"--max_seq_length 1024 --keep_prompt_only_sequences --keep_split_jsonls --shuffle False "
+        f"{PIPELINE[case]}"
+    ).split()
     run(*args, *extra)
     want = sorted(p.name for p in gold.glob("*.hdf5"))
     assert sorted(p.name for p in out.glob("*.hdf5")) == want and want
@@ -71,8 +78,9 @@ def test_pipeline_files_equal_gdps(tmp_path, case):
             for name in names:
                 assert (out / sub / name).read_bytes() == (gold / sub / name).read_bytes(), name
     if (gold / "category_to_id.json").is_file():
-        assert json.loads((out / "category_to_id.json").read_text()) == \
-            json.loads((gold / "category_to_id.json").read_text())
+        assert json.loads((out / "category_to_id.json").read_text()) == json.loads(
+            (gold / "category_to_id.json").read_text()
+        )
     assert run("verify", str(out)).stdout
 
 
@@ -85,9 +93,24 @@ def test_metadata_equals_gdps(tmp_path):
 
     GPT2Config().save_pretrained(model)  # gdp reads the model config to name the model type
     out = tmp_path / "out"
-    run("pipeline", "--input_path", str(case / "example_pretraining_data.jsonl"), "--output_path", str(out),
-        "--pretrained_tokenizer", str(GPT2_TOKENIZER), "--model_config", str(model), "--max_seq_length", "1024",
-        "--num_training_splits", "4", "--shuffle", "False", "--keep_split_jsonls")
+    run(
+        "pipeline",
+        "--input_path",
+        str(case / "example_pretraining_data.jsonl"),
+        "--output_path",
+        str(out),
+        "--pretrained_tokenizer",
+        str(GPT2_TOKENIZER),
+        "--model_config",
+        str(model),
+        "--max_seq_length",
+        "1024",
+        "--num_training_splits",
+        "4",
+        "--shuffle",
+        "False",
+        "--keep_split_jsonls",
+    )
     got, want = (yaml.safe_load(p.read_text()) for p in (out / "metadata.yaml", case / "metadata.yaml"))
     assert {k: got[k] for k in want} == want
     files = json.loads((out / "sha256" / "files_metadata.json").read_text())
@@ -98,12 +121,27 @@ def test_metadata_equals_gdps(tmp_path):
 
 def test_data_prep_pads_with_an_added_pad_token(tmp_path):
     out = tmp_path / "x.hdf5"
-    run("data_prep", "--input_path", str(EX / "dialogue" / "example_dialogue_data.jsonl"), "--output_path", str(out),
-        "--pretrained_tokenizer", str(GPT2_TOKENIZER), "--max_seq_length", "1024", "--input_packing_config",
-        "single::truncate_right", "--special_tokens_dict", '{"pad_token": "<pad>"}', "--log_file_path",
-        str(tmp_path / "prep.log"))
-    assert "wrote 1 sequences" not in (tmp_path / "prep.log").read_text() and "special_tokens_dict" in \
-        (tmp_path / "prep.log").read_text()
+    run(
+        "data_prep",
+        "--input_path",
+        str(EX / "dialogue" / "example_dialogue_data.jsonl"),
+        "--output_path",
+        str(out),
+        "--pretrained_tokenizer",
+        str(GPT2_TOKENIZER),
+        "--max_seq_length",
+        "1024",
+        "--input_packing_config",
+        "single::truncate_right",
+        "--special_tokens_dict",
+        '{"pad_token": "<pad>"}',
+        "--log_file_path",
+        str(tmp_path / "prep.log"),
+    )
+    assert (
+        "wrote 1 sequences" not in (tmp_path / "prep.log").read_text()
+        and "special_tokens_dict" in (tmp_path / "prep.log").read_text()
+    )
     with h5py.File(out) as f:
         ids, types = f["input_ids"][:], f["token_type_ids"][:]
     assert (types == 2).any() and (ids[types == 2] == 50257).all()  # the new token, not EOS (50256)
@@ -112,9 +150,21 @@ def test_data_prep_pads_with_an_added_pad_token(tmp_path):
 @pytest.mark.parametrize("case,packing", [("data_prep_test", "full"), ("no_split_dir", "single::drop")])
 def test_data_prep_file_equals_gdps(tmp_path, case, packing):
     out = tmp_path / "x.hdf5"
-    run("data_prep", "--input_path", str(EX / case / f"example_{case}_data.jsonl"), "--output_path", str(out),
-        "--pretrained_tokenizer", str(GPT2_TOKENIZER), "--max_seq_length", "1024", "--keep_prompt_only_sequences",
-        "--input_packing_config", packing, "--silent")
+    run(
+        "data_prep",
+        "--input_path",
+        str(EX / case / f"example_{case}_data.jsonl"),
+        "--output_path",
+        str(out),
+        "--pretrained_tokenizer",
+        str(GPT2_TOKENIZER),
+        "--max_seq_length",
+        "1024",
+        "--keep_prompt_only_sequences",
+        "--input_packing_config",
+        packing,
+        "--silent",
+    )
     same_hdf5(out, EX / case / f"data_prepped_{case}.hdf5")
 
 
@@ -128,13 +178,28 @@ def test_apply_chat_template_cuts_pairs_as_gdp(tmp_path):
     tok_dir = tmp_path / "tok"
     tok_dir.mkdir()
     (tok_dir / "tokenizer.json").write_bytes((PYTHIA_TOKENIZER / "tokenizer.json").read_bytes())
-    (tok_dir / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "<|endoftext|>", "chat_template": CHAT_TEMPLATE}))
+    (tok_dir / "tokenizer_config.json").write_text(
+        json.dumps(
+            {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "<|endoftext|>", "chat_template": CHAT_TEMPLATE}
+        )
+    )
     src = EX / "dialogue" / "example_dialogue_data.jsonl"
     first = json.loads(src.read_text().splitlines()[0])
     out = tmp_path / "x.hdf5"
-    run("data_prep", "--input_path", str(src), "--output_path", str(out), "--pretrained_tokenizer", str(tok_dir),
-        "--max_seq_length", "1024", "--input_packing_config", "single::truncate_right", "--apply_chat_template")
+    run(
+        "data_prep",
+        "--input_path",
+        str(src),
+        "--output_path",
+        str(out),
+        "--pretrained_tokenizer",
+        str(tok_dir),
+        "--max_seq_length",
+        "1024",
+        "--input_packing_config",
+        "single::truncate_right",
+        "--apply_chat_template",
+    )
     tok = load_tokenizer(str(tok_dir))
     with h5py.File(out) as f:
         ids, types = f["input_ids"][0], f["token_type_ids"][0]
@@ -150,10 +215,27 @@ def test_apply_chat_template_cuts_pairs_as_gdp(tmp_path):
     want = []
     for i, pair in enumerate(first):
         last = i == len(first) - 1
-        want += [(0, f"<human>: {pair['prompt']}\n<bot>: "),
-                 (1, pair["completion"] + "<|endoftext|>" + ("" if last else "\n<|endoftext|>"))]
+        want += [
+            (0, f"<human>: {pair['prompt']}\n<bot>: "),
+            (1, pair["completion"] + "<|endoftext|>" + ("" if last else "\n<|endoftext|>")),
+        ]
     assert texts == want
-    bare = subprocess.run([sys.executable, "-m", "tokenization_prep", "data_prep", "--input_path", str(src),
-                           "--output_path", str(tmp_path / "y.hdf5"), "--pretrained_tokenizer", str(GPT2_TOKENIZER),
-                           "--apply_chat_template"], cwd=ROOT, capture_output=True, text=True)
+    bare = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tokenization_prep",
+            "data_prep",
+            "--input_path",
+            str(src),
+            "--output_path",
+            str(tmp_path / "y.hdf5"),
+            "--pretrained_tokenizer",
+            str(GPT2_TOKENIZER),
+            "--apply_chat_template",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert bare.returncode == 2 and "has no chat template" in bare.stderr and bare.stderr.count("\n") == 1

@@ -17,8 +17,14 @@ CASES = [("dialogue", "single::truncate_right"), ("generative_tuning", "single::
 def test_same_tokens_as_gdp(tmp_path, case, packing):
     tok = load_tokenizer(str(GPT2_TOKENIZER))
     out = tmp_path / f"{case}.hdf5"
-    data_prep_file(GDP_GOLDEN / case / f"example_{case}_data.jsonl", out, tok, 1024, PackingConfig.parse(packing),
-                   ArticleSettings(keep_prompt_only_sequences=True))
+    data_prep_file(
+        GDP_GOLDEN / case / f"example_{case}_data.jsonl",
+        out,
+        tok,
+        1024,
+        PackingConfig.parse(packing),
+        ArticleSettings(keep_prompt_only_sequences=True),
+    )
     with h5py.File(out) as got, h5py.File(GDP_GOLDEN / case / f"data_prepped_{case}.hdf5") as want:
         for key in ("input_ids", "token_type_ids"):
             assert got[key].dtype == np.int32

@@ -33,21 +33,55 @@ def chat_jsonl(tmp_path_factory):
 
 
 def cli(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "tokenization_prep", *args], cwd=ROOT, capture_output=True,
-                          text=True, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "tokenization_prep", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def pipe_args(src, out, *extra):
-    return ["pipeline", "--input_path", str(src), "--output_path", str(out), "--pretrained_tokenizer",
-            str(PYTHIA_TOKENIZER), "--max_seq_length", "512", "--input_packing_config", "greedy::drop",
-            "--shuffle", "on_RAM", "--num_training_splits", "3", "--num_dev_splits", "1", "--num_test_splits", "0",
-            *extra]
+    return [
+        "pipeline",
+        "--input_path",
+        str(src),
+        "--output_path",
+        str(out),
+        "--pretrained_tokenizer",
+        str(PYTHIA_TOKENIZER),
+        "--max_seq_length",
+        "512",
+        "--input_packing_config",
+        "greedy::drop",
+        "--shuffle",
+        "on_RAM",
+        "--num_training_splits",
+        "3",
+        "--num_dev_splits",
+        "1",
+        "--num_test_splits",
+        "0",
+        *extra,
+    ]
 
 
 def test_outputs_metadata_and_manifest(tmp_path, chat_jsonl):
     out = tmp_path / "out"
-    res = run_pipeline(PipelineConfig(str(chat_jsonl), str(out), str(PYTHIA_TOKENIZER), 512, "greedy::drop",
-                                      shuffle="on_RAM", num_training_splits=3, num_dev_splits=1, num_test_splits=0))
+    res = run_pipeline(
+        PipelineConfig(
+            str(chat_jsonl),
+            str(out),
+            str(PYTHIA_TOKENIZER),
+            512,
+            "greedy::drop",
+            shuffle="on_RAM",
+            num_training_splits=3,
+            num_dev_splits=1,
+            num_test_splits=0,
+        )
+    )
     sizes = []
     for i in range(1, 4):
         with h5py.File(out / f"train_{i}_of_3.hdf5") as f:
@@ -93,8 +127,12 @@ def test_same_bytes_whatever_num_workers_and_after_kill(tmp_path, chat_jsonl):
     assert (ref / "manifest.sha256").read_text() == (other / "manifest.sha256").read_text()
     interrupted = 0
     for frac in (0.3, 0.6, 0.9):
-        proc = subprocess.Popen([sys.executable, "-m", "tokenization_prep", *pipe_args(chat_jsonl, killed)],
-                                cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tokenization_prep", *pipe_args(chat_jsonl, killed)],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         time.sleep(elapsed * frac)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
@@ -141,9 +179,20 @@ def test_bad_input_is_one_clear_line(tmp_path, chat_jsonl):
 def test_mask_audit_rejects_a_split_without_completions(tmp_path):
     src = tmp_path / "prompts.jsonl"
     src.write_text("\n".join(json.dumps({"prompt": f"question {i}", "completion": ""}) for i in range(20)) + "\n")
-    r = cli("pipeline", "--input_path", str(src), "--output_path", str(tmp_path / "o"), "--pretrained_tokenizer",
-            str(PYTHIA_TOKENIZER), "--max_seq_length", "64", "--keep_prompt_only_sequences",
-            "--num_training_splits", "1")
+    r = cli(
+        "pipeline",
+        "--input_path",
+        str(src),
+        "--output_path",
+        str(tmp_path / "o"),
+        "--pretrained_tokenizer",
+        str(PYTHIA_TOKENIZER),
+        "--max_seq_length",
+        "64",
+        "--keep_prompt_only_sequences",
+        "--num_training_splits",
+        "1",
+    )
     assert r.returncode == 2 and "no completion tokens" in r.stderr
 
 
@@ -159,8 +208,17 @@ def test_decode_marks_types(tmp_path, chat_jsonl):
 def test_bfd_on_bundled_dolly_oasst_meets_the_packing_target(tmp_path):
     src = tmp_path / "oa.jsonl"
     prepare_oa_dolly(src, str(DOLLY), str(OASST_ROWS))
-    res = run_pipeline(PipelineConfig(str(src), str(tmp_path / "bfd"), str(PYTHIA_TOKENIZER), 2048, "bfd::drop",
-                                      shuffle="on_RAM", num_training_splits=1))
+    res = run_pipeline(
+        PipelineConfig(
+            str(src),
+            str(tmp_path / "bfd"),
+            str(PYTHIA_TOKENIZER),
+            2048,
+            "bfd::drop",
+            shuffle="on_RAM",
+            num_training_splits=1,
+        )
+    )
     m = res["splits"]["train"]
     real = sum(v for k, v in m.tokens.items() if k != "padding")
     assert real / (real + m.tokens["padding"]) >= 0.995
@@ -174,8 +232,12 @@ def test_bloomchat_script_runs_with_bundled_tokenizer(tmp_path):
     src = tmp_path / "ock.jsonl"
     subsample_openchatkit(src, str(OIG_JOKES), sample_size=200)
     out = tmp_path / "ock_out"
-    r = subprocess.run(["bash", "tokenization_prep/tokenization_openchatkit.sh", str(PYTHIA_TOKENIZER), str(src),
-                        str(out)], cwd=ROOT, capture_output=True, text=True)
+    r = subprocess.run(
+        ["bash", "tokenization_prep/tokenization_openchatkit.sh", str(PYTHIA_TOKENIZER), str(src), str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     meta = yaml.safe_load((out / "metadata.yaml").read_text())
     assert meta["number_of_training_files"] == 8 and meta["input_packing_config"] == "greedy::drop"
@@ -203,11 +265,32 @@ def test_data_prep_command_on_text_lines(tmp_path):
     src = tmp_path / "plain.txt"
     src.write_text("The first line of plain text.\nA second, longer line of plain text here.\n")
     out = tmp_path / "plain.hdf5"
-    r = cli("data_prep", "--input_path", str(src), "--output_path", str(out), "--pretrained_tokenizer",
-            str(PYTHIA_TOKENIZER), "--max_seq_length", "16", "--input_packing_config", "single::truncate_right")
+    r = cli(
+        "data_prep",
+        "--input_path",
+        str(src),
+        "--output_path",
+        str(out),
+        "--pretrained_tokenizer",
+        str(PYTHIA_TOKENIZER),
+        "--max_seq_length",
+        "16",
+        "--input_packing_config",
+        "single::truncate_right",
+    )
     assert r.returncode == 0, r.stderr
     with h5py.File(out) as f:
         t = f["token_type_ids"][:]
     assert t.shape == (2, 16) and (t[:, 0] == 1).all() and (t == 3).sum() == 2  # all completion, one SEP each
-    assert cli("data_prep", "--input_path", str(src), "--output_path", str(out), "--pretrained_tokenizer",
-               str(PYTHIA_TOKENIZER)).returncode == 2  # exists: needs --overwrite_output_path
+    assert (
+        cli(
+            "data_prep",
+            "--input_path",
+            str(src),
+            "--output_path",
+            str(out),
+            "--pretrained_tokenizer",
+            str(PYTHIA_TOKENIZER),
+        ).returncode
+        == 2
+    )  # exists: needs --overwrite_output_path

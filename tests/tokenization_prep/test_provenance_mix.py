@@ -38,10 +38,13 @@ def test_every_piece_of_every_row_points_at_its_input_line(tmp_path, chat_jsonl)
                     parts, arts = articles_of_line(atok, lines[p.line - 1])
                     record = orjson.loads(lines[p.line - 1])[0]
                     assert len(arts) == 1 and p.article_tokens == len(arts[0].ids)
-                    got = ids[row, p.row_position:p.row_position + p.token_end - p.token_start]
-                    assert np.array_equal(got, arts[0].ids[p.token_start:p.token_end]), (path.name, row, p.line)
-                    assert (p.record_id, p.source, p.category) == (record["id"], record["source"],
-                                                                   record.get("category"))
+                    got = ids[row, p.row_position : p.row_position + p.token_end - p.token_start]
+                    assert np.array_equal(got, arts[0].ids[p.token_start : p.token_end]), (path.name, row, p.line)
+                    assert (p.record_id, p.source, p.category) == (
+                        record["id"],
+                        record["source"],
+                        record.get("category"),
+                    )
                     assert p.truncated == (p.token_end - p.token_start < p.article_tokens)
                     truncated += p.truncated
                     seen.add(p.line)
@@ -83,7 +86,7 @@ def supervised_by_source(out, split="train") -> dict:
             types = f["token_type_ids"][:]
             for row in range(len(types)):
                 for p in row_pieces(f, row):
-                    t = types[row, p.row_position:p.row_position + p.token_end - p.token_start]
+                    t = types[row, p.row_position : p.row_position + p.token_end - p.token_start]
                     counts[p.source] = counts.get(p.source, 0) + int(((t == COMPLETION) | (t == SEP)).sum())
     return counts
 
@@ -127,10 +130,17 @@ def test_mix_by_repeat_factors_and_upsampling(tmp_path, chat_jsonl):  # noqa: F8
     assert abs(mix["oasst"]["realized"] - 0.5) < 0.01
 
 
-@pytest.mark.parametrize("mix, needle", [
-    ("wiki=1", "'wiki' is not in the training split"), ("dolly=abc", "not SOURCE=WEIGHT"),
-    ("dolly=0,oasst=0", "sum to zero"), ("dolly=-1", "not SOURCE=WEIGHT"), ("dolly=0.5,oasst=x2", "not both"),
-    ("dolly=1,dolly=2", "named twice")])
+@pytest.mark.parametrize(
+    "mix, needle",
+    [
+        ("wiki=1", "'wiki' is not in the training split"),
+        ("dolly=abc", "not SOURCE=WEIGHT"),
+        ("dolly=0,oasst=0", "sum to zero"),
+        ("dolly=-1", "not SOURCE=WEIGHT"),
+        ("dolly=0.5,oasst=x2", "not both"),
+        ("dolly=1,dolly=2", "named twice"),
+    ],
+)
 def test_bad_mix_is_one_line(tmp_path, chat_jsonl, mix, needle):  # noqa: F811
     r = cli(*pipe_args(chat_jsonl, tmp_path / "o", "--mix", mix))
     assert r.returncode == 2 and needle in r.stderr and r.stderr.count("\n") == 1, r.stderr

@@ -23,8 +23,19 @@ def tok_dir(tmp_path_factory):
     src = d / "oa.jsonl"
     prepare_oa_dolly(src, None, str(OASST_TREES))
     out = d / "tok"
-    run_pipeline(PipelineConfig(str(src), str(out), str(PYTHIA_TOKENIZER), 256, "greedy::drop", shuffle="on_RAM",
-                                num_training_splits=2, num_dev_splits=1, num_test_splits=0))
+    run_pipeline(
+        PipelineConfig(
+            str(src),
+            str(out),
+            str(PYTHIA_TOKENIZER),
+            256,
+            "greedy::drop",
+            shuffle="on_RAM",
+            num_training_splits=2,
+            num_dev_splits=1,
+            num_test_splits=0,
+        )
+    )
     return out
 
 
@@ -46,8 +57,10 @@ CASES = {
     "no manifest": (lambda d: (d / "manifest.sha256").unlink(), "unfinished (no manifest.sha256"),
     "metadata not a mapping": (lambda d: (d / "metadata.yaml").write_text("- 1\n"), "must be a YAML mapping"),
     "metadata lacks a field": (_drop_field, "number_of_training_files: Field required"),
-    "a file of another output": (lambda d: shutil.copy(d / "train_1_of_2.hdf5", d / "train_3_of_3.hdf5"),
-                                 "train_3_of_3.hdf5: metadata.yaml says 2 train files"),
+    "a file of another output": (
+        lambda d: shutil.copy(d / "train_1_of_2.hdf5", d / "train_3_of_3.hdf5"),
+        "train_3_of_3.hdf5: metadata.yaml says 2 train files",
+    ),
 }
 
 
@@ -78,10 +91,22 @@ def test_training_refuses_before_deepspeed(tok_dir, tmp_path):
     shutil.copytree(tok_dir, d)
     (d / "train_2_of_2.hdf5").unlink()
     cfg = tmp_path / "s.yaml"
-    cfg.write_text(yaml.safe_dump({"name": "s", "data_dir": str(d), "output_dir": str(tmp_path / "ckpt"),
-                                   "model": {"kind": "pythia", "tiny": {"hidden_size": 32, "num_layers": 1,
-                                                                        "num_heads": 4}}}))
-    r = subprocess.run([sys.executable, "-m", "training.run", "--config", str(cfg)], cwd=ROOT, capture_output=True,
-                       text=True, env={**os.environ, "DS_ACCELERATOR": "cpu"})
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "name": "s",
+                "data_dir": str(d),
+                "output_dir": str(tmp_path / "ckpt"),
+                "model": {"kind": "pythia", "tiny": {"hidden_size": 32, "num_layers": 1, "num_heads": 4}},
+            }
+        )
+    )
+    r = subprocess.run(
+        [sys.executable, "-m", "training.run", "--config", str(cfg)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "DS_ACCELERATOR": "cpu"},
+    )
     assert r.returncode == 2 and "train_2_of_2.hdf5: missing" in r.stderr and r.stderr.count("\n") == 1, r.stderr
     assert "deepspeed" not in r.stderr.lower()

@@ -12,11 +12,13 @@ def test_split_counts_follow_gdps_arithmetic():
     assert "--dev_ratio 0.1 and --test_ratio 0.05 ignored" in c.warnings[0]
     c = split_counts(1000, None, None, None, 0.2, 0.1)  # int(32 / 0.7) = 45: 4 test, 9 dev on top of 32
     assert (c.train, c.dev, c.test, c.warnings) == (32, 9, 4, [])
-    assert (split_counts(1000, 3, 2, 1, None, None).total, default_training_splits(11 * 1024 ** 3)) == (6, 128)
-    for args, needle in [((3, 2, 1, 0.1, None), "--dev_ratio cannot be combined"),
-                         ((3, 2, None, None, None), "need all three"),
-                         ((None, None, None, 0.6, 0.5), "sum to less than 1"),
-                         ((0, None, None, None, None), "at least 1")]:
+    assert (split_counts(1000, 3, 2, 1, None, None).total, default_training_splits(11 * 1024**3)) == (6, 128)
+    for args, needle in [
+        ((3, 2, 1, 0.1, None), "--dev_ratio cannot be combined"),
+        ((3, 2, None, None, None), "need all three"),
+        ((None, None, None, 0.6, 0.5), "sum to less than 1"),
+        ((0, None, None, None, None), "at least 1"),
+    ]:
         with pytest.raises(DataError, match=needle):
             split_counts(1000, *args)
 

@@ -25,9 +25,19 @@ def token_dirs(tmp_path_factory):
     dirs = []
     for src in (oig, oa):
         out = base / (src.stem + "_out")
-        run_pipeline(PipelineConfig(str(src), str(out), str(PYTHIA_TOKENIZER), SEQ, "greedy::truncate_left",
-                                    shuffle="on_RAM", num_training_splits=2, num_dev_splits=1,
-                                    num_test_splits=0))
+        run_pipeline(
+            PipelineConfig(
+                str(src),
+                str(out),
+                str(PYTHIA_TOKENIZER),
+                SEQ,
+                "greedy::truncate_left",
+                shuffle="on_RAM",
+                num_training_splits=2,
+                num_dev_splits=1,
+                num_test_splits=0,
+            )
+        )
         dirs.append(out)
     return dirs
 
@@ -38,10 +48,21 @@ def stage_config(tmp_path):
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
     def make(name, data_dir, **over):
-        cfg = {"name": name, "data_dir": str(data_dir), "output_dir": str(tmp_path / "ckpt" / name),
-               "model": {"kind": "pythia", "tiny": {"hidden_size": 32, "num_layers": 2, "num_heads": 4}},
-               "deepspeed": "training/configs/ds/cpu.json", "epochs": 1, "max_steps": 6, "micro_batch_size": 2,
-               "gradient_accumulation_steps": 2, "lr": 1e-3, "save_every": 3, "eval_every": 3, "seed": 3}
+        cfg = {
+            "name": name,
+            "data_dir": str(data_dir),
+            "output_dir": str(tmp_path / "ckpt" / name),
+            "model": {"kind": "pythia", "tiny": {"hidden_size": 32, "num_layers": 2, "num_heads": 4}},
+            "deepspeed": "training/configs/ds/cpu.json",
+            "epochs": 1,
+            "max_steps": 6,
+            "micro_batch_size": 2,
+            "gradient_accumulation_steps": 2,
+            "lr": 1e-3,
+            "save_every": 3,
+            "eval_every": 3,
+            "seed": 3,
+        }
         cfg.update(over)
         path = tmp_path / f"{name}.yaml"
         path.write_text(yaml.safe_dump(cfg))
@@ -52,8 +73,11 @@ def stage_config(tmp_path):
 
 def stage_env(procs: int = 1) -> dict:
     """The environment for a stage subprocess: CPU DeepSpeed, no rendezvous variables from outside."""
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
-                                                               "MASTER_PORT")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+    }
     return {**env, "DS_ACCELERATOR": "cpu", **({"OMP_NUM_THREADS": "1"} if procs > 1 else {})}
 
 
@@ -62,13 +86,28 @@ def stage_command(config, *extra, procs: int = 1) -> list[str]:
     if procs == 1:
         return [sys.executable, "-m", "training.run", "--config", str(config), *extra]
     launcher = os.path.join(os.path.dirname(sys.executable), "deepspeed")
-    return [launcher, "--num_accelerators", str(procs), "--master_port", str(free_port()), "training/run.py",
-            "--config", str(config), *extra]
+    return [
+        launcher,
+        "--num_accelerators",
+        str(procs),
+        "--master_port",
+        str(free_port()),
+        "training/run.py",
+        "--config",
+        str(config),
+        *extra,
+    ]
 
 
 def run_stage(config, *extra, procs: int = 1, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(stage_command(config, *extra, procs=procs), cwd=ROOT, capture_output=True, text=True,
-                          env=stage_env(procs), timeout=timeout)
+    return subprocess.run(
+        stage_command(config, *extra, procs=procs),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=stage_env(procs),
+        timeout=timeout,
+    )
 
 
 def free_port() -> int:

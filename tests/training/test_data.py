@@ -11,7 +11,7 @@ def test_step_sampler_splits_each_step_by_rank_then_micro_batch():
     got = {r: list(StepSampler(n, seed, 2, 2, 2, r, spe, 0, 12)) for r in (0, 1)}
     for step in range(12):
         epoch, s = divmod(step, spe)
-        rows = epoch_order(n, seed, epoch)[s * 8:(s + 1) * 8].tolist()
+        rows = epoch_order(n, seed, epoch)[s * 8 : (s + 1) * 8].tolist()
         assert got[0][2 * step] + got[0][2 * step + 1] + got[1][2 * step] + got[1][2 * step + 1] == rows
     # a run resumed at step 7 continues the same sequence
     assert list(StepSampler(n, seed, 2, 2, 2, 1, spe, 7, 12)) == got[1][14:]

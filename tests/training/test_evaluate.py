@@ -34,14 +34,26 @@ def mixed_dir(tmp_path_factory):
     src = d / "chat.jsonl"
     prepare_oa_dolly(src, str(dolly), str(OASST_TREES))
     out = d / "tok"
-    run_pipeline(PipelineConfig(str(src), str(out), str(PYTHIA_TOKENIZER), SEQ, "greedy::truncate_left",
-                                shuffle="on_RAM", num_training_splits=2, num_dev_splits=1, num_test_splits=0))
+    run_pipeline(
+        PipelineConfig(
+            str(src),
+            str(out),
+            str(PYTHIA_TOKENIZER),
+            SEQ,
+            "greedy::truncate_left",
+            shuffle="on_RAM",
+            num_training_splits=2,
+            num_dev_splits=1,
+            num_test_splits=0,
+        )
+    )
     return out
 
 
 def tiny(data_dir):
-    model, _ = build_model(ModelConfig(kind="pythia", tiny=TinyShape(**SHAPE)), load_data(data_dir).embedding_rows,
-                           SEQ, None, SEED)
+    model, _ = build_model(
+        ModelConfig(kind="pythia", tiny=TinyShape(**SHAPE)), load_data(data_dir).embedding_rows, SEQ, None, SEED
+    )
     return model.eval()
 
 
@@ -61,7 +73,7 @@ def test_loss_by_source_and_category_equals_each_article_alone(mixed_dir):
         for row in range(len(ids)):
             for p in row_pieces(f, row):
                 end = p.row_position + p.token_end - p.token_start
-                feats = row_features(ids[row, p.row_position:end], types[row, p.row_position:end], 0.0)
+                feats = row_features(ids[row, p.row_position : end], types[row, p.row_position : end], 0.0)
                 x = feats["input_ids"][None]
                 loss, w = weighted_loss(model(input_ids=x).logits, x, feats["weights"][None])
                 for table, name in (("source", p.source), ("category", p.category or "-")):
@@ -83,13 +95,18 @@ def test_classify_reply_stops():
     enc = lambda s: tok(s, add_special_tokens=False)["input_ids"]  # noqa: E731
     eos = tok.eos_token_id
     assert classify(enc(" Paris.") + [eos, eos], tok, eos) == ("stop_eos", False, len(enc(" Paris.")))
-    assert classify(enc(" Paris.\n<human>: and") , tok, eos)[:2] == ("stop_tag", True)
+    assert classify(enc(" Paris.\n<human>: and"), tok, eos)[:2] == ("stop_tag", True)
     assert classify(enc(" Paris. <bot>: yes"), tok, eos) == ("stop_length", True, len(enc(" Paris. <bot>: yes")))
 
 
 def run_eval(*args):
-    return subprocess.run([sys.executable, "-m", "training.evaluate", *args], cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+    return subprocess.run(
+        [sys.executable, "-m", "training.evaluate", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
+    )
 
 
 def test_evaluate_command_side_by_side(mixed_dir, tmp_path):
@@ -99,11 +116,26 @@ def test_evaluate_command_side_by_side(mixed_dir, tmp_path):
     tiny(mixed_dir).save_pretrained(model_dir, safe_serialization=True)
     AutoTokenizer.from_pretrained(str(mixed_dir / "tokenizer")).save_pretrained(model_dir)
     cfg = tmp_path / "stage.yaml"
-    cfg.write_text(yaml.safe_dump({"name": "s", "data_dir": str(mixed_dir), "seed": SEED,
-                                   "model": {"kind": "pythia", "tiny": SHAPE}}))
+    cfg.write_text(
+        yaml.safe_dump(
+            {"name": "s", "data_dir": str(mixed_dir), "seed": SEED, "model": {"kind": "pythia", "tiny": SHAPE}}
+        )
+    )
     out = tmp_path / "eval.json"
-    r = run_eval("--untrained", str(cfg), "--model", str(model_dir), "--data", str(mixed_dir), "--prompts", "3",
-                 "--max-new-tokens", "6", "--out", str(out))
+    r = run_eval(
+        "--untrained",
+        str(cfg),
+        "--model",
+        str(model_dir),
+        "--data",
+        str(mixed_dir),
+        "--prompts",
+        "3",
+        "--max-new-tokens",
+        "6",
+        "--out",
+        str(out),
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     result = json.loads(out.read_text())
     untrained, saved = result["models"]["untrained (stage)"], result["models"][str(model_dir)]
@@ -112,12 +144,22 @@ def test_evaluate_command_side_by_side(mixed_dir, tmp_path):
         assert s["prompts"] == 3 and s["stop_eos"] + s["stop_tag"] + s["stop_length"] == pytest.approx(1)
         assert s == untrained["sources"][source]  # the same seed builds the same weights: the same numbers
     assert f"| {model_dir} | dolly |" in r.stdout
-    bad = [(("--model", str(tmp_path), "--data", str(mixed_dir)), "not a model dir"),
-           (("--model", str(model_dir), "--data", str(tmp_path / "nope")), "no such directory"),
-           (("--data", str(mixed_dir)), "give at least one --model")]
+    bad = [
+        (("--model", str(tmp_path), "--data", str(mixed_dir)), "not a model dir"),
+        (("--model", str(model_dir), "--data", str(tmp_path / "nope")), "no such directory"),
+        (("--data", str(mixed_dir)), "give at least one --model"),
+    ]
     no_dev = tmp_path / "no_dev"
-    run_pipeline(PipelineConfig(str(mixed_dir.parent / "chat.jsonl"), str(no_dev), str(PYTHIA_TOKENIZER), SEQ,
-                                "greedy::drop", num_training_splits=1))
+    run_pipeline(
+        PipelineConfig(
+            str(mixed_dir.parent / "chat.jsonl"),
+            str(no_dev),
+            str(PYTHIA_TOKENIZER),
+            SEQ,
+            "greedy::drop",
+            num_training_splits=1,
+        )
+    )
     bad.append((("--model", str(model_dir), "--data", str(no_dev)), "no dev split"))
     for args, needle in bad:
         r = run_eval(*args)

@@ -6,9 +6,8 @@ import torch
 
 from training import loss as loss_mod
 from training.config import LoraConfig, ModelConfig, TinyShape
-from training.data import row_features
+from training.data import collate, row_features
 from training.modeling import apply_lora, build_model, packed_forward, packed_loss, weighted_loss
-from training.data import collate
 
 
 def batch_of(token_dir, rows=2, plw=0.5) -> dict:
@@ -17,8 +16,9 @@ def batch_of(token_dir, rows=2, plw=0.5) -> dict:
 
 
 def loss_and_grads(kind, batch, fused: bool, lora: bool, dtype=torch.float32):
-    model = build_model(ModelConfig(kind=kind, tiny=TinyShape(hidden_size=64, num_layers=2, num_heads=4)), 50277, 128,
-                        seed=0)[0].to(dtype)
+    model = build_model(
+        ModelConfig(kind=kind, tiny=TinyShape(hidden_size=64, num_layers=2, num_heads=4)), 50277, 128, seed=0
+    )[0].to(dtype)
     if lora:
         model = apply_lora(model, kind, LoraConfig(r=4, alpha=8, dropout=0.0))
     model.train()

@@ -5,9 +5,8 @@ import pytest
 import torch
 
 from training.config import LoraConfig, ModelConfig, TinyShape
-from training.data import row_features
+from training.data import collate, row_features
 from training.modeling import apply_lora, build_model, enable_checkpointing, packed_loss
-from training.data import collate
 
 
 def packed_batch(token_dir, rows=2) -> dict:
@@ -17,8 +16,9 @@ def packed_batch(token_dir, rows=2) -> dict:
 
 def loss_and_grads(kind: str, batch: dict, checkpointing: bool, lora: bool) -> tuple[float, dict, int]:
     """Loss, gradients, and the activation elements autograd saved for backward during the forward."""
-    model = build_model(ModelConfig(kind=kind, tiny=TinyShape(hidden_size=64, num_layers=3, num_heads=4)), 50277, 128,
-                        seed=0)[0]
+    model = build_model(
+        ModelConfig(kind=kind, tiny=TinyShape(hidden_size=64, num_layers=3, num_heads=4)), 50277, 128, seed=0
+    )[0]
     if checkpointing:
         enable_checkpointing(model)
     if lora:

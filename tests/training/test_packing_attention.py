@@ -39,7 +39,7 @@ def articles(token_dir):
             for ids, types in zip(f["input_ids"][:], f["token_type_ids"][:], strict=True):
                 start = 0
                 for end in np.flatnonzero(types == 3):
-                    out.append((ids[start:end + 1], types[start:end + 1]))
+                    out.append((ids[start : end + 1], types[start : end + 1]))
                     start = end + 1
     return out
 

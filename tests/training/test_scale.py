@@ -27,8 +27,17 @@ def test_topologies_and_process_counts_train_the_same_step(token_dirs, stage_con
     runs = {"m1a4": (1, 4, 1, 0), "m2a2": (2, 2, 1, 2), "m4a1": (4, 1, 1, 0), "m1a2x2": (1, 2, 2, 1)}
     results = {}
     for name, (micro, accum, procs, workers) in runs.items():
-        cfg = stage_config(name, token_dirs[0], max_steps=3, micro_batch_size=micro, gradient_accumulation_steps=accum,
-                           lr=LR, save_every=2, eval_every=3, dataloader_workers=workers)
+        cfg = stage_config(
+            name,
+            token_dirs[0],
+            max_steps=3,
+            micro_batch_size=micro,
+            gradient_accumulation_steps=accum,
+            lr=LR,
+            save_every=2,
+            eval_every=3,
+            dataloader_workers=workers,
+        )
         r = run_stage(cfg, procs=procs)
         assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-2000:])
         out = tmp_path / "ckpt" / name
@@ -40,8 +49,10 @@ def test_topologies_and_process_counts_train_the_same_step(token_dirs, stage_con
         # near-zero gradient (a rare token's) by its own RMS, so fp32 summation-order noise of another micro-batch
         # split moves it by a visible fraction of lr (3.4e-5 seen at micro 4 vs 1)
         emb = "gpt_neox.embed_in.weight"
-        assert max_abs_diff({k: v for k, v in ref_w.items() if k != emb}, {k: v for k, v in w.items() if k != emb}) \
-            < LR * 1e-2, name
+        assert (
+            max_abs_diff({k: v for k, v in ref_w.items() if k != emb}, {k: v for k, v in w.items() if k != emb})
+            < LR * 1e-2
+        ), name
         assert max_abs_diff({emb: ref_w[emb]}, {emb: w[emb]}) < LR * 5e-2, name
         assert len(m) == len(ref_m), name
         for a, b in zip(ref_m, m, strict=True):
@@ -55,8 +66,16 @@ def test_topologies_and_process_counts_train_the_same_step(token_dirs, stage_con
     lineage = json.loads((tmp_path / "ckpt" / "m1a2x2" / "final" / "lineage.json").read_text())
     assert lineage["topology"]["world_size"] == 2 and lineage["deepspeed"]["train_batch_size"] == 4
     # resume the two-process run's step-2 checkpoint in one process with the same global batch: exact
-    cfg = stage_config("m1a2x2", token_dirs[0], max_steps=3, micro_batch_size=1, gradient_accumulation_steps=4, lr=LR,
-                       save_every=2, eval_every=3)
+    cfg = stage_config(
+        "m1a2x2",
+        token_dirs[0],
+        max_steps=3,
+        micro_batch_size=1,
+        gradient_accumulation_steps=4,
+        lr=LR,
+        save_every=2,
+        eval_every=3,
+    )
     r = run_stage(cfg, "--resume")
     assert r.returncode == 0, r.stderr[-2000:]
     out = tmp_path / "ckpt" / "m1a2x2"
@@ -68,14 +87,26 @@ def test_topologies_and_process_counts_train_the_same_step(token_dirs, stage_con
 @pytest.mark.slow
 def test_two_process_kill_and_resume_ends_with_the_same_weights(token_dirs, stage_config, tmp_path):
     """LoRA dropout draws from every rank's RNG, so the weights match only if all RNGs are restored."""
-    over = dict(max_steps=10, micro_batch_size=1, gradient_accumulation_steps=2, save_every=3, eval_every=0,
-                lora={"r": 4, "alpha": 8, "dropout": 0.2})
+    over = dict(
+        max_steps=10,
+        micro_batch_size=1,
+        gradient_accumulation_steps=2,
+        save_every=3,
+        eval_every=0,
+        lora={"r": 4, "alpha": 8, "dropout": 0.2},
+    )
     ref = run_stage(stage_config("ref", token_dirs[0], **over), procs=2)
     assert ref.returncode == 0, ref.stderr[-2000:]
     cfg = stage_config("killed", token_dirs[0], dataloader_workers=1, **over)  # resumed reader processes too
     out = tmp_path / "ckpt" / "killed"
-    proc = subprocess.Popen(stage_command(cfg, procs=2), cwd=ROOT, env=stage_env(2), start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        stage_command(cfg, procs=2),
+        cwd=ROOT,
+        env=stage_env(2),
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 400
     while time.time() < deadline and proc.poll() is None:
         path = out / "logs" / "metrics.jsonl"
@@ -95,8 +126,9 @@ def test_two_process_kill_and_resume_ends_with_the_same_weights(token_dirs, stag
 
 
 @pytest.mark.slow
-def test_zero3_checkpoint_of_two_processes_resumes_in_one_through_a_universal_checkpoint(token_dirs, stage_config,
-                                                                                         tmp_path):
+def test_zero3_checkpoint_of_two_processes_resumes_in_one_through_a_universal_checkpoint(
+    token_dirs, stage_config, tmp_path
+):
     """ZeRO-3 partitions its files per process: DeepSpeed's ds_to_universal converts them, the run continues."""
     ds = tmp_path / "zero3_fp32.json"  # fp32, so the comparison is not lost in bf16 rounding
     ds.write_text(json.dumps({"zero_optimization": {"stage": 3}, "optimizer": {"type": "AdamW", "params": {}}}))
@@ -126,9 +158,19 @@ def test_lora_under_zero3_on_two_processes_merges_like_peft(token_dirs, stage_co
     base = tmp_path / "base"
     shape = {"hidden_size": 32, "num_layers": 2, "num_heads": 4}
     build_model(ModelConfig(kind="bloom", tiny=TinyShape(**shape)), 50277, 128, seed=1)[0].save_pretrained(base)
-    cfg = stage_config("lz3", token_dirs[1], model={"kind": "bloom", "name_or_path": str(base)}, init_from=str(base),
-                       deepspeed="training/configs/ds/zero3_bf16.json", max_steps=2, lr=1e-2, save_every=0,
-                       eval_every=0, lora={"r": 4, "alpha": 8, "dropout": 0.0}, gradient_checkpointing=True)
+    cfg = stage_config(
+        "lz3",
+        token_dirs[1],
+        model={"kind": "bloom", "name_or_path": str(base)},
+        init_from=str(base),
+        deepspeed="training/configs/ds/zero3_bf16.json",
+        max_steps=2,
+        lr=1e-2,
+        save_every=0,
+        eval_every=0,
+        lora={"r": 4, "alpha": 8, "dropout": 0.0},
+        gradient_checkpointing=True,
+    )
     r = run_stage(cfg, procs=2)
     assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-2000:])
     out = tmp_path / "ckpt" / "lz3"
@@ -148,8 +190,11 @@ def test_lora_under_zero3_on_two_processes_merges_like_peft(token_dirs, stage_co
 
 
 def test_refusals_are_one_line_before_the_first_step(token_dirs, stage_config, tmp_path):
-    huge = stage_config("huge", token_dirs[0], model={"kind": "pythia", "tiny": {"hidden_size": 16384,
-                                                                                   "num_layers": 64, "num_heads": 128}})
+    huge = stage_config(
+        "huge",
+        token_dirs[0],
+        model={"kind": "pythia", "tiny": {"hidden_size": 16384, "num_layers": 64, "num_heads": 128}},
+    )
     r = run_stage(huge)
     assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr[-1000:]
     assert "B parameters under ZeRO-0" in r.stderr and "available" in r.stderr

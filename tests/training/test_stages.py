@@ -14,8 +14,8 @@ import yaml
 
 from data_prep.pipeline import prepare_oa_dolly
 from tests.conftest import GPT2_TOKENIZER, OASST_TREES, ROOT
-from tokenization_prep.pipeline import PipelineConfig, run_pipeline
 from tests.training.conftest import final_weights, run_stage, stage_command, stage_env
+from tokenization_prep.pipeline import PipelineConfig, run_pipeline
 
 
 @pytest.mark.slow
@@ -49,8 +49,18 @@ def test_two_stages_outputs_and_lineage(token_dirs, stage_config, tmp_path):
     src = tmp_path / "oa.jsonl"
     prepare_oa_dolly(src, None, str(OASST_TREES))
     gpt2 = tmp_path / "gpt2_tok"
-    run_pipeline(PipelineConfig(str(src), str(gpt2), str(GPT2_TOKENIZER), 128, "greedy::truncate_left",
-                                num_training_splits=2, num_dev_splits=1, num_test_splits=0))
+    run_pipeline(
+        PipelineConfig(
+            str(src),
+            str(gpt2),
+            str(GPT2_TOKENIZER),
+            128,
+            "greedy::truncate_left",
+            num_training_splits=2,
+            num_dev_splits=1,
+            num_test_splits=0,
+        )
+    )
     r3 = run_stage(stage_config("s3", gpt2, init_from=str(final1)))
     assert r3.returncode == 2 and r3.stderr.count("\n") == 1, r3.stderr[-2000:]
     assert "tokenized with another tokenizer" in r3.stderr and f"--pretrained_tokenizer {final1}" in r3.stderr
@@ -63,8 +73,9 @@ def test_kill_and_resume_gives_the_same_weights(token_dirs, stage_config, tmp_pa
     assert ref.returncode == 0, ref.stderr[-2000:]
     cfg = stage_config("killed", oig, max_steps=30, save_every=5, eval_every=0)
     metrics = tmp_path / "ckpt" / "killed" / "logs" / "metrics.jsonl"
-    proc = subprocess.Popen(stage_command(cfg), cwd=ROOT, env=stage_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        stage_command(cfg), cwd=ROOT, env=stage_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 300
     while time.time() < deadline:
         lines = metrics.read_text().splitlines() if metrics.exists() else []
@@ -86,8 +97,15 @@ def test_kill_and_resume_gives_the_same_weights(token_dirs, stage_config, tmp_pa
 def test_lora_stage_adapter_merge_command_and_chat_loading(token_dirs, stage_config, tmp_path):
     assert run_stage(stage_config("base", token_dirs[0], max_steps=1, save_every=0, eval_every=0)).returncode == 0
     base = tmp_path / "ckpt" / "base" / "final"
-    cfg = stage_config("lora", token_dirs[1], max_steps=2, save_every=0, eval_every=0, init_from=str(base),
-                       lora={"r": 4, "alpha": 8, "dropout": 0.0})
+    cfg = stage_config(
+        "lora",
+        token_dirs[1],
+        max_steps=2,
+        save_every=0,
+        eval_every=0,
+        init_from=str(base),
+        lora={"r": 4, "alpha": 8, "dropout": 0.0},
+    )
     r = run_stage(cfg)
     assert r.returncode == 0, r.stderr[-2000:]
     out = tmp_path / "ckpt" / "lora"
@@ -95,15 +113,29 @@ def test_lora_stage_adapter_merge_command_and_chat_loading(token_dirs, stage_con
     assert adapter["base_model_name_or_path"] == str(base) and adapter["r"] == 4
     merged_by_stage = final_weights(out / "final")
     assert not any("lora" in k for k in merged_by_stage)
-    m = subprocess.run([sys.executable, "-m", "training.merge_lora", "--adapter", str(out / "adapter"), "--output",
-                        str(tmp_path / "merged")], cwd=ROOT, capture_output=True, text=True)
+    m = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "training.merge_lora",
+            "--adapter",
+            str(out / "adapter"),
+            "--output",
+            str(tmp_path / "merged"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert m.returncode == 0, m.stderr[-2000:]
     merged = final_weights(tmp_path / "merged")
     assert merged.keys() == merged_by_stage.keys()
     for k in merged:
         torch.testing.assert_close(merged[k], merged_by_stage[k], rtol=0, atol=1e-6)
-    assert not torch.equal(merged["gpt_neox.layers.0.attention.query_key_value.weight"],
-                           final_weights(base)["gpt_neox.layers.0.attention.query_key_value.weight"])  # LoRA changed it
+    assert not torch.equal(
+        merged["gpt_neox.layers.0.attention.query_key_value.weight"],
+        final_weights(base)["gpt_neox.layers.0.attention.query_key_value.weight"],
+    )  # LoRA changed it
     from inference.generate import load_model_tokenizer_for_generate
 
     model, tok = load_model_tokenizer_for_generate(str(out / "adapter"))  # chat loads an adapter dir too
@@ -115,12 +147,23 @@ def test_run_stages_script_runs_both_stages_in_order(token_dirs, stage_config, t
     configs = tmp_path / "configs"
     configs.mkdir()
     s1 = stage_config("stage1_oig", token_dirs[0], max_steps=1, save_every=0, eval_every=0)
-    s2 = stage_config("stage2_oa_dolly", token_dirs[1], max_steps=1, save_every=0, eval_every=0,
-                      init_from=str(tmp_path / "ckpt" / "stage1_oig" / "final"))
+    s2 = stage_config(
+        "stage2_oa_dolly",
+        token_dirs[1],
+        max_steps=1,
+        save_every=0,
+        eval_every=0,
+        init_from=str(tmp_path / "ckpt" / "stage1_oig" / "final"),
+    )
     s1.rename(configs / "stage1_oig.yaml")
     s2.rename(configs / "stage2_oa_dolly.yaml")
-    r = subprocess.run(["bash", "training/run_stages.sh", str(configs)], cwd=ROOT, capture_output=True, text=True,
-                       env={**stage_env(), "PYTHON": sys.executable})
+    r = subprocess.run(
+        ["bash", "training/run_stages.sh", str(configs)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**stage_env(), "PYTHON": sys.executable},
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     lineage = json.loads((tmp_path / "ckpt" / "stage2_oa_dolly" / "final" / "lineage.json").read_text())
     assert lineage["parent"]["stage"] == "stage1_oig"
@@ -136,8 +179,10 @@ def test_bad_inputs_fail_before_training_in_one_line(token_dirs, stage_config, t
         (stage_config("z", oig, init_from=str(tmp_path / "missing")), "run the earlier stage first"),
         (stage_config("w", oig, model={"kind": "gpt3", "tiny": {}}), "model.kind"),
         (stage_config("v", oig, deepspeed="training/configs/ds/nope.json"), "deepspeed config"),
-        (stage_config("t", oig, model={"kind": "bloom", "tiny": {}}, attn_implementation="flex_attention"),
-         "cannot isolate packed articles with bloom's ALiBi"),
+        (
+            stage_config("t", oig, model={"kind": "bloom", "tiny": {}}, attn_implementation="flex_attention"),
+            "cannot isolate packed articles with bloom's ALiBi",
+        ),
         (stage_config("s", oig, attn_implementation="flash"), "attn_implementation: Input should be"),
         (stage_config("r", oig, attn_implementation="flex_attention"), "no backward pass on the CPU"),
     ]
@@ -153,8 +198,14 @@ def test_bad_inputs_fail_before_training_in_one_line(token_dirs, stage_config, t
 
 @pytest.mark.slow
 def test_zero3_offload_bf16_runs_on_cpu_and_fp16_is_one_line(token_dirs, stage_config, tmp_path):
-    cfg = stage_config("z3", token_dirs[0], max_steps=2, save_every=0, eval_every=0,
-                       deepspeed="training/configs/ds/zero3_offload_bf16.json")
+    cfg = stage_config(
+        "z3",
+        token_dirs[0],
+        max_steps=2,
+        save_every=0,
+        eval_every=0,
+        deepspeed="training/configs/ds/zero3_offload_bf16.json",
+    )
     r = run_stage(cfg)
     assert r.returncode == 0, r.stderr[-2000:]
     from transformers import AutoModelForCausalLM
