@@ -20,11 +20,9 @@ import argparse
 import gzip
 import json
 import statistics
-import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 def messages(tokenizer, n: int, target: int = 100) -> list[str]:

@@ -30,7 +30,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 SHAPES = {
     "pythia": {"hidden_size": 1024, "num_layers": 24, "num_heads": 16, "intermediate_size": 4096},

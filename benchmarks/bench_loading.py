@@ -31,7 +31,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 VOCAB = 50304  # the Pythia tokenizer's embedding rows
 DS_NAME = "ds/zero3_bf16.json"
 MiB = 1024**2

@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 SHAPES = {
     "pythia": {"hidden_size": 512, "num_layers": 8, "num_heads": 8},
     "bloom": {"hidden_size": 256, "num_layers": 2, "num_heads": 4},

@@ -262,7 +262,6 @@ def main() -> None:
         trl_child(json.loads(args.trl_child))
         return
     t0 = time.time()
-    sys.path.insert(0, str(ROOT))
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
     venv = work / "venv-trl"

@@ -66,7 +66,7 @@ def escape_role_tags(text: str) -> tuple[str, int]:
     return _ROLE_TAG_RE.subn(r"<\1> :", text)
 
 
-def validate_turns(turns: list[Turn], allow_trailing_human: bool = False) -> str | None:
+def validate_turns(turns: list[Turn]) -> str | None:
     """Return why ``turns`` is not a well-formed conversation, or None if it is."""
     if not turns:
         return "no turns"
@@ -77,7 +77,7 @@ def validate_turns(turns: list[Turn], allow_trailing_human: bool = False) -> str
             return "empty or blank text"
         if i and turn.role == turns[i - 1].role:
             return "non-alternating roles"
-    if turns[-1].role != BOT and not allow_trailing_human:
+    if turns[-1].role != BOT:
         return "no bot reply"
     return None
 

@@ -172,12 +172,10 @@ class OasstConverter:
             stack.extend(reversed(m.children))
         return out
 
-    def _drop_subtree(self, root: Message, reason: str, filtered: bool) -> None:
+    def _drop_subtree(self, root: Message, reason: str) -> None:
+        """Quarantine every message of a subtree with one reason."""
         for m in self._subtree(root):
-            if filtered:
-                self.stats.filtered[reason] += 1
-            else:
-                self._reject(m.file, m.line, reason)
+            self._reject(m.file, m.line, reason)
 
     def _link(self) -> list[Message]:
         """Attach children in input order; reject orphans and cycles; return the roots in input order."""
@@ -214,7 +212,7 @@ class OasstConverter:
                     for m in self._subtree(child)[1:]:
                         self.stats.filtered["ancestor filtered"] += 1
                 elif child.role == parent.role:
-                    self._drop_subtree(child, "non-alternating roles", filtered=False)
+                    self._drop_subtree(child, "non-alternating roles")
                 else:
                     kept.append(child)
             parent.children = kept
@@ -249,7 +247,7 @@ class OasstConverter:
                 self.stats.filtered["ancestor filtered"] += len(subtree) - 1
                 continue
             if root.role != HUMAN:
-                self._drop_subtree(root, "root is not a prompter message", filtered=False)
+                self._drop_subtree(root, "root is not a prompter message")
                 continue
             self._prune(root)
             used: set[str] = set()

@@ -10,14 +10,10 @@ message. Tool/function/unknown roles and non-text content are quarantined with t
 """
 
 import sys
-from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repo root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from data_prep.chat_format import SYSTEM_RULES  # noqa: E402
-from data_prep.cli import base_parser, run_main  # noqa: E402
-from data_prep.pipeline import prepare_chat  # noqa: E402
+from data_prep.chat_format import SYSTEM_RULES
+from data_prep.cli import base_parser, run_main
+from data_prep.pipeline import prepare_chat
 
 
 def make_parser():

@@ -7,15 +7,11 @@ Usage (hub ids are the defaults; local files or directories work the same):
 """
 
 import sys
-from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repo root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from data_prep.cli import base_parser, run_main  # noqa: E402
-from data_prep.dolly import DOLLY_HUB_ID  # noqa: E402
-from data_prep.oasst import MODES, OASST_HUB_ID, OasstFilters  # noqa: E402
-from data_prep.pipeline import prepare_oa_dolly  # noqa: E402
+from data_prep.cli import base_parser, run_main
+from data_prep.dolly import DOLLY_HUB_ID
+from data_prep.oasst import MODES, OASST_HUB_ID, OasstFilters
+from data_prep.pipeline import prepare_oa_dolly
 
 
 def make_parser():

@@ -23,6 +23,16 @@ class DataError(Exception):
     """Bad input or settings: a one-line message that names the file, the line and the fix."""
 
 
+def first_line(exc: BaseException) -> str:
+    """One line saying why a library refused: every field of a pydantic error, else the message's first line
+    (every stage words its errors with this)."""
+    from pydantic import ValidationError
+
+    if isinstance(exc, ValidationError):
+        return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in exc.errors())
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
 @dataclass
 class RawRecord:
     """One input record: its origin and either the decoded object or why it is unusable."""
@@ -48,6 +58,13 @@ def _read_capped_line(fh, limit: int) -> tuple[bytes | None, bool]:
         chunk = fh.readline(1 << 20)
         if not chunk or chunk.endswith(b"\n"):
             return line[:200], True
+
+
+def clean_line(raw: bytes, at_file_start: bool) -> bytes:
+    """A raw line without its end of line (LF or CRLF) and, at the start of a file, without a BOM."""
+    if at_file_start and raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]
+    return raw.rstrip(b"\r\n")
 
 
 def decode_line(raw: bytes) -> tuple[dict | None, str | None]:
@@ -78,9 +95,7 @@ def iter_jsonl(path: Path, max_line_bytes: int = MAX_LINE_BYTES) -> Iterator[Raw
             if too_long:
                 yield RawRecord(name, lineno, None, f"line longer than {max_line_bytes} bytes")
                 continue
-            if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
-                raw = raw[3:]
-            raw = raw.rstrip(b"\r\n")
+            raw = clean_line(raw, lineno == 1)
             if not raw.strip():
                 continue
             obj, err = decode_line(raw)
@@ -133,7 +148,7 @@ def iter_hub(hub_id: str, split: str = "train", data_files: str | None = None) -
     except DataError:
         raise
     except Exception as exc:  # network, missing dataset, auth: one line for the user
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise DataError(
             f"{hub_id}: could not load from the Hugging Face hub ({first}); pass a local file or directory instead"
         ) from None

@@ -6,14 +6,10 @@ Usage (the hub id is the default; a directory of OIG files or one file works the
 """
 
 import sys
-from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repo root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from data_prep.cli import base_parser, run_main  # noqa: E402
-from data_prep.oig import BLOOMCHAT_OIG_FILES, DEFAULT_SAMPLE, OIG_HUB_ID  # noqa: E402
-from data_prep.pipeline import subsample_openchatkit  # noqa: E402
+from data_prep.cli import base_parser, run_main
+from data_prep.oig import BLOOMCHAT_OIG_FILES, DEFAULT_SAMPLE, OIG_HUB_ID
+from data_prep.pipeline import subsample_openchatkit
 
 
 def make_parser():

@@ -6,10 +6,6 @@ python inference/chat.py --model sambanovasystems/BLOOMChat-176B-v1 --device aut
 
 import argparse
 import sys
-from pathlib import Path
-
-if __package__ in (None, ""):  # run as a script: make the repo root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def parse(argv):

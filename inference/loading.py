@@ -7,16 +7,17 @@ quantization without CUDA or bitsandbytes. Safetensors only, never remote code.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from training.config import first_line
+from training.config import ConfigError, first_line
+from training.export import merged_model, read_adapter_config
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+SAFE = ("use_safetensors", "trust_remote_code")  # always set by merged_model
 
 
 class LoadError(Exception):
@@ -65,14 +66,9 @@ def resolve_source(path: str) -> tuple[str, dict | None]:
     if p.is_dir():
         if (p / "adapter_config.json").is_file():
             try:
-                adapter = json.loads((p / "adapter_config.json").read_text())
-            except (OSError, ValueError) as exc:
-                raise LoadError(f"--model {path}: adapter_config.json is not readable JSON ({exc})") from None
-            if not isinstance(adapter, dict) or not isinstance(adapter.get("base_model_name_or_path"), str):
-                raise LoadError(
-                    f"--model {path}: adapter_config.json names no base_model_name_or_path; re-run the training stage"
-                )
-            return str(p), adapter
+                return str(p), read_adapter_config(p)
+            except ConfigError as exc:
+                raise LoadError(f"--model {exc}") from None
         if (p / "config.json").is_file():
             return str(p), None
         if (p / "final" / "config.json").is_file():
@@ -136,11 +132,10 @@ def load_for_chat(path: str, device: str = "auto", dtype: str = "auto", quantize
         kwargs["device_map"] = "auto" if spread else dev
     base = adapter["base_model_name_or_path"] if adapter else source
     try:
-        model = AutoModelForCausalLM.from_pretrained(base, **kwargs)
         if adapter is not None:
-            from peft import PeftModel
-
-            model = PeftModel.from_pretrained(model, source).merge_and_unload()
+            model = merged_model(source, base, **{k: v for k, v in kwargs.items() if k not in SAFE})
+        else:
+            model = AutoModelForCausalLM.from_pretrained(base, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(tok_src, trust_remote_code=False)
     except Exception as exc:  # corrupt weights, a bad config, an unreachable hub id: one line, never a traceback
         raise LoadError(f"--model {path}: cannot load ({type(exc).__name__}: {first_line(exc)})") from None

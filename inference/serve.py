@@ -9,10 +9,7 @@ import socket
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repo root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from data_prep.chat_format import SYSTEM_RULES  # noqa: E402
+from data_prep.chat_format import SYSTEM_RULES
 
 
 def port_number(text: str) -> int:

@@ -223,7 +223,6 @@ def summary(t0: float, tok_dirs: list[str], curves: str, evaluation: str) -> Non
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(ROOT))
     try:
         sys.exit(main())
     except subprocess.CalledProcessError as exc:

@@ -18,7 +18,7 @@ import yaml
 from pydantic import ValidationError
 
 from data_prep.atomic import sha256_file
-from data_prep.readers import DataError
+from data_prep.readers import DataError, first_line
 from tokenization_prep.schema import FILES_METADATA, DatasetMetadata, TokenizedMetadata, tokenizer_fingerprint
 
 
@@ -109,7 +109,7 @@ def verify(out: Path, max_seq_length: int | None = None) -> list[str]:
     try:
         meta = DatasetMetadata.model_validate(yaml.safe_load(meta_path.read_text()))
     except (yaml.YAMLError, ValidationError) as exc:
-        return [f"{meta_path}: not gdp's DatasetMetadata ({str(exc).splitlines()[0]})"]
+        return [f"{meta_path}: not gdp's DatasetMetadata ({first_line(exc)})"]
     if max_seq_length is not None and meta.max_seq_length != max_seq_length:
         problems.append(f"max_seq_length is {meta.max_seq_length}, expected {max_seq_length}")
     fm = out / FILES_METADATA
@@ -154,7 +154,7 @@ def verify(out: Path, max_seq_length: int | None = None) -> list[str]:
                         problems.append(f"{path.name}: rows of shape {shape}, metadata says {meta.max_seq_length}")
                     rows.append(shape[0])
             except (OSError, KeyError) as exc:
-                problems.append(f"{path.name}: not a readable HDF5 split ({str(exc).splitlines()[0]})")
+                problems.append(f"{path.name}: not a readable HDF5 split ({first_line(exc)})")
         limit = meta.max_batch_size_train if kind == "train" else meta.max_batch_size_dev
         if rows and limit is not None and min(rows) != limit:
             problems.append(f"max_batch_size_{kind} is {limit} but the smallest {kind} file holds {min(rows)} rows")

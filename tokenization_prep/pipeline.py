@@ -21,7 +21,7 @@ import orjson
 import yaml
 
 from data_prep.atomic import atomic_write, sha256_file
-from data_prep.readers import DataError
+from data_prep.readers import DataError, clean_line
 from tokenization_prep.articles import ArticleSettings, ArticleTokenizer
 from tokenization_prep.hdf5_io import TokenStore, write_hdf5
 from tokenization_prep.metadata import dataset_metadata, write_files_metadata
@@ -30,7 +30,6 @@ from tokenization_prep.packing import PackingConfig, Plan
 from tokenization_prep.prep import (
     SplitMetrics,
     category_table,
-    clean_line,
     lost_articles,
     pack_store,
     record_sequences,

@@ -20,7 +20,7 @@ import orjson
 from tqdm import tqdm
 
 from data_prep.atomic import atomic_write
-from data_prep.readers import DataError
+from data_prep.readers import DataError, clean_line
 from tokenization_prep.articles import (
     COMPLETION,
     PROMPT,
@@ -248,13 +248,6 @@ def record_sequences(store: TokenStore, seqs, max_len: int, metrics: SplitMetric
             for t, name in TYPE_NAMES.items():
                 metrics.tokens[name] += int(counts[t])
             metrics.trained[store.sources[a]] += int(counts[COMPLETION] + counts[SEP])
-
-
-def clean_line(raw: bytes, at_file_start: bool) -> bytes:
-    """A raw line without its end of line (LF or CRLF) and, at the start of a file, without a BOM."""
-    if at_file_start and raw.startswith(b"\xef\xbb\xbf"):
-        raw = raw[3:]
-    return raw.rstrip(b"\r\n")
 
 
 def jsonl_lines(path: Path) -> Iterator[tuple[str, int, bytes]]:

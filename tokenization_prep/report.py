@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-from data_prep.atomic import atomic_write
+from data_prep.atomic import atomic_write, pyplot, save_png
 
 
 def metrics_table(splits: dict) -> list[str]:
@@ -76,11 +76,7 @@ def lost_table(splits: dict, limit: int = 10) -> list[str]:
 
 def plot_mix(splits: dict, out_dir: Path) -> Path:
     """mix.png: requested vs realized share of supervised tokens per source of the training split."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     mix = (splits.get("train") or next(iter(splits.values()))).mix or {}
     names = sorted(mix)
     fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(names) + 2), 4))
@@ -91,21 +87,12 @@ def plot_mix(splits: dict, out_dir: Path) -> Path:
     ax.set_xticks(x, names, rotation=20)
     ax.set_ylabel("% of supervised tokens (train)")
     ax.legend()
-    fig.tight_layout()
-    path = out_dir / "mix.png"
-    with atomic_write(path) as fh:
-        fig.savefig(fh, format="png", dpi=100, metadata={"Software": None})
-    plt.close(fig)
-    return path
+    return save_png(fig, out_dir / "mix.png")
 
 
 def plot_histograms(splits: dict, max_len: int, out_dir: Path) -> list[Path]:
     """article_lengths.png and sequence_fill.png (written atomically)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     paths = []
     for fname, attr, xlabel in (
         ("article_lengths.png", "article_lengths", "tokens per article"),
@@ -121,12 +108,7 @@ def plot_histograms(splits: dict, max_len: int, out_dir: Path) -> list[Path]:
         ax.set_xlabel(xlabel)
         ax.set_ylabel("count")
         ax.legend()
-        fig.tight_layout()
-        path = out_dir / fname
-        with atomic_write(path) as fh:
-            fig.savefig(fh, format="png", dpi=100, metadata={"Software": None})
-        plt.close(fig)
-        paths.append(path)
+        paths.append(save_png(fig, out_dir / fname))
     return paths
 
 

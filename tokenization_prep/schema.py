@@ -24,7 +24,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from data_prep.atomic import sha256_file
-from data_prep.readers import DataError
+from data_prep.readers import DataError, first_line
 
 PROMPT, COMPLETION, PADDING, SEP = 0, 1, 2, 3  # token_type_ids
 MANIFEST = "manifest.sha256"
@@ -106,7 +106,7 @@ def read_metadata(out: Path) -> TokenizedMetadata:
     try:
         raw = yaml.safe_load(path.read_text())
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise DataError(f"{path}: not readable YAML ({str(exc).splitlines()[0]}); {RERUN}") from None
+        raise DataError(f"{path}: not readable YAML ({first_line(exc)}); {RERUN}") from None
     if not isinstance(raw, dict):
         raise DataError(f"{path}: must be a YAML mapping of dataset facts, found {type(raw).__name__}; {RERUN}")
     try:

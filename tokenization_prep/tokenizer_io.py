@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from data_prep.chat_format import CHAT_TEMPLATE
-from data_prep.readers import DataError, looks_like_hub_id
+from data_prep.readers import DataError, first_line, looks_like_hub_id
 
 EOS = "<|endoftext|>"
 
@@ -50,7 +50,7 @@ def load_tokenizer(spec: str):
     except DataError:
         raise
     except Exception as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        first = first_line(exc)
         raise DataError(
             f"--pretrained_tokenizer {spec}: could not load ({first}); pass a local tokenizer "
             "directory or a hub id you can reach"
@@ -100,8 +100,8 @@ def tokenizer_model_type(tok, spec: str) -> tuple[str, str | None]:
 
         try:
             return str(type(AutoConfig.from_pretrained(spec, trust_remote_code=False))), None
-        except Exception as exc:  # noqa: BLE001 - any loading failure: recorded, not fatal
-            why = f"cannot read the model config of {spec}: " + (str(exc).strip().splitlines() or ["?"])[0]
+        except Exception as exc:  # any loading failure: recorded, not fatal
+            why = f"cannot read the model config of {spec}: " + first_line(exc)
     else:
         why = f"no config.json in {spec}"
     return f"unknown ({why})", why

@@ -12,6 +12,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from data_prep.readers import first_line  # noqa: F401 (training and inference import it from here)
+
 # BLOOMChat's sampling settings: written into every final model's generation_config.json, and the chat's
 # defaults when a model has none (inference.sampling)
 GENERATION_DEFAULTS = {"temperature": 0.8, "top_p": 0.9, "repetition_penalty": 1.2, "max_new_tokens": 512}
@@ -21,13 +23,6 @@ ROOT = Path(__file__).resolve().parents[1]
 
 class ConfigError(Exception):
     """A config problem, said in one line: the file, the field, what is wrong."""
-
-
-def first_line(exc: BaseException) -> str:
-    """One line saying why a library refused: every field of a pydantic error, else the message's first line."""
-    if isinstance(exc, ValidationError):
-        return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in exc.errors())
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 class Strict(BaseModel):
@@ -123,7 +118,7 @@ def load_config(path: str | Path) -> StageConfig:
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        raise ConfigError(f"{path}: not valid YAML ({first_line(exc)})") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: must be a YAML mapping of stage settings")
     try:

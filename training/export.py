@@ -8,11 +8,12 @@ and the merged ``final/`` loads with plain transformers.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
 
-from training.config import StageConfig
+from training.config import ConfigError, StageConfig, first_line
 from training.distributed import rank
 
 
@@ -60,3 +61,27 @@ def save_model(engine, cfg: StageConfig, final: Path, adapter_dir: Path) -> None
         merged_copy(module, state).save_pretrained(str(final), safe_serialization=True)
     else:
         module.save_pretrained(str(final), state_dict=state, safe_serialization=True)
+
+
+def read_adapter_config(path: str | Path) -> dict:
+    """The ``adapter_config.json`` of a LoRA adapter dir (a stage's ``adapter/``), with the base model it names;
+    any problem is one ConfigError line. Shared by ``merge_lora`` and inference's loader."""
+    cfg_path = Path(path).expanduser() / "adapter_config.json"
+    if not cfg_path.is_file():
+        raise ConfigError(f"{path}: no adapter_config.json; give a LoRA adapter directory (a stage's adapter/)")
+    try:
+        adapter = json.loads(cfg_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: adapter_config.json is not readable JSON ({first_line(exc)})") from None
+    if not isinstance(adapter, dict) or not isinstance(adapter.get("base_model_name_or_path"), str):
+        raise ConfigError(f"{path}: adapter_config.json names no base_model_name_or_path; re-run the training stage")
+    return adapter
+
+
+def merged_model(adapter_dir: str | Path, base: str, **load_kwargs):
+    """The base model (safetensors only, no remote code) with the adapter merged in by peft."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base, use_safetensors=True, trust_remote_code=False, **load_kwargs)
+    return PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()

@@ -258,7 +258,7 @@ def large_allocations_returned():
     is trimmed. No-op where libc has no mallopt (not glibc)."""
     try:
         libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt, libc.malloc_trim  # noqa: B018 -- both must exist
+        libc.mallopt, libc.malloc_trim  # both must exist (AttributeError otherwise)
     except (OSError, AttributeError):
         yield
         return

@@ -7,29 +7,27 @@ model (safetensors) that transformers loads alone; the tokenizer is copied from 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
+from training.config import ConfigError, first_line
+from training.export import merged_model, read_adapter_config
+
 
 def merge(adapter: str, output: str, base: str | None = None) -> Path:
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
-    cfg_path = Path(adapter) / "adapter_config.json"
-    if not cfg_path.is_file():
-        raise FileNotFoundError(f"{adapter}: no adapter_config.json; give a LoRA adapter directory")
-    base = base or json.loads(cfg_path.read_text()).get("base_model_name_or_path")
-    if not base:
-        raise ValueError("the adapter records no base model; pass --base")
-    model = AutoModelForCausalLM.from_pretrained(base, use_safetensors=True, trust_remote_code=False)
-    merged = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    base = base or read_adapter_config(adapter)["base_model_name_or_path"]
+    try:
+        merged = merged_model(adapter, base)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"--adapter {adapter}: cannot merge onto {base} ({first_line(exc)})") from None
     merged.save_pretrained(output, safe_serialization=True)
     for src in (adapter, base):
         try:
-            AutoTokenizer.from_pretrained(src).save_pretrained(output)
+            AutoTokenizer.from_pretrained(src, trust_remote_code=False).save_pretrained(output)
             break
-        except Exception:
+        except (OSError, ValueError):
             continue
     return Path(output)
 
@@ -42,7 +40,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     try:
         out = merge(args.adapter, args.output, args.base)
-    except (FileNotFoundError, ValueError, OSError) as exc:
+    except (ConfigError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"merged model written to {out}")

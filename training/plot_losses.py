@@ -6,17 +6,12 @@ import json
 import sys
 from pathlib import Path
 
-from data_prep.atomic import atomic_write
+from data_prep.atomic import pyplot, save_png
 
 
 def plot_losses(stage_dirs: list[Path], out_png: Path) -> Path:
     """One panel: training loss per step for each stage (eval loss as markers), steps laid end to end."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = pyplot().subplots(figsize=(7, 4))
     offset = 0
     for d in stage_dirs:
         rows = [json.loads(x) for x in (Path(d) / "logs" / "metrics.jsonl").read_text().splitlines() if x.strip()]
@@ -30,11 +25,7 @@ def plot_losses(stage_dirs: list[Path], out_png: Path) -> Path:
     ax.set_xlabel("optimizer step (stages end to end)")
     ax.set_ylabel("loss")
     ax.legend()
-    fig.tight_layout()
-    with atomic_write(out_png) as fh:
-        fig.savefig(fh, format="png", dpi=100)
-    plt.close(fig)
-    return out_png
+    return save_png(fig, out_png)
 
 
 if __name__ == "__main__":

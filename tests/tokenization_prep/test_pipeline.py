@@ -1,9 +1,7 @@
 """The pipeline on real data_prep output: files, metadata, determinism, crash safety, bad input."""
 
-import gzip
 import json
 import math
-import os
 import signal
 import subprocess
 import sys
@@ -15,56 +13,10 @@ import pytest
 import yaml
 
 from data_prep.pipeline import prepare_oa_dolly
-from tests.conftest import DOLLY, OASST_ROWS, OASST_TREES, PYTHIA_TOKENIZER, ROOT
+from tests.conftest import DOLLY, OASST_ROWS, PYTHIA_TOKENIZER, ROOT
+from tests.tokenization_prep.conftest import cli, pipe_args
 from tokenization_prep.metadata import verify
 from tokenization_prep.pipeline import PipelineConfig, run_pipeline, verify_manifest
-
-
-@pytest.fixture(scope="module")
-def chat_jsonl(tmp_path_factory):
-    """Real data_prep output: the 100 OASST trees plus the first 1,500 Dolly records."""
-    d = tmp_path_factory.mktemp("prep")
-    dolly = d / "dolly_head.jsonl"
-    with gzip.open(DOLLY, "rb") as fh:
-        dolly.write_bytes(b"".join(next(fh) for _ in range(1500)))
-    out = d / "chat.jsonl"
-    prepare_oa_dolly(out, str(dolly), str(OASST_TREES))
-    return out
-
-
-def cli(*args, env=None):
-    return subprocess.run(
-        [sys.executable, "-m", "tokenization_prep", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env={**os.environ, **(env or {})},
-    )
-
-
-def pipe_args(src, out, *extra):
-    return [
-        "pipeline",
-        "--input_path",
-        str(src),
-        "--output_path",
-        str(out),
-        "--pretrained_tokenizer",
-        str(PYTHIA_TOKENIZER),
-        "--max_seq_length",
-        "512",
-        "--input_packing_config",
-        "greedy::drop",
-        "--shuffle",
-        "on_RAM",
-        "--num_training_splits",
-        "3",
-        "--num_dev_splits",
-        "1",
-        "--num_test_splits",
-        "0",
-        *extra,
-    ]
 
 
 def test_outputs_metadata_and_manifest(tmp_path, chat_jsonl):

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from tests.conftest import PYTHIA_TOKENIZER, ROOT
-from tests.tokenization_prep.test_pipeline import chat_jsonl, cli, pipe_args  # noqa: F401 (fixture)
+from tests.tokenization_prep.conftest import cli, pipe_args
 from tokenization_prep.articles import COMPLETION, SEP, ArticleSettings, ArticleTokenizer, parse_line
 from tokenization_prep.provenance import row_pieces
 from tokenization_prep.tokenizer_io import load_tokenizer
@@ -20,7 +20,7 @@ def articles_of_line(atok, raw: bytes):
     return parts, atok.assemble([parts], atok.encode([parts]))[0]
 
 
-def test_every_piece_of_every_row_points_at_its_input_line(tmp_path, chat_jsonl):  # noqa: F811
+def test_every_piece_of_every_row_points_at_its_input_line(tmp_path, chat_jsonl):
     out = tmp_path / "o"
     r = cli(*pipe_args(chat_jsonl, out, "--input_packing_config", "greedy::truncate_right"))
     assert r.returncode == 0, r.stderr
@@ -61,7 +61,7 @@ def test_every_piece_of_every_row_points_at_its_input_line(tmp_path, chat_jsonl)
     assert f"id={first.record_id}" in r.stdout and "[PROMPT]<human>:" in r.stdout
 
 
-def test_dropped_articles_are_listed_with_their_lines(tmp_path, chat_jsonl):  # noqa: F811
+def test_dropped_articles_are_listed_with_their_lines(tmp_path, chat_jsonl):
     out = tmp_path / "o"
     assert cli(*pipe_args(chat_jsonl, out)).returncode == 0  # greedy::drop at 512
     report = json.loads((out / "data_report.json").read_text())
@@ -91,7 +91,7 @@ def supervised_by_source(out, split="train") -> dict:
     return counts
 
 
-def test_mix_realizes_the_requested_shares_deterministically(tmp_path, chat_jsonl):  # noqa: F811
+def test_mix_realizes_the_requested_shares_deterministically(tmp_path, chat_jsonl):
     out = tmp_path / "mix"
     r = cli(*pipe_args(chat_jsonl, out, "--mix", "dolly=0.4,oasst=0.6"))
     assert r.returncode == 0, r.stderr
@@ -113,7 +113,7 @@ def test_mix_realizes_the_requested_shares_deterministically(tmp_path, chat_json
         assert not np.array_equal(a["input_ids"][:4], b["input_ids"][:4])
 
 
-def test_mix_by_repeat_factors_and_upsampling(tmp_path, chat_jsonl):  # noqa: F811
+def test_mix_by_repeat_factors_and_upsampling(tmp_path, chat_jsonl):
     plain, rep = tmp_path / "plain", tmp_path / "rep"
     assert cli(*pipe_args(chat_jsonl, plain)).returncode == 0
     r = cli(*pipe_args(chat_jsonl, rep, "--mix", "oasst=x3,dolly=x1"))  # BLOOMChat's x1001, smaller
@@ -141,7 +141,7 @@ def test_mix_by_repeat_factors_and_upsampling(tmp_path, chat_jsonl):  # noqa: F8
         ("dolly=1,dolly=2", "named twice"),
     ],
 )
-def test_bad_mix_is_one_line(tmp_path, chat_jsonl, mix, needle):  # noqa: F811
+def test_bad_mix_is_one_line(tmp_path, chat_jsonl, mix, needle):
     r = cli(*pipe_args(chat_jsonl, tmp_path / "o", "--mix", mix))
     assert r.returncode == 2 and needle in r.stderr and r.stderr.count("\n") == 1, r.stderr
 
