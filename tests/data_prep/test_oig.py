@@ -24,7 +24,15 @@ def test_directory_run_parses_rosey_and_samples_truly(tmp_path, capsys):
     texts = [join_pairs(p) for p in lines]
     assert all(t.startswith("<human>: ") and "\n<bot>: " in t and "Rosey:" not in t for t in texts)
     ids = sorted(int(p[0]["id"].rsplit("-", 1)[1]) for p in lines)
-    assert ids != list(range(1, 101)) and ids[-1] > 300  # not the head of the file
+    assert len(set(ids)) == 100 and all(1 <= i <= 356 for i in ids)  # without replacement
+    # uniform over the file: each quarter of the 356 lines holds about 25 of the 100 (head- or tail-only fail)
+    quarters = [sum(lo < i <= lo + 89 for i in ids) for lo in (0, 89, 178, 267)]
+    assert all(12 <= q <= 40 for q in quarters), quarters
+    again = subsample_openchatkit(tmp_path / "again.jsonl", str(OIG_DIR), sample_size=100, seed=1)
+    other = subsample_openchatkit(tmp_path / "other.jsonl", str(OIG_DIR), sample_size=100, seed=2)
+    assert again.report.sources["unified_joke_explanations"].written == 100 and other
+    assert (tmp_path / "again.jsonl").read_bytes() == out.read_bytes()  # seeded
+    assert (tmp_path / "other.jsonl").read_bytes() != out.read_bytes()
     assert [int(p[0]["id"].rsplit("-", 1)[1]) for p in lines] != ids  # final shuffle
 
 
