@@ -85,11 +85,11 @@ def prepare_data(work: Path, seq: int, packing: str) -> Path:
     t0 = time.perf_counter()
     run_pipeline(
         PipelineConfig(
-            str(src),
-            str(out),
-            str(ROOT / "data/tokenizers/gpt-neox-20b"),
-            seq,
-            packing,
+            input_path=str(src),
+            output_path=str(out),
+            pretrained_tokenizer=str(ROOT / "data/tokenizers/gpt-neox-20b"),
+            max_seq_length=seq,
+            input_packing_config=packing,
             shuffle="on_RAM",
             num_training_splits=1,
             overwrite_output_path=True,

@@ -51,7 +51,13 @@ def make_data(work: Path) -> Path:
     prepare_oa_dolly(pairs, str(DOLLY), str(OASST_ROWS))
     run_pipeline(
         PipelineConfig(
-            str(pairs), str(out), str(PYTHIA_TOKENIZER), 2048, "bfd::drop", shuffle="on_RAM", num_training_splits=1
+            input_path=str(pairs),
+            output_path=str(out),
+            pretrained_tokenizer=str(PYTHIA_TOKENIZER),
+            max_seq_length=2048,
+            input_packing_config="bfd::drop",
+            shuffle="on_RAM",
+            num_training_splits=1,
         )
     )
     return out

@@ -40,11 +40,11 @@ def prepare(tmp: Path) -> tuple[Path, Path]:
         out = tmp / name
         run_pipeline(
             PipelineConfig(
-                str(src),
-                str(out),
-                str(ROOT / "data/tokenizers/gpt-neox-20b"),
-                SEQ,
-                packing,
+                input_path=str(src),
+                output_path=str(out),
+                pretrained_tokenizer=str(ROOT / "data/tokenizers/gpt-neox-20b"),
+                max_seq_length=SEQ,
+                input_packing_config=packing,
                 shuffle="on_RAM",
                 num_training_splits=1,
             )

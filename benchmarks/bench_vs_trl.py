@@ -95,11 +95,11 @@ def prepare(work: Path, convs: int) -> Path:
     sample.write_text("".join(x + "\n" for x in random.Random(0).sample(lines, min(convs, len(lines)))))
     run_pipeline(
         PipelineConfig(
-            str(sample),
-            str(out),
-            str(ROOT / "data/tokenizers/gpt-neox-20b"),
-            SEQ,
-            "bfd::drop",
+            input_path=str(sample),
+            output_path=str(out),
+            pretrained_tokenizer=str(ROOT / "data/tokenizers/gpt-neox-20b"),
+            max_seq_length=SEQ,
+            input_packing_config="bfd::drop",
             shuffle="on_RAM",
             num_training_splits=1,
             overwrite_output_path=True,

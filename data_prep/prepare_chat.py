@@ -46,7 +46,8 @@ def main(argv=None) -> int:
             strict=args.strict,
             dedup=args.dedup,
             split=args.split,
-        )
+        ),
+        args,
     )
 
 

@@ -48,7 +48,8 @@ def main(argv=None) -> int:
             oasst_mode=args.oasst_mode,
             oasst_filters=filters,
             oasst_split=args.oasst_split,
-        )
+        ),
+        args,
     )
 
 

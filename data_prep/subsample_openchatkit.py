@@ -51,7 +51,8 @@ def main(argv=None) -> int:
             upweight_basic=args.upweight_basic,
             drop_prosocial=not args.keep_prosocial,
             files=files,
-        )
+        ),
+        args,
     )
 
 

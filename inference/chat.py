@@ -7,9 +7,11 @@ python inference/chat.py --model sambanovasystems/BLOOMChat-176B-v1 --device aut
 import argparse
 import sys
 
+PROG = "python -m inference chat"
+
 
 def parse(argv):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
     ap.add_argument(
         "--model",
         default="training/ckpt/stage2_oa_dolly/final",

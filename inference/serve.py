@@ -11,6 +11,8 @@ from pathlib import Path
 
 from data_prep.chat_format import SYSTEM_RULES
 
+PROG = "python -m inference serve"
+
 
 def port_number(text: str) -> int:
     """A TCP port for argparse: 0-65535 (0: any free port)."""
@@ -33,7 +35,7 @@ def model_name(path: str) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
     ap.add_argument("--model", required=True, help="save_pretrained dir, hub id, or LoRA adapter dir")
     ap.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback only)")
     ap.add_argument("--port", type=port_number, default=8000)

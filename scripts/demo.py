@@ -92,6 +92,7 @@ def main() -> int:
         [
             PY,
             "data_prep/prepare_oa_dolly.py",
+            "--overwrite",
             "--dolly",
             "data/samples/dolly/databricks-dolly-15k.jsonl.gz",
             "--oasst",
@@ -104,7 +105,7 @@ def main() -> int:
     )
     step(
         "data_prep_oig",
-        [PY, "data_prep/subsample_openchatkit.py", "--oig", "data/samples/oig", "--output", ock],
+        [PY, "data_prep/subsample_openchatkit.py", "--overwrite", "--oig", "data/samples/oig", "--output", ock],
         ["data/samples/oig"],
         [ock],
     )
@@ -123,13 +124,13 @@ def main() -> int:
     s1, s2 = "training/ckpt/stage1_oig/final", "training/ckpt/stage2_oa_dolly/final"
     step(
         "train_stage1_oig",
-        [PY, "-m", "training.run", "--config", "training/configs/demo/stage1_oig.yaml", *steps],
+        [PY, "-m", "training.run", "--overwrite", "--config", "training/configs/demo/stage1_oig.yaml", *steps],
         [tok_ock, "training/configs/demo/stage1_oig.yaml"],
         [s1],
     )
     step(
         "train_stage2_oa_dolly",
-        [PY, "-m", "training.run", "--config", "training/configs/demo/stage2_oa_dolly.yaml", *steps],
+        [PY, "-m", "training.run", "--overwrite", "--config", "training/configs/demo/stage2_oa_dolly.yaml", *steps],
         [tok_oa, s1, "training/configs/demo/stage2_oa_dolly.yaml"],
         [s2],
     )

@@ -35,10 +35,12 @@ def test_demo_command_on_a_fresh_clone(tmp_path):
         "training/ckpt/stage1_oig/final/model.safetensors",
         "training/ckpt/stage2_oa_dolly/final/lineage.json",
         "training/ckpt/loss_curves.png",
+        "training/ckpt/evaluation.json",
     ):
         assert (clone / artifact).is_file(), artifact
     assert "\nbot: " in out and "tokens, stop: " in out and "== summary" in out and "| padding % |" in out
+    assert "what the models learned" in out and "| untrained (stage1_oig) | dolly |" in out  # the evaluation
     rerun = subprocess.run(
         ["bash", "scripts/demo.sh", "--quick"], cwd=clone, env=env, capture_output=True, text=True, timeout=600
     )
-    assert rerun.returncode == 0 and rerun.stdout.count("up to date (inputs and outputs match their hashes)") == 6
+    assert rerun.returncode == 0 and rerun.stdout.count("up to date (inputs and outputs match their hashes)") == 7

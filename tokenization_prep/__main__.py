@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from data_prep.readers import DataError
-from tokenization_prep.articles import BOUNDARIES, ArticleSettings
+from tokenization_prep.settings import BOUNDARIES, ArticleSettings, PipelineConfig, build
 
 
 def add_common(p: argparse.ArgumentParser) -> None:
@@ -129,18 +129,16 @@ def make_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def article_settings(args, is_text: bool = False) -> ArticleSettings:
-    return ArticleSettings(
-        args.prompt_keyword,
-        args.completion_keyword,
-        args.disable_space_separator,
-        args.keep_prompt_only_sequences,
-        args.packing_boundary,
-        args.attention_boundary,
-        is_text,
-        args.prompt_prefix or "",
-        args.prompt_postfix or "",
-    )
+def settings(args) -> PipelineConfig:
+    """The command's settings, built by keyword from its flags (a field is its flag) and validated in one place."""
+    given = {k: v for k, v in vars(args).items() if v is not None}
+    article = {k: given[k] for k in ArticleSettings.model_fields if k in given}
+    fields = {
+        (f.alias or k): given[(f.alias or k)]
+        for k, f in PipelineConfig.model_fields.items()
+        if (f.alias or k) in given and k != "article"
+    }
+    return build(PipelineConfig, **fields, article=build(ArticleSettings, **article))
 
 
 def run(args) -> int:
@@ -164,8 +162,7 @@ def run(args) -> int:
         )
         return 0
     cpu_threads(args.num_workers)
-    if args.max_seq_length < 1:
-        raise DataError("--max_seq_length must be at least 1")
+    cfg = settings(args)
     if args.command == "data_prep":
         from tokenization_prep.packing import PackingConfig
         from tokenization_prep.pipeline import check_log_path, read_categories
@@ -179,14 +176,19 @@ def run(args) -> int:
             raise DataError(f"--output_path {out}: data_prep writes one HDF5 file; give a path ending in .hdf5")
         if out.exists() and not args.overwrite_output_path:
             raise DataError(f"--output_path {out} exists; pass --overwrite_output_path")
-        config = PackingConfig.parse(args.input_packing_config)
-        categories = read_categories(args.categories_path)
-        log_path = check_log_path(args.log_file_path)
-        tok, render = tokenizer_for_data(args.pretrained_tokenizer, args.special_tokens_dict, args.apply_chat_template)
-        settings = article_settings(args, src.suffix == ".txt")
-        settings.chat_render = render
+        categories = read_categories(cfg.categories_path)
+        log_path = check_log_path(cfg.log_file_path)
+        tok, render = tokenizer_for_data(cfg.pretrained_tokenizer, cfg.special_tokens_dict, cfg.apply_chat_template)
+        article = cfg.article.model_copy(update={"is_text": src.suffix == ".txt", "chat_render": render})
         m = data_prep_file(
-            src, out, tok, args.max_seq_length, config, settings, args.ignore_input_format_error, categories
+            src,
+            out,
+            tok,
+            cfg.max_seq_length,
+            PackingConfig.parse(cfg.input_packing_config),
+            article,
+            cfg.ignore_input_format_error,
+            categories,
         )
         summary = f"wrote {m.sequences:,} sequences ({m.articles:,} articles from {m.lines:,} lines) to {out}"
         if log_path:
@@ -197,34 +199,8 @@ def run(args) -> int:
         if not args.silent:
             print(summary)
         return 0
-    from tokenization_prep.pipeline import PipelineConfig, run_pipeline
+    from tokenization_prep.pipeline import run_pipeline
 
-    cfg = PipelineConfig(
-        args.input_path,
-        args.output_path,
-        args.pretrained_tokenizer,
-        args.max_seq_length,
-        args.input_packing_config,
-        article_settings(args),
-        args.shuffle,
-        args.seed,
-        args.num_training_splits,
-        args.num_dev_splits,
-        args.num_test_splits,
-        args.dev_ratio,
-        args.test_ratio,
-        args.ignore_input_format_error,
-        args.overwrite_output_path,
-        args.categories_path,
-        args.do_not_balance_hdf5,
-        args.keep_split_jsonls,
-        args.special_tokens_dict,
-        args.model_config,
-        args.log_file_path,
-        args.apply_chat_template,
-        args.mix,
-        args.mix_tokens,
-    )
     result = run_pipeline(cfg, log=lambda line: print(line, file=sys.stderr))
     print("\n".join(result["report"]))
     c = result["counts"]

@@ -18,36 +18,19 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import orjson
 
 from tokenization_prep.schema import COMPLETION, PADDING, PROMPT, SEP  # noqa: F401 (re-exported)
+from tokenization_prep.settings import ArticleSettings  # noqa: F401 (re-exported)
 
-BOUNDARIES = ("jsonl", "prompt_completion_pair")
 PROMPT_PLACEHOLDER, COMPLETION_PLACEHOLDER = "<prompt_placeholder>", "<completion_placeholder>"
 _PLACEHOLDERS = re.compile(f"({PROMPT_PLACEHOLDER}|{COMPLETION_PLACEHOLDER})")
 
 
 class InputFormatError(ValueError):
     """A line that is not in a format this stage reads (the message says why)."""
-
-
-@dataclass
-class ArticleSettings:
-    """The gdp flags that change how a line becomes tokens."""
-
-    prompt_keyword: str = "prompt"
-    completion_keyword: str = "completion"
-    disable_space_separator: bool = False
-    keep_prompt_only_sequences: bool = False
-    packing_boundary: str = "jsonl"
-    attention_boundary: str = "jsonl"
-    is_text: bool = False  # plain text lines (.txt input): the whole line is completion
-    prompt_prefix: str = ""  # gdp: put around every non-empty prompt, after the space-separator rule
-    prompt_postfix: str = ""
-    chat_render: Callable[[list[dict]], str] | None = None  # --apply_chat_template: messages -> template text
 
 
 @dataclass

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import shutil
 from array import array
-from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterator
 
@@ -22,7 +21,7 @@ import yaml
 
 from data_prep.atomic import atomic_write, sha256_file
 from data_prep.readers import DataError, clean_line
-from tokenization_prep.articles import ArticleSettings, ArticleTokenizer
+from tokenization_prep.articles import ArticleTokenizer
 from tokenization_prep.hdf5_io import TokenStore, write_hdf5
 from tokenization_prep.metadata import dataset_metadata, write_files_metadata
 from tokenization_prep.mixing import MixSpec, realized, select, trainable_supervised
@@ -37,40 +36,9 @@ from tokenization_prep.prep import (
 )
 from tokenization_prep.report import write_report
 from tokenization_prep.schema import MANIFEST, MARKER
+from tokenization_prep.settings import PipelineConfig  # noqa: F401 (re-exported: callers build it from here)
 from tokenization_prep.splits import SplitCounts, balance, split_counts, split_names
 from tokenization_prep.tokenizer_io import pad_id, tokenizer_for_data, tokenizer_model_type
-
-SHUFFLES = ("False", "on_RAM", "large_file")
-
-
-@dataclass
-class PipelineConfig:
-    """Every pipeline setting (gdp's flag names and meanings; ``seed`` and ``model_config`` are ours)."""
-
-    input_path: str
-    output_path: str
-    pretrained_tokenizer: str
-    max_seq_length: int = 2048
-    input_packing_config: str = "full"
-    article: ArticleSettings = field(default_factory=ArticleSettings)
-    shuffle: str = "False"
-    seed: int = 42
-    num_training_splits: int | None = None
-    num_dev_splits: int | None = None
-    num_test_splits: int | None = None
-    dev_ratio: float | None = None
-    test_ratio: float | None = None
-    ignore_input_format_error: bool = False
-    overwrite_output_path: bool = False
-    categories_path: str | None = None
-    do_not_balance_hdf5: bool = False
-    keep_split_jsonls: bool = False
-    special_tokens_dict: str | None = None
-    model_config: str | None = None
-    log_file_path: str | None = None  # default: logs.log in the output dir
-    apply_chat_template: bool = False
-    mix: str | None = None  # ours: SOURCE=WEIGHT,... token-budget mixing of the training split (mixing.py)
-    mix_tokens: str = "input"
 
 
 def input_files(spec: str) -> list[Path]:
@@ -283,22 +251,18 @@ def read_categories(spec: str | None) -> list[str] | None:
 
 def run_pipeline(cfg: PipelineConfig, log=print) -> dict:
     """Run everything; return a summary dict (also the report lines under 'report'). ``log`` gets warnings."""
-    logged = [f"{k}: {v}" for k, v in vars(cfg).items() if k != "article"] + [
-        f"{k}: {v}" for k, v in vars(cfg.article).items() if k != "chat_render"
+    logged = [f"{k}: {v}" for k, v in cfg.model_dump(exclude={"article"}, by_alias=True).items()] + [
+        f"{k}: {v}" for k, v in cfg.article.model_dump().items()
     ]
 
     def warn(line: str) -> None:
         logged.append(line)
         log(line)
 
-    pconf = PackingConfig.parse(cfg.input_packing_config)
-    if cfg.mix:  # the spelling is checked before any work; the sources once the training split is read
-        MixSpec.parse(cfg.mix, cfg.mix_tokens)
+    pconf = PackingConfig.parse(cfg.input_packing_config)  # the settings were validated when cfg was built
     files = input_files(cfg.input_path)
     if files[0].suffix == ".txt" and not cfg.article.is_text:
-        cfg.article = replace(cfg.article, is_text=True)
-    if cfg.shuffle not in SHUFFLES:
-        raise DataError(f"--shuffle {cfg.shuffle}: choose one of {', '.join(SHUFFLES)}")
+        cfg.article = cfg.article.model_copy(update={"is_text": True})
     counts = split_counts(
         sum(p.stat().st_size for p in files),
         cfg.num_training_splits,
@@ -311,8 +275,8 @@ def run_pipeline(cfg: PipelineConfig, log=print) -> dict:
         warn(w)
     tok, render = tokenizer_for_data(cfg.pretrained_tokenizer, cfg.special_tokens_dict, cfg.apply_chat_template)
     if render:
-        cfg.article = replace(cfg.article, chat_render=render)
-    model_type, why = tokenizer_model_type(tok, cfg.model_config or cfg.pretrained_tokenizer)
+        cfg.article = cfg.article.model_copy(update={"chat_render": render})
+    model_type, why = tokenizer_model_type(tok, cfg.model_config_path or cfg.pretrained_tokenizer)
     categories = read_categories(cfg.categories_path)
     out = Path(cfg.output_path)
     log_path = check_log_path(cfg.log_file_path) or out / "logs.log"

@@ -1,6 +1,7 @@
 """Stage configs as data: a YAML file validated by pydantic (unknown keys rejected, one clear line per error).
 
-Relative paths in a config are resolved against the repository root, so configs work from any cwd.
+Relative paths in a config are relative to the current directory, as every path on every stage's command line
+(the project's one rule; the README runs everything from the repository root).
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ class StageConfig(Strict):
     model: ModelConfig
     init_from: str | None = None
     output_dir: str | None = None  # default training/ckpt/<name>
-    deepspeed: str = "training/configs/ds/cpu.json"
+    deepspeed: str = str(ROOT / "training/configs/ds/cpu.json")  # the bundled CPU config wherever you run
     epochs: float = Field(1, gt=0)
     max_steps: int | None = Field(None, ge=1)
     micro_batch_size: int = Field(1, ge=1)
@@ -102,8 +103,7 @@ class StageConfig(Strict):
     def resolve(self, path: str | None) -> Path | None:
         if path is None:
             return None
-        p = Path(path).expanduser()
-        return p if p.is_absolute() else ROOT / p
+        return Path(path).expanduser().absolute()  # relative to the current directory
 
     @property
     def out_dir(self) -> Path:

@@ -28,8 +28,14 @@ def plot_losses(stage_dirs: list[Path], out_png: Path) -> Path:
     return save_png(fig, out_png)
 
 
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) < 2:
+        print("usage: python -m training plot_losses OUT.png STAGE_DIR [STAGE_DIR ...]", file=sys.stderr)
+        return 2
+    print(plot_losses([Path(p) for p in argv[1:]], Path(argv[0])))
+    return 0
+
+
 if __name__ == "__main__":
-    if len(sys.argv) < 3:
-        print("usage: python -m training.plot_losses OUT.png STAGE_DIR [STAGE_DIR ...]", file=sys.stderr)
-        sys.exit(2)
-    print(plot_losses([Path(p) for p in sys.argv[2:]], Path(sys.argv[1])))
+    sys.exit(main())

@@ -26,6 +26,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m training.run", description=__doc__.splitlines()[0])
     ap.add_argument("--config", required=True, help="stage YAML (see training/configs/)")
     ap.add_argument("--resume", action="store_true", help="continue from the stage's last checkpoint")
+    ap.add_argument(
+        "--overwrite", action="store_true", help="train again into an output_dir that holds a finished stage (final/)"
+    )
     ap.add_argument("--max-steps", type=int, default=None, help="override the config's max_steps (quick runs)")
     ap.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by the deepspeed launcher
     args = ap.parse_args(argv)
@@ -38,6 +41,12 @@ def main(argv=None) -> int:
             if args.max_steps < 1:
                 raise ConfigError("--max-steps must be at least 1")
             cfg.max_steps = args.max_steps
+        final = cfg.out_dir / "final"
+        if final.is_dir() and not (args.resume or args.overwrite):
+            raise ConfigError(
+                f"output_dir {cfg.out_dir} already holds a finished stage ({final}); pass --overwrite to train it "
+                "again, or set another output_dir"
+            )
         single_process_env()
         if not _has_cuda():
             os.environ.setdefault("DS_ACCELERATOR", "cpu")
@@ -80,8 +89,8 @@ def _has_cuda() -> bool:
     return torch.cuda.is_available()
 
 
-if __name__ == "__main__":
-    code = main()
+def exit_process(code: int) -> None:
+    """Exit with ``code``; under several processes skip interpreter teardown (see below)."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         # every file is closed and the process group destroyed: skip interpreter teardown, where a collective's
         # C++ thread still joinable at exit sometimes aborts the rank ("terminate called without an active
@@ -90,3 +99,7 @@ if __name__ == "__main__":
         sys.stderr.flush()
         os._exit(code)
     sys.exit(code)
+
+
+if __name__ == "__main__":
+    exit_process(main())

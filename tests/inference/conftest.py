@@ -42,11 +42,11 @@ def trained_model(tmp_path_factory):
     prepare_oa_dolly(base / "chat.jsonl", str(src), None)
     run_pipeline(
         PipelineConfig(
-            str(base / "chat.jsonl"),
-            str(base / "tok"),
-            str(PYTHIA_TOKENIZER),
-            64,
-            "single::truncate_right",
+            input_path=str(base / "chat.jsonl"),
+            output_path=str(base / "tok"),
+            pretrained_tokenizer=str(PYTHIA_TOKENIZER),
+            max_seq_length=64,
+            input_packing_config="single::truncate_right",
             shuffle="on_RAM",
             num_training_splits=1,
         )

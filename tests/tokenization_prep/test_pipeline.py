@@ -26,11 +26,11 @@ def test_outputs_metadata_and_manifest(tmp_path, chat_jsonl):
     out = tmp_path / "out"
     res = run_pipeline(
         PipelineConfig(
-            str(chat_jsonl),
-            str(out),
-            str(PYTHIA_TOKENIZER),
-            512,
-            "greedy::drop",
+            input_path=str(chat_jsonl),
+            output_path=str(out),
+            pretrained_tokenizer=str(PYTHIA_TOKENIZER),
+            max_seq_length=512,
+            input_packing_config="greedy::drop",
             shuffle="on_RAM",
             num_training_splits=3,
             num_dev_splits=1,
@@ -175,11 +175,11 @@ def test_bfd_on_bundled_dolly_oasst_meets_the_packing_target(tmp_path):
     prepare_oa_dolly(src, str(DOLLY), str(OASST_ROWS))
     res = run_pipeline(
         PipelineConfig(
-            str(src),
-            str(tmp_path / "bfd"),
-            str(PYTHIA_TOKENIZER),
-            2048,
-            "bfd::drop",
+            input_path=str(src),
+            output_path=str(tmp_path / "bfd"),
+            pretrained_tokenizer=str(PYTHIA_TOKENIZER),
+            max_seq_length=2048,
+            input_packing_config="bfd::drop",
             shuffle="on_RAM",
             num_training_splits=1,
         )

@@ -25,11 +25,11 @@ def tok_dir(tmp_path_factory):
     out = d / "tok"
     run_pipeline(
         PipelineConfig(
-            str(src),
-            str(out),
-            str(PYTHIA_TOKENIZER),
-            256,
-            "greedy::drop",
+            input_path=str(src),
+            output_path=str(out),
+            pretrained_tokenizer=str(PYTHIA_TOKENIZER),
+            max_seq_length=256,
+            input_packing_config="greedy::drop",
             shuffle="on_RAM",
             num_training_splits=2,
             num_dev_splits=1,

@@ -27,11 +27,11 @@ def token_dirs(tmp_path_factory):
         out = base / (src.stem + "_out")
         run_pipeline(
             PipelineConfig(
-                str(src),
-                str(out),
-                str(PYTHIA_TOKENIZER),
-                SEQ,
-                "greedy::truncate_left",
+                input_path=str(src),
+                output_path=str(out),
+                pretrained_tokenizer=str(PYTHIA_TOKENIZER),
+                max_seq_length=SEQ,
+                input_packing_config="greedy::truncate_left",
                 shuffle="on_RAM",
                 num_training_splits=2,
                 num_dev_splits=1,

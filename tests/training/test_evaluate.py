@@ -36,11 +36,11 @@ def mixed_dir(tmp_path_factory):
     out = d / "tok"
     run_pipeline(
         PipelineConfig(
-            str(src),
-            str(out),
-            str(PYTHIA_TOKENIZER),
-            SEQ,
-            "greedy::truncate_left",
+            input_path=str(src),
+            output_path=str(out),
+            pretrained_tokenizer=str(PYTHIA_TOKENIZER),
+            max_seq_length=SEQ,
+            input_packing_config="greedy::truncate_left",
             shuffle="on_RAM",
             num_training_splits=2,
             num_dev_splits=1,
@@ -152,11 +152,11 @@ def test_evaluate_command_side_by_side(mixed_dir, tmp_path):
     no_dev = tmp_path / "no_dev"
     run_pipeline(
         PipelineConfig(
-            str(mixed_dir.parent / "chat.jsonl"),
-            str(no_dev),
-            str(PYTHIA_TOKENIZER),
-            SEQ,
-            "greedy::drop",
+            input_path=str(mixed_dir.parent / "chat.jsonl"),
+            output_path=str(no_dev),
+            pretrained_tokenizer=str(PYTHIA_TOKENIZER),
+            max_seq_length=SEQ,
+            input_packing_config="greedy::drop",
             num_training_splits=1,
         )
     )

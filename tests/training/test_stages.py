@@ -54,11 +54,11 @@ def test_two_stages_outputs_and_lineage(token_dirs, stage_config, tmp_path):
     gpt2 = tmp_path / "gpt2_tok"
     run_pipeline(
         PipelineConfig(
-            str(src),
-            str(gpt2),
-            str(GPT2_TOKENIZER),
-            128,
-            "greedy::truncate_left",
+            input_path=str(src),
+            output_path=str(gpt2),
+            pretrained_tokenizer=str(GPT2_TOKENIZER),
+            max_seq_length=128,
+            input_packing_config="greedy::truncate_left",
             num_training_splits=2,
             num_dev_splits=1,
             num_test_splits=0,

@@ -1,0 +1,20 @@
+"""``python -m inference COMMAND [flags]``: chat with a trained model, or serve it.
+
+python -m inference chat --model training/ckpt/stage2_oa_dolly/final [--greedy] [--message TEXT]
+python -m inference serve --model training/ckpt/stage2_oa_dolly/final [--host 127.0.0.1] [--port 8000]
+"""
+
+import sys
+
+from data_prep.cli import dispatch
+
+COMMANDS = {
+    "chat": ("inference.chat", "interactive chat in the terminal (or one --message)"),
+    "serve": ("inference.serve", "OpenAI-compatible chat API and a web page"),
+}
+
+if __name__ == "__main__":
+    try:
+        sys.exit(dispatch("inference", COMMANDS))
+    except KeyboardInterrupt:  # Ctrl-C while a model loads: no traceback
+        sys.exit(130)
