@@ -1,26 +1,18 @@
 """Fixtures for tokenization_prep tests: real data_prep output, and the CLI as a user runs it."""
 
-import gzip
 import os
 import subprocess
 import sys
 
 import pytest
 
-from data_prep.pipeline import prepare_oa_dolly
-from tests.conftest import DOLLY, OASST_TREES, PYTHIA_TOKENIZER, ROOT
+from tests.conftest import PYTHIA_TOKENIZER, ROOT, chat_jsonl_file
 
 
 @pytest.fixture(scope="module")
 def chat_jsonl(tmp_path_factory):
     """Real data_prep output: the 100 OASST trees plus the first 1,500 Dolly records."""
-    d = tmp_path_factory.mktemp("prep")
-    dolly = d / "dolly_head.jsonl"
-    with gzip.open(DOLLY, "rb") as fh:
-        dolly.write_bytes(b"".join(next(fh) for _ in range(1500)))
-    out = d / "chat.jsonl"
-    prepare_oa_dolly(out, str(dolly), str(OASST_TREES))
-    return out
+    return chat_jsonl_file(tmp_path_factory.mktemp("prep"), dolly_lines=1500)
 
 
 def cli(*args, env=None):

@@ -10,32 +10,15 @@ import pytest
 import yaml
 
 from data_prep.readers import DataError
-from tests.conftest import GPT2_TOKENIZER, OASST_TREES, PYTHIA_TOKENIZER, ROOT
-from tokenization_prep.pipeline import PipelineConfig, run_pipeline
+from tests.conftest import GPT2_TOKENIZER, PYTHIA_TOKENIZER, ROOT, chat_jsonl_file, tokenize
 from tokenization_prep.schema import dir_tokenizer_sha256, load_tokenized_dir
 
 
 @pytest.fixture(scope="module")
 def tok_dir(tmp_path_factory):
-    from data_prep.pipeline import prepare_oa_dolly
-
     d = tmp_path_factory.mktemp("schema")
-    src = d / "oa.jsonl"
-    prepare_oa_dolly(src, None, str(OASST_TREES))
     out = d / "tok"
-    run_pipeline(
-        PipelineConfig(
-            input_path=str(src),
-            output_path=str(out),
-            pretrained_tokenizer=str(PYTHIA_TOKENIZER),
-            max_seq_length=256,
-            input_packing_config="greedy::drop",
-            shuffle="on_RAM",
-            num_training_splits=2,
-            num_dev_splits=1,
-            num_test_splits=0,
-        )
-    )
+    tokenize(chat_jsonl_file(d), out, 256, "greedy::drop")
     return out
 
 

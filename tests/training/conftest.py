@@ -9,8 +9,7 @@ import pytest
 import yaml
 
 from data_prep.pipeline import prepare_oa_dolly, subsample_openchatkit
-from tests.conftest import OASST_TREES, OIG_JOKES, PYTHIA_TOKENIZER, ROOT
-from tokenization_prep.pipeline import PipelineConfig, run_pipeline
+from tests.conftest import OASST_TREES, OIG_JOKES, ROOT, tokenize
 
 SEQ = 128
 
@@ -25,19 +24,7 @@ def token_dirs(tmp_path_factory):
     dirs = []
     for src in (oig, oa):
         out = base / (src.stem + "_out")
-        run_pipeline(
-            PipelineConfig(
-                input_path=str(src),
-                output_path=str(out),
-                pretrained_tokenizer=str(PYTHIA_TOKENIZER),
-                max_seq_length=SEQ,
-                input_packing_config="greedy::truncate_left",
-                shuffle="on_RAM",
-                num_training_splits=2,
-                num_dev_splits=1,
-                num_test_splits=0,
-            )
-        )
+        tokenize(src, out, SEQ, "greedy::truncate_left")
         dirs.append(out)
     return dirs
 

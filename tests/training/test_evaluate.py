@@ -1,6 +1,5 @@
 """Dev loss per source and category (the trainer's) and ``python -m training.evaluate`` on real tokenized data."""
 
-import gzip
 import json
 import os
 import subprocess
@@ -11,9 +10,7 @@ import pytest
 import torch
 import yaml
 
-from data_prep.pipeline import prepare_oa_dolly
-from tests.conftest import DOLLY, OASST_TREES, PYTHIA_TOKENIZER, ROOT
-from tokenization_prep.pipeline import PipelineConfig, run_pipeline
+from tests.conftest import PYTHIA_TOKENIZER, ROOT, chat_jsonl_file, tokenize
 from tokenization_prep.provenance import row_pieces
 from training.config import ModelConfig, TinyShape
 from training.data import PackedDataset, collate, load_data, row_features
@@ -28,25 +25,8 @@ SEQ, SHAPE, SEED = 128, {"hidden_size": 32, "num_layers": 2, "num_heads": 4}, 5
 def mixed_dir(tmp_path_factory):
     """Dolly (with categories) + OASST (without) tokenized at 128 with a dev split."""
     d = tmp_path_factory.mktemp("mixed")
-    dolly = d / "dolly.jsonl"
-    with gzip.open(DOLLY, "rb") as fh:
-        dolly.write_bytes(b"".join(next(fh) for _ in range(300)))
-    src = d / "chat.jsonl"
-    prepare_oa_dolly(src, str(dolly), str(OASST_TREES))
     out = d / "tok"
-    run_pipeline(
-        PipelineConfig(
-            input_path=str(src),
-            output_path=str(out),
-            pretrained_tokenizer=str(PYTHIA_TOKENIZER),
-            max_seq_length=SEQ,
-            input_packing_config="greedy::truncate_left",
-            shuffle="on_RAM",
-            num_training_splits=2,
-            num_dev_splits=1,
-            num_test_splits=0,
-        )
-    )
+    tokenize(chat_jsonl_file(d, dolly_lines=300), out, SEQ, "greedy::truncate_left")
     return out
 
 
@@ -150,15 +130,14 @@ def test_evaluate_command_side_by_side(mixed_dir, tmp_path):
         (("--data", str(mixed_dir)), "give at least one --model"),
     ]
     no_dev = tmp_path / "no_dev"
-    run_pipeline(
-        PipelineConfig(
-            input_path=str(mixed_dir.parent / "chat.jsonl"),
-            output_path=str(no_dev),
-            pretrained_tokenizer=str(PYTHIA_TOKENIZER),
-            max_seq_length=SEQ,
-            input_packing_config="greedy::drop",
-            num_training_splits=1,
-        )
+    tokenize(
+        mixed_dir.parent / "chat.jsonl",
+        no_dev,
+        SEQ,
+        "greedy::drop",
+        num_training_splits=1,
+        num_dev_splits=None,
+        num_test_splits=None,
     )
     bad.append((("--model", str(model_dir), "--data", str(no_dev)), "no dev split"))
     for args, needle in bad:

@@ -13,10 +13,8 @@ import pytest
 import torch
 import yaml
 
-from data_prep.pipeline import prepare_oa_dolly
-from tests.conftest import GPT2_TOKENIZER, OASST_TREES, ROOT
+from tests.conftest import GPT2_TOKENIZER, ROOT, chat_jsonl_file, tokenize
 from tests.training.conftest import final_weights, max_abs_diff, run_stage, stage_command, stage_env
-from tokenization_prep.pipeline import PipelineConfig, run_pipeline
 from training.config import ModelConfig, TinyShape
 from training.modeling import build_model
 
@@ -49,21 +47,8 @@ def test_two_stages_outputs_and_lineage(token_dirs, stage_config, tmp_path):
     assert lineage["tokenizer_sha256"] == meta["tokenizer_sha256"] == lineage["parent"]["tokenizer_sha256"]
     assert lineage["final_eval_loss_by_source"] == {"oasst": pytest.approx(lineage["final_eval_loss"])}
     # data tokenized with another tokenizer than stage 1's model: one line, before DeepSpeed starts
-    src = tmp_path / "oa.jsonl"
-    prepare_oa_dolly(src, None, str(OASST_TREES))
     gpt2 = tmp_path / "gpt2_tok"
-    run_pipeline(
-        PipelineConfig(
-            input_path=str(src),
-            output_path=str(gpt2),
-            pretrained_tokenizer=str(GPT2_TOKENIZER),
-            max_seq_length=128,
-            input_packing_config="greedy::truncate_left",
-            num_training_splits=2,
-            num_dev_splits=1,
-            num_test_splits=0,
-        )
-    )
+    tokenize(chat_jsonl_file(tmp_path), gpt2, 128, "greedy::truncate_left", tokenizer=GPT2_TOKENIZER, shuffle="False")
     r3 = run_stage(stage_config("s3", gpt2, init_from=str(final1)))
     assert r3.returncode == 2 and r3.stderr.count("\n") == 1, r3.stderr[-2000:]
     assert "tokenized with another tokenizer" in r3.stderr and f"--pretrained_tokenizer {final1}" in r3.stderr
