@@ -60,7 +60,12 @@ def dispatch(stage: str, commands: dict[str, tuple[str, str]], argv: list[str] |
     one-line help). The one way every stage is run; each command's module also runs on its own."""
     import importlib
 
-    argv = sys.argv[1:] if argv is None else argv
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # the deepspeed launcher puts --local_rank=N before the command: hand it to the command instead
+    launcher = [a for a in argv[:2] if a.startswith("--local_rank")]
+    if launcher and "=" not in launcher[0] and len(argv) > 1:
+        launcher.append(argv[1])
+    argv = argv[len(launcher) :] + launcher if launcher and len(argv) > len(launcher) else argv
     if not argv or argv[0] not in commands:
         width = max(map(len, commands))
         lines = [f"usage: python -m {stage} COMMAND [flags]   (COMMAND --help for its flags)", "commands:"]

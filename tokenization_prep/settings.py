@@ -45,7 +45,7 @@ class PipelineConfig(BaseModel):
     input_packing_config: str = "full"
     article: ArticleSettings = Field(default_factory=ArticleSettings)
     shuffle: Literal["False", "on_RAM", "large_file"] = "False"
-    seed: int = 42
+    seed: int = Field(42, ge=0)
     num_training_splits: int | None = Field(None, ge=1)
     num_dev_splits: int | None = Field(None, ge=0)
     num_test_splits: int | None = Field(None, ge=0)
@@ -61,7 +61,7 @@ class PipelineConfig(BaseModel):
     log_file_path: str | None = None  # default: logs.log in the output dir
     apply_chat_template: bool = False
     mix: str | None = None  # SOURCE=WEIGHT,... token-budget mixing of the training split (mixing.py)
-    mix_tokens: str = "input"
+    mix_tokens: str | int = "input"
 
     @field_validator("input_packing_config")
     @classmethod

@@ -14,6 +14,7 @@ target in another article. Example row (P prompt, C completion, S end-of-article
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -23,8 +24,16 @@ import torch
 
 from data_prep.readers import DataError
 from tokenization_prep.provenance import TokenGroups
-from tokenization_prep.schema import COMPLETION, PADDING, PROMPT, SEP, TokenizedDir, load_tokenized_dir
-from training.config import ConfigError
+from tokenization_prep.schema import (
+    COMPLETION,
+    PADDING,
+    PROMPT,
+    SEP,
+    TokenizedDir,
+    dir_tokenizer_sha256,
+    load_tokenized_dir,
+)
+from training.config import ConfigError, first_line
 
 
 def load_data(data_dir: Path, full: bool = False, name: str = "data_dir") -> TokenizedDir:
@@ -34,6 +43,32 @@ def load_data(data_dir: Path, full: bool = False, name: str = "data_dir") -> Tok
         return load_tokenized_dir(data_dir, full)
     except DataError as exc:
         raise ConfigError(f"{name} {exc}") from None
+
+
+def read_lineage(model_dir: Path) -> dict | None:
+    """A trained model dir's ``lineage.json`` (None when it has none), any problem as one ConfigError line."""
+    path = Path(model_dir) / "lineage.json"
+    if not path.is_file():
+        return None
+    try:
+        lineage = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: not readable JSON ({first_line(exc)}); re-run the stage that wrote it") from None
+    if not isinstance(lineage, dict):
+        raise ConfigError(f"{path}: not a JSON object; re-run the stage that wrote it")
+    return lineage
+
+
+def check_same_tokenizer(data: TokenizedDir, init: Path) -> None:
+    """Refuse data tokenized with another tokenizer than the one ``init``'s model was trained with (its lineage's
+    record, else the tokenizer saved beside it)."""
+    theirs = (read_lineage(init) or {}).get("tokenizer_sha256") or dir_tokenizer_sha256(init)
+    if theirs and data.tokenizer_sha256 and theirs != data.tokenizer_sha256:
+        raise ConfigError(
+            f"data_dir {data.path} was tokenized with another tokenizer (sha256 "
+            f"{data.tokenizer_sha256[:12]}) than init_from {init}'s model ({theirs[:12]}); re-tokenize "
+            f"with --pretrained_tokenizer {init}"
+        )
 
 
 class PackedDataset(torch.utils.data.Dataset):

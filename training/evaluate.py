@@ -8,7 +8,8 @@ For each model and source (the articles' provenance): greedy replies to the firs
 conversation up to its last bot turn) and the share that stops at EOS (``stop_eos``), at a ``<human>:`` tag
 (``stop_tag``, where the chat would cut) or at ``--max-new-tokens`` (``stop_length``); ``forged_tags``, the share
 whose reply writes a role tag; the mean reply length in tokens; and the token-weighted dev loss of the whole dev
-split (``dev_loss``, the number the trainer's final evaluation prints). JSON under ``models.<label>.sources`` plus a
+split (``dev_loss``, with the prompt_loss_weight the model's stage trained with: the number the trainer's final
+evaluation prints). JSON under ``models.<label>.sources`` plus a
 markdown table.
 """
 
@@ -28,7 +29,16 @@ from data_prep.chat_format import BOT_TAG, HUMAN_TAG
 from tokenization_prep.provenance import has_provenance, row_pieces
 from tokenization_prep.schema import TokenizedDir
 from training.config import ConfigError, ModelConfig, first_line, load_config
-from training.data import COMPLETION, PROMPT, SEP, PackedDataset, collate, load_data
+from training.data import (
+    COMPLETION,
+    PROMPT,
+    SEP,
+    PackedDataset,
+    check_same_tokenizer,
+    collate,
+    load_data,
+    read_lineage,
+)
 from training.dev_loss import GroupedLoss
 from training.modeling import build_model, packed_token_losses
 
@@ -50,9 +60,10 @@ def dev_prompts(dev: PackedDataset, per_source: int) -> dict[str, list[np.ndarra
                         for p in row_pieces(f, r)
                         if not p.truncated and p.token_start == 0 and p.token_end == p.article_tokens
                     ]
-                else:  # gdp's files: articles end at token type 3
-                    ends = np.flatnonzero(row_types == SEP) + 1
-                    spans = [("-", lo, hi) for lo, hi in zip(np.concatenate([[0], ends[:-1]]), ends)]
+                else:  # gdp's files: articles end at token type 3 (a row's first may be the tail of one: skipped
+                    ends = np.flatnonzero(row_types == SEP) + 1  # unless it starts with a prompt)
+                    starts = np.concatenate([[0], ends[:-1]])
+                    spans = [("-", lo, hi) for lo, hi in zip(starts, ends) if row_types[lo] == PROMPT]
                 for source, lo, hi in spans:
                     bucket = out.setdefault(source, [])
                     prompt_at = np.flatnonzero(row_types[lo:hi] == PROMPT)
@@ -135,11 +146,12 @@ def dev_loss(model, dev: PackedDataset, batch: int, device) -> dict:
 
 
 def load_model(spec: str, data: TokenizedDir, seed_config: Path | None = None):
-    """(model, tokenizer dir) of a save_pretrained dir, or of ``seed_config``'s untrained initialization."""
+    """(model, tokenizer dir, prompt_loss_weight) of a save_pretrained dir (checked to share the data's tokenizer;
+    the weight its stage trained with, from its lineage), or of ``seed_config``'s untrained initialization."""
     rows, seq = data.embedding_rows, data.meta.max_seq_length
     if seed_config is not None:
         cfg = load_config(seed_config)
-        return build_model(cfg.model, rows, seq, None, cfg.seed)[0], None
+        return build_model(cfg.model, rows, seq, None, cfg.seed)[0], None, cfg.prompt_loss_weight
     path = Path(spec)
     config = path / "config.json"
     if not config.is_file():
@@ -152,7 +164,9 @@ def load_model(spec: str, data: TokenizedDir, seed_config: Path | None = None):
         raise ConfigError(f"--model {spec}: model type not supported here (Pythia/GPT-NeoX and BLOOM are)")
     if not any(path.glob("*.safetensors")):
         raise ConfigError(f"--model {spec}: no safetensors weights (this project loads no pickle)")
-    return build_model(ModelConfig(kind=kind, name_or_path=str(path)), rows, seq, None)[0], path
+    check_same_tokenizer(data, path)
+    plw = ((read_lineage(path) or {}).get("config") or {}).get("prompt_loss_weight", 0.0)
+    return build_model(ModelConfig(kind=kind, name_or_path=str(path)), rows, seq, None)[0], path, plw
 
 
 def evaluate(
@@ -164,17 +178,16 @@ def evaluate(
     data = load_data(data_dir, name="--data")
     if not data.splits["dev"]:
         raise ConfigError(f"--data {data_dir}: no dev split; tokenize with --num_dev_splits or --dev_ratio")
-    dev = PackedDataset(data, "dev", 0.0, groups=True)
-    prompts = dev_prompts(dev, per_source)
+    prompts = dev_prompts(PackedDataset(data, "dev", 0.0, groups=True), per_source)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     result = {"data": str(data_dir), "max_new_tokens": max_new, "prompts_per_source": per_source, "models": {}}
     for label, spec, seed_config in models:
-        model, tok_dir = load_model(spec, data, seed_config)
+        model, tok_dir, plw = load_model(spec, data, seed_config)
         model.to(device).eval()
         tokenizer = AutoTokenizer.from_pretrained(str(tok_dir or data_dir / "tokenizer"))
         if tokenizer.eos_token_id is None:
             raise ConfigError(f"{tok_dir or data_dir / 'tokenizer'}: the tokenizer has no EOS token")
-        losses = dev_loss(model, dev, batch, device)
+        losses = dev_loss(model, PackedDataset(data, "dev", plw, groups=True), batch, device)
         sources = {}
         for source in sorted(set(prompts) | set(losses["by_source"])):
             stats = generate_stats(model, tokenizer, prompts.get(source, []), max_new, batch, device)

@@ -21,11 +21,19 @@ from pathlib import Path
 import torch
 
 from data_prep.atomic import atomic_write, sha256_file
-from tokenization_prep.schema import TokenizedDir, dir_tokenizer_sha256, tokenizer_fingerprint
+from tokenization_prep.schema import TokenizedDir, tokenizer_fingerprint
 from training import checkpoint
 from training.attention import check_attention
 from training.config import GENERATION_DEFAULTS, ConfigError, StageConfig, deepspeed_dict, first_line
-from training.data import PackedDataset, StepSampler, collate, load_data, step_loader
+from training.data import (
+    PackedDataset,
+    StepSampler,
+    check_same_tokenizer,
+    collate,
+    load_data,
+    read_lineage,
+    step_loader,
+)
 from training.dev_loss import GroupedLoss, eval_record, eval_table, log_eval
 from training.distributed import global_sum, init_process_group, rank, to_device, world_size
 from training.loading import DsFacts, check_hardware
@@ -69,20 +77,6 @@ def load_data_tokenizer(data: TokenizedDir):
             f"{data.embedding_rows}; re-run tokenization_prep"
         )
     return tok
-
-
-def check_same_tokenizer(data: TokenizedDir, init: Path) -> None:
-    """Refuse data tokenized with another tokenizer than the one ``init``'s model was trained with (its lineage's
-    record, else the tokenizer saved beside it)."""
-    lineage = init / "lineage.json"
-    theirs = json.loads(lineage.read_text()).get("tokenizer_sha256") if lineage.is_file() else None
-    theirs = theirs or dir_tokenizer_sha256(init)
-    if theirs and data.tokenizer_sha256 and theirs != data.tokenizer_sha256:
-        raise ConfigError(
-            f"data_dir {data.path} was tokenized with another tokenizer (sha256 "
-            f"{data.tokenizer_sha256[:12]}) than init_from {init}'s model ({theirs[:12]}); re-tokenize "
-            f"with --pretrained_tokenizer {init}"
-        )
 
 
 def make_scheduler(cfg: StageConfig, total_steps: int):
@@ -139,6 +133,9 @@ class StageRunner:
             self.world, cfg.micro_batch_size, cfg.gradient_accumulation_steps, facts.stage
         )
         self.ckpt = self.out / "checkpoints"
+        if not resume and self.rank == 0:  # a fresh run: a later --resume must never pick up an older run's state
+            for old in (self.ckpt, self.out / "logs"):
+                shutil.rmtree(old, ignore_errors=True)
         saved = checkpoint.check_resume(self.ckpt, self.topology) if resume else None
         init_process_group()
         load_tag = None
@@ -328,7 +325,7 @@ class StageRunner:
         GenerationConfig(
             eos_token_id=tok.eos_token_id, pad_token_id=tok.eos_token_id, do_sample=True, **GENERATION_DEFAULTS
         ).save_pretrained(str(staged[final]))
-        parent = self.init / "lineage.json" if self.init else None
+        parent = read_lineage(self.init) if self.init else None
         lineage = {
             "stage": self.cfg.name,
             "config": self.cfg.model_dump(),
@@ -340,7 +337,7 @@ class StageRunner:
             else None,
             "tokenizer_sha256": self.data.tokenizer_sha256,
             "init_from": str(self.init) if self.init else None,
-            "parent": json.loads(parent.read_text()) if parent and parent.is_file() else None,
+            "parent": parent,
             "steps": self.engine.global_steps,
             "final_train_loss": last_loss,
             **eval_record(final_eval, prefix="final_eval_loss"),

@@ -9,7 +9,7 @@ import pytest
 
 from data_prep.pipeline import prepare_oa_dolly
 from data_prep.readers import DataError
-from tests.conftest import OASST_ROWS, ROOT
+from tests.conftest import OASST_ROWS, OASST_TREES, ROOT
 
 BAD = Path(__file__).parent / "bad_input" / "dolly_bad.jsonl"
 EXPECTED = {
@@ -98,3 +98,17 @@ def test_bad_oasst_trees_are_counted_never_crash(tmp_path):
     assert s.rejected["field 'role' is 'system', not 'prompter' or 'assistant'"] == 1
     assert s.rejected["missing field 'text'"] == 1
     assert any(k.startswith("not JSON") for k in s.rejected)
+
+
+def test_an_existing_output_is_refused_unless_overwrite(tmp_path):
+    """The project's rule for every stage: a finished output is never silently replaced. Run as ``python -m``."""
+    out = tmp_path / "o.jsonl"
+    cmd = [sys.executable, "-m", "data_prep", "prepare_oa_dolly", "--dolly", "", "--oasst", str(OASST_TREES)]
+    first = subprocess.run([*cmd, "--output", str(out)], cwd=ROOT, capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr
+    before = out.read_bytes()
+    again = subprocess.run([*cmd, "--output", str(out)], cwd=ROOT, capture_output=True, text=True)
+    assert again.returncode == 2 and "exists; pass --overwrite" in again.stderr and again.stderr.count("\n") == 1
+    assert out.read_bytes() == before
+    forced = subprocess.run([*cmd, "--output", str(out), "--overwrite"], cwd=ROOT, capture_output=True, text=True)
+    assert forced.returncode == 0 and out.read_bytes() == before  # same input, same bytes

@@ -36,6 +36,8 @@ def test_two_stages_outputs_and_lineage(token_dirs, stage_config, tmp_path):
     assert all("tokens_per_s" in r and r["supervised_tokens"] > 0 for r in records)
     assert records[2]["eval_loss"] is not None and records[-1]["loss"] < records[0]["loss"]
     assert list((tmp_path / "ckpt" / "s1" / "logs").glob("events.out.tfevents.*"))
+    again = run_stage(stage_config("s1", oig))  # a finished stage is not trained over without --overwrite
+    assert again.returncode == 2 and "pass --overwrite" in again.stderr and again.stderr.count("\n") == 1
     # stage 2 starts from stage 1's weights (init_from), not a resume
     r2 = run_stage(stage_config("s2", oa, init_from=str(final1)))
     assert r2.returncode == 0, r2.stderr[-2000:]
