@@ -3,7 +3,7 @@
 data_prep (Dolly+OASST, OIG) -> tokenization of both (Dolly+OASST with a dev split) -> stage 1 on OIG -> stage 2
 on Dolly+OASST (tiny Pythia-shaped model, real Pythia tokenizer) -> evaluation of the untrained model, stage 1 and
 stage 2 on the dev split (dev loss and stop rates per source) -> one chat reply from the final model. A step is skipped
-only when its stamp file records the sha256 of its inputs and outputs and they all still match; a
+only when its stamp file records the sha256 of its inputs (the pipeline code among them) and outputs and they all match; a
 changed input or a damaged output reruns it (and the steps after it, whose inputs then change).
 
     .venv/bin/python scripts/demo.py [--quick]     (bash scripts/demo.sh sets up the venv first)
@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+from data_prep.atomic import sha256_file
+
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
 STAMPS = ROOT / "demo_out" / "stamps"
@@ -29,8 +31,6 @@ CHAT_MESSAGE = "What is the capital of France?"
 
 def digest(path: Path) -> str:
     """sha256 of a file, or of a directory's manifest.sha256 / file list (sorted names and contents)."""
-    from data_prep.atomic import sha256_file
-
     path = ROOT / path
     if path.is_file():
         return sha256_file(path)
@@ -57,10 +57,23 @@ def outputs_intact(outputs: list[str]) -> bool:
     return True
 
 
+def code_digest() -> str:
+    """sha256 of the pipeline's code (every stage's .py and .sh files): code is an input of every step too."""
+    h = hashlib.sha256()
+    for pkg in ("data_prep", "tokenization_prep", "training", "inference"):
+        for p in sorted((ROOT / pkg).rglob("*")):
+            if p.suffix in (".py", ".sh") and p.is_file():
+                h.update(str(p.relative_to(ROOT)).encode() + bytes.fromhex(sha256_file(p)))
+    return h.hexdigest()
+
+
+CODE = code_digest()
+
+
 def step(name: str, cmd: list[str], inputs: list[str], outputs: list[str], extra_key: str = "") -> None:
     """Run ``cmd`` unless the stamp of ``name`` matches current input and output hashes."""
     stamp = STAMPS / f"{name}.json"
-    key = {"cmd": cmd, "extra": extra_key, "inputs": {i: digest(Path(i)) for i in inputs}}
+    key = {"cmd": cmd, "extra": extra_key, "code": CODE, "inputs": {i: digest(Path(i)) for i in inputs}}
     if stamp.is_file() and outputs_intact(outputs):
         old = json.loads(stamp.read_text())
         if old["key"] == key and old["outputs"] == {o: digest(Path(o)) for o in outputs}:
@@ -207,7 +220,8 @@ def summary(t0: float, tok_dirs: list[str], curves: str, evaluation: str) -> Non
         print(f"\ndata report of {d} (also data_report.md, article_lengths.png, sequence_fill.png there):")
         report = (ROOT / d / "data_report.md").read_text().split("\n", 2)[2]
         lost = sum(
-            len(m["lost_articles"]) for m in json.loads((ROOT / d / "data_report.json").read_text())["splits"].values()
+            len(m.get("lost_articles", []))
+            for m in json.loads((ROOT / d / "data_report.json").read_text())["splits"].values()
         )
         print(report.split("Dropped and truncated articles:")[0].rstrip())
         print(f"{lost} dropped or truncated articles, each with its input line, in data_report.md / .json")
