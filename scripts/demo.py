@@ -2,9 +2,9 @@
 
 data_prep (Dolly+OASST, OIG) -> tokenization of both (Dolly+OASST with a dev split) -> stage 1 on OIG -> stage 2
 on Dolly+OASST (tiny Pythia-shaped model, real Pythia tokenizer) -> evaluation of the untrained model, stage 1 and
-stage 2 on the dev split (dev loss and stop rates per source) -> one chat reply from the final model. A step is skipped
-only when its stamp file records the sha256 of its inputs (the pipeline code among them) and outputs and they all match; a
-changed input or a damaged output reruns it (and the steps after it, whose inputs then change).
+stage 2 on the dev split (dev loss and stop rates per source) -> one chat reply from the final model. A step is
+skipped only when its stamp file records the sha256 of its inputs (the pipeline's code among them) and outputs and
+they all match; a changed input or a damaged output reruns it (and the steps after it, whose inputs then change).
 
     .venv/bin/python scripts/demo.py [--quick]     (bash scripts/demo.sh sets up the venv first)
 """
