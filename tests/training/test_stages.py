@@ -165,7 +165,7 @@ def test_bad_inputs_fail_before_training_in_one_line(token_dirs, stage_config, t
     bad.write_text((stage_config("x", oig)).read_text() + "learning_rate: 1\n")
     cases = [
         (bad, "learning_rate: Extra inputs are not permitted"),
-        (stage_config("y", tmp_path / "nowhere"), "does not exist; run tokenization_prep first"),
+        (stage_config("y", tmp_path / "nowhere"), "nowhere: no such directory; run tokenization_prep first"),
         (stage_config("z", oig, init_from=str(tmp_path / "missing")), "run the earlier stage first"),
         (stage_config("w", oig, model={"kind": "gpt3", "tiny": {}}), "model.kind"),
         (stage_config("v", oig, deepspeed="training/configs/ds/nope.json"), "deepspeed config"),
@@ -180,7 +180,7 @@ def test_bad_inputs_fail_before_training_in_one_line(token_dirs, stage_config, t
     shutil.copytree(oig, shifted)
     meta = shifted / "metadata.yaml"
     meta.write_text(meta.read_text().replace("max_seq_length: 128", "max_seq_length: 256"))
-    cases.append((stage_config("u", shifted), "metadata.yaml says max_seq_length 256"))
+    cases.append((stage_config("u", shifted), "metadata.yaml: sha256 differs from when it was written"))  # altered
     for cfg, needle in cases:
         r = run_stage(cfg)
         assert r.returncode == 2 and needle in r.stderr and r.stderr.count("\n") == 1, r.stderr[-1000:]
