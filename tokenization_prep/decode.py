@@ -30,14 +30,14 @@ def decode_sequence(tokenizer, ids: np.ndarray, types: np.ndarray) -> str:
     return "".join(out)
 
 
-def explain_row(tokenizer, f, row: int) -> str:
+def explain_row(tokenizer, f, row: int, tables: dict | None = None) -> str:
     """Each article piece of a row: its origin (``INPUT_FILE:LINE``, source, id, category, token range), then its
     text with token types marked; trailing padding as a count."""
     from tokenization_prep.provenance import row_pieces
 
     ids, types = f["input_ids"][row], f["token_type_ids"][row]
     out, end = [], 0
-    for k, p in enumerate(row_pieces(f, row)):
+    for k, p in enumerate(row_pieces(f, row, tables)):
         end = p.row_position + p.token_end - p.token_start
         part = (
             ""
@@ -57,7 +57,7 @@ def explain_row(tokenizer, f, row: int) -> str:
 def decode_file(path: Path, tokenizer, index: int | None = None, explain: bool = False) -> list[str]:
     import h5py
 
-    from tokenization_prep.provenance import has_provenance
+    from tokenization_prep.provenance import has_provenance, name_tables
 
     with h5py.File(path, "r") as f:
         ids, types = f["input_ids"], f["token_type_ids"]
@@ -70,5 +70,6 @@ def decode_file(path: Path, tokenizer, index: int | None = None, explain: bool =
                 "tokenization_prep); re-tokenize it with python -m tokenization_prep to use --explain"
             )
         if explain:
-            return [f"=== sequence {r} ===\n" + explain_row(tokenizer, f, r) for r in rows]
+            tables = name_tables(f)
+            return [f"=== sequence {r} ===\n" + explain_row(tokenizer, f, r, tables) for r in rows]
         return [f"=== sequence {r} ===\n" + decode_sequence(tokenizer, ids[r], types[r]) for r in rows]

@@ -92,11 +92,16 @@ def _name(table: list[str], code: int) -> str | None:
     return table[code] if code >= 0 else None
 
 
-def row_pieces(f, row: int) -> list[Piece]:
-    """The pieces of one row of h5py file f, in row order."""
+def name_tables(f) -> dict[str, list[str]]:
+    """Every name table of file f (read once per file, not once per row)."""
+    return {t: names(f, t) for t in NAME_TABLES}
+
+
+def row_pieces(f, row: int, tables: dict[str, list[str]] | None = None) -> list[Piece]:
+    """The pieces of one row of h5py file f, in row order (``tables``: ``name_tables(f)``, when reading many rows)."""
     g = f[GROUP]
     lo, hi = (int(x) for x in g["row_offsets"][row : row + 2])
-    tables = {t: names(f, t) for t in NAME_TABLES}
+    tables = tables or name_tables(f)
     cols = {
         k: g[k][lo:hi]
         for k in (

@@ -26,7 +26,7 @@ import torch
 
 from data_prep.atomic import atomic_write
 from data_prep.chat_format import BOT_TAG, HUMAN_TAG
-from tokenization_prep.provenance import has_provenance, row_pieces
+from tokenization_prep.provenance import has_provenance, name_tables, row_pieces
 from tokenization_prep.schema import TokenizedDir
 from training.config import ConfigError, ModelConfig, first_line, load_config
 from training.data import (
@@ -52,12 +52,13 @@ def dev_prompts(dev: PackedDataset, per_source: int) -> dict[str, list[np.ndarra
     for path in dev.files:
         with h5py.File(path, "r") as f:
             ids, types = f["input_ids"], f["token_type_ids"]
+            tables = name_tables(f) if has_provenance(f) else None
             for r in range(len(ids)):
                 row_ids, row_types = ids[r], types[r]
-                if has_provenance(f):
+                if tables is not None:
                     spans = [
                         (p.source or "-", p.row_position, p.row_position + p.token_end - p.token_start)
-                        for p in row_pieces(f, r)
+                        for p in row_pieces(f, r, tables)
                         if not p.truncated and p.token_start == 0 and p.token_end == p.article_tokens
                     ]
                 else:  # gdp's files: articles end at token type 3 (a row's first may be the tail of one: skipped
