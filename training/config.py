@@ -95,8 +95,9 @@ class StageConfig(Strict):
     gradient_checkpointing: bool = False  # recompute each layer's activations in backward (non-reentrant)
     dataloader_workers: int = Field(0, ge=0)  # processes reading and collating rows (0: the training process)
     dataloader_prefetch: int = Field(2, ge=1)  # micro-batches each worker reads ahead
-    # attention over packed rows, isolated per article (training/attention.py); checked to be installed
-    attn_implementation: Literal["sdpa", "eager", "flash_attention_2", "flex_attention"] = "sdpa"
+    # attention over packed rows, isolated per article (training/attention.py); checked to be installed. auto:
+    # flash_attention_2 on CUDA in 16 bits when flash-attn is installed, else flex_attention on CUDA, else sdpa
+    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2", "flex_attention"] = "auto"
     # data_dir check before training: file sizes (and a re-hash of files whose time changed), or every sha256
     verify_data: Literal["size", "sha256"] = "size"
 

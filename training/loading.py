@@ -276,18 +276,27 @@ def zero3_empty_model(cls, config, ds: dict):
     initialising weights that the checkpoint overwrites: no rank gathers whole modules, none holds the model."""
     import deepspeed
     from transformers.initialization import no_init_weights
-    from transformers.integrations.deepspeed import prevent_arange_dtype_change
-    from transformers.modeling_utils import set_zero3_state
 
-    with (
-        no_init_weights(),
-        prevent_arange_dtype_change(),
-        deepspeed.zero.Init(config_dict_or_path=ds),
-        set_zero3_state(),
-    ):
+    with no_init_weights(), deepspeed.zero.Init(config_dict_or_path=ds):
         model = cls(config)
+    fp32_rotary_buffers(model)
     model.tie_weights()
     return model
+
+
+def fp32_rotary_buffers(model) -> None:
+    """Give every rotary embedding its fp32 ``inv_freq`` again, computed afresh outside ``zero.Init``.
+
+    ``model.to(bf16)`` rounds every floating buffer, and ``zero.Init`` builds the ``torch.arange`` behind the
+    frequencies in 16 bits: either way far positions get the wrong angles. transformers' own loading keeps them
+    fp32; a model built from config here does too. Rotary modules are rebuilt from their config (no weights)."""
+    for module in model.modules():
+        own = dict(module.named_buffers(recurse=False))
+        if "inv_freq" not in own or not hasattr(module, "config"):
+            continue
+        fresh = type(module)(config=module.config)
+        for name, buf in fresh.named_buffers(recurse=False):
+            module.register_buffer(name, buf.to(own["inv_freq"].device), persistent=name in fresh.state_dict())
 
 
 def load_model(cls, config, source: str | None, facts: DsFacts, ds: dict, seed: int):
@@ -299,8 +308,10 @@ def load_model(cls, config, source: str | None, facts: DsFacts, ds: dict, seed: 
         torch.manual_seed(seed)
         if not source:
             # transformers' own zero.Init path: the model's _init_weights on gathered modules (a plain cls(config)
-            # inside zero.Init would leave embeddings at std 1.0) and RoPE buffers kept in fp32
-            return cls._from_config(config, dtype=facts.dtype), keep
+            # inside zero.Init would leave embeddings at std 1.0)
+            model = cls._from_config(config, dtype=facts.dtype)
+            fp32_rotary_buffers(model)
+            return model, keep
         with large_allocations_returned():
             model = zero3_empty_model(cls, config, ds)
             gc.collect()  # partitions of replaced (tied) parameters sit in reference cycles
@@ -316,4 +327,5 @@ def load_model(cls, config, source: str | None, facts: DsFacts, ds: dict, seed: 
     else:
         torch.manual_seed(seed)
         model = cls(config).to(facts.dtype)
+    fp32_rotary_buffers(model)
     return model, None

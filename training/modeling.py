@@ -17,7 +17,7 @@ from transformers import BloomConfig, BloomForCausalLM, GPTNeoXConfig, GPTNeoXFo
 from transformers.modeling_outputs import CausalLMOutput
 from transformers.models.bloom.modeling_bloom import BloomPreTrainedModel
 
-from training.attention import PackedBloomModel, check_attention
+from training.attention import PackedBloomModel, Varlen, check_attention
 from training.config import ConfigError, ModelConfig
 from training.loading import DsFacts, check_memory, load_model, model_config
 from training.loss import LinearCEHead, as_loss_head
@@ -51,10 +51,12 @@ class PackedGPTNeoXForCausalLM(PackedLM, GPTNeoXForCausalLM):
 
     def packed_hidden(self, input_ids, position_ids):
         batch, length = input_ids.shape
+        kwargs = {}
         if self.config._attn_implementation == "flash_attention_2":  # padding-free: rows flattened into one
             input_ids, position_ids = input_ids.reshape(1, -1), position_ids.reshape(1, -1)
-        out = self.gpt_neox(input_ids=input_ids, position_ids=position_ids, use_cache=False)  # no mask, no cache:
-        return out.last_hidden_state.reshape(batch, length, -1)  # transformers detects the packed articles
+            kwargs = Varlen.of(position_ids).flash_kwargs()  # article boundaries once, not in every layer
+        out = self.gpt_neox(input_ids=input_ids, position_ids=position_ids, use_cache=False, **kwargs)  # no mask,
+        return out.last_hidden_state.reshape(batch, length, -1)  # no cache: transformers detects the articles
 
 
 class PackedBloomForCausalLM(PackedLM, BloomForCausalLM):
@@ -142,6 +144,11 @@ def build_model(
     max_pos = getattr(config, "max_position_embeddings", None)
     if mc.kind == "pythia" and max_pos is not None and max_pos < max_len:
         raise ConfigError(f"model handles {max_pos} positions but the data's max_seq_length is {max_len}")
+    if attn == "flex_attention" and getattr(config, "attention_dropout", 0.0):
+        raise ConfigError(
+            f"attn_implementation flex_attention has no attention dropout and the model's attention_dropout is "
+            f"{config.attention_dropout}; use sdpa"
+        )
     facts = DsFacts.of(ds or {})
     if ds is not None:
         check_memory(cls, config, facts, ds_name, lora)
@@ -194,7 +201,11 @@ def enable_checkpointing(model) -> None:
     Non-reentrant checkpointing needs no input that requires grad, so it also works under a frozen LoRA base."""
     if not getattr(model, "supports_gradient_checkpointing", False):
         raise ConfigError(f"gradient_checkpointing: {type(model).__name__} does not support it; set it to false")
-    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.23; before, gradient_checkpointing_*
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     model.config.use_cache = False
 
 
@@ -210,3 +221,17 @@ def apply_lora(model, kind: str, lora):
         target_modules=lora.target_modules or LORA_TARGETS[kind],
     )
     return get_peft_model(model, cfg)
+
+
+def param_groups(model, weight_decay: float) -> list[dict]:
+    """AdamW groups: weight decay on matrices (linear and embedding weights), none on biases and norm weights.
+
+    The rule transformers' Trainer and nanoGPT use: decaying a LayerNorm's gain or a bias toward 0 only hurts."""
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    decay = [p for n, p in params if p.ndim >= 2]
+    no_decay = [p for n, p in params if p.ndim < 2]
+    return [
+        g
+        for g in ({"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0})
+        if g["params"]
+    ]

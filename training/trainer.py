@@ -23,7 +23,7 @@ import torch
 from data_prep.atomic import atomic_write, sha256_file
 from tokenization_prep.schema import TokenizedDir, tokenizer_fingerprint
 from training import checkpoint
-from training.attention import check_attention
+from training.attention import check_attention, resolve_attention
 from training.config import GENERATION_DEFAULTS, ConfigError, StageConfig, deepspeed_dict, first_line
 from training.data import (
     PackedDataset,
@@ -37,7 +37,14 @@ from training.data import (
 from training.dev_loss import GroupedLoss, eval_record, eval_table, log_eval
 from training.distributed import global_sum, init_process_group, rank, to_device, world_size
 from training.loading import DsFacts, check_hardware
-from training.modeling import apply_lora, build_model, enable_checkpointing, packed_loss, packed_token_losses
+from training.modeling import (
+    apply_lora,
+    build_model,
+    enable_checkpointing,
+    packed_loss,
+    packed_token_losses,
+    param_groups,
+)
 
 
 def check_inputs(cfg: StageConfig) -> tuple[TokenizedDir, Path | None]:
@@ -50,7 +57,6 @@ def check_inputs(cfg: StageConfig) -> tuple[TokenizedDir, Path | None]:
         raise ConfigError(f"init_from {init} is not a saved model (no config.json); run the earlier stage first")
     if init is not None:
         check_same_tokenizer(data, init)
-    check_attention(cfg.model.kind, cfg.attn_implementation)
     return data, init
 
 
@@ -115,7 +121,9 @@ class StageRunner:
         self.ds_config = deepspeed_dict(cfg, self.world)
         facts = DsFacts.of(self.ds_config)
         check_hardware(facts, cfg.deepspeed)
-        if cfg.attn_implementation == "flash_attention_2" and facts.dtype == torch.float32:
+        self.attn = resolve_attention(cfg.attn_implementation, torch.cuda.is_available(), facts.dtype)
+        check_attention(cfg.model.kind, self.attn)
+        if self.attn == "flash_attention_2" and facts.dtype == torch.float32:
             raise ConfigError(
                 f"attn_implementation flash_attention_2 runs in bf16 or fp16 only, and {cfg.deepspeed} "
                 "trains in fp32; use a bf16 DeepSpeed config (ds/zero2_bf16.json) or sdpa"
@@ -153,7 +161,7 @@ class StageRunner:
             ds=self.ds_config,
             ds_name=cfg.deepspeed,
             lora=cfg.lora is not None,
-            attn=cfg.attn_implementation,
+            attn=self.attn,
         )
         if cfg.gradient_checkpointing:
             enable_checkpointing(model)
@@ -164,7 +172,7 @@ class StageRunner:
         try:
             self.engine, _, _, self.scheduler = deepspeed.initialize(
                 model=model,
-                model_parameters=[p for p in model.parameters() if p.requires_grad],
+                model_parameters=param_groups(model, cfg.weight_decay),
                 config=self.ds_config,
                 lr_scheduler=make_scheduler(cfg, self.total_steps),
             )
@@ -176,6 +184,8 @@ class StageRunner:
         except (ValueError, AssertionError, NotImplementedError, RuntimeError) as exc:
             raise ConfigError(f"deepspeed config {cfg.deepspeed} does not run here: {first_line(exc)}") from None
         self.device = self.engine.device
+        if self.device.type == "cuda":  # the logged peak is training's, not the loading's transient peak
+            torch.cuda.reset_peak_memory_stats(self.device)
         if saved:
             checkpoint.load(self.engine, self.ckpt, saved, load_tag)
 
@@ -331,6 +341,7 @@ class StageRunner:
             "config": self.cfg.model_dump(),
             "deepspeed": self.ds_config,
             "topology": self.topology,
+            "attn_implementation": self.attn,
             "data_dir": str(self.data_dir),
             "data_manifest_sha256": sha256_file(self.data_dir / "manifest.sha256")
             if (self.data_dir / "manifest.sha256").is_file()

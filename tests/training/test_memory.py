@@ -56,3 +56,18 @@ def test_checkpointing_on_a_model_without_support_is_one_line():
 
     with pytest.raises(ConfigError, match="does not support it"):
         enable_checkpointing(torch.nn.Linear(2, 2))
+
+
+@pytest.mark.parametrize("kind", ["pythia", "bloom"])
+def test_weight_decay_skips_biases_and_norms(kind):
+    """AdamW decays matrices only; every bias and LayerNorm weight is in the group with weight_decay 0."""
+    from training.modeling import param_groups
+
+    model = build_model(ModelConfig(kind=kind, tiny=TinyShape()), 50277, 128, seed=0)[0]
+    decay, no_decay = param_groups(model, 0.1)
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    names = {id(p): n for n, p in model.named_parameters()}
+    skipped = {names[id(p)] for p in no_decay["params"]}
+    norms = {n for n, m in model.named_modules() if isinstance(m, torch.nn.LayerNorm)}
+    assert {f"{n}.weight" for n in norms} | {n for n in names.values() if n.endswith(".bias")} == skipped
+    assert all(p.ndim == 2 for p in decay["params"]) and len(decay["params"]) + len(skipped) == len(names)

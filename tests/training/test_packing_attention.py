@@ -100,8 +100,12 @@ def test_packed_logits_equal_each_article_alone(kind, impl, token_dirs):
 
 
 def test_unavailable_or_unisolating_attention_is_one_line():
-    with pytest.raises(ConfigError, match="cannot isolate packed articles"):
-        check_attention("bloom", "flex_attention")
+    with pytest.raises(ConfigError, match="cannot isolate packed articles on bloom"):
+        check_attention("bloom", "mask_free")
+    if not torch.cuda.is_available():
+        for kind in ("pythia", "bloom"):
+            with pytest.raises(ConfigError, match="no backward pass on the CPU"):
+                check_attention(kind, "flex_attention")
     from transformers.utils import is_flash_attn_2_available
 
     if not is_flash_attn_2_available():
@@ -116,3 +120,39 @@ def test_row_features_weights_positions_segments():
     assert f["position_ids"].tolist() == [0, 1, 2, 3, 4, 0, 1, 2, 0, 1]
     # weight[i] is for predicting token i+1: prompt 0.5, completion/SEP 1, never across articles or padding
     assert f["weights"].tolist() == [0.5, 1, 1, 1, 0, 1, 1, 0, 0, 0]
+
+
+@pytest.mark.parametrize("heads", [1, 4, 12, 16, 32, 112])  # 112: BLOOM-176B, not a power of two
+def test_alibi_slopes_are_blooms(heads):
+    """Our ALiBi slopes (no private transformers name) equal the ones BLOOM's own forward adds."""
+    from transformers.models.bloom.modeling_bloom import build_alibi_tensor
+
+    from training.attention import alibi_slopes
+
+    theirs = build_alibi_tensor(torch.ones(1, 2), heads, torch.float32)[:, 0, 1]  # slope x position 1
+    assert torch.equal(alibi_slopes(heads), theirs)
+
+
+def test_auto_attention_is_the_fastest_isolating_kernel_here():
+    from transformers.utils import is_flash_attn_2_available
+
+    from training.attention import resolve_attention
+
+    assert resolve_attention("auto", cuda=False, dtype=torch.bfloat16) == "sdpa"
+    fast = "flash_attention_2" if is_flash_attn_2_available() else "flex_attention"
+    assert resolve_attention("auto", cuda=True, dtype=torch.bfloat16) == fast
+    assert resolve_attention("auto", cuda=True, dtype=torch.float32) == "flex_attention"
+    assert resolve_attention("eager", cuda=True, dtype=torch.bfloat16) == "eager"
+
+
+def test_rotary_frequencies_stay_fp32_in_a_16_bit_model():
+    """A model built from config in bf16 keeps RoPE's inv_freq in fp32, equal to the fp32 model's."""
+    from training.loading import DsFacts, load_model
+    from training.modeling import MODEL_CLASSES, tiny_config
+
+    config = tiny_config(ModelConfig(kind="pythia", tiny=TinyShape()), 50277, 128)
+    ref = load_model(MODEL_CLASSES["pythia"], config, None, DsFacts(0, torch.float32, False, False), {}, 0)[0]
+    bf16 = load_model(MODEL_CLASSES["pythia"], config, None, DsFacts(0, torch.bfloat16, False, False), {}, 0)[0]
+    assert next(bf16.parameters()).dtype == torch.bfloat16
+    theirs, ours = ref.gpt_neox.rotary_emb.inv_freq, bf16.gpt_neox.rotary_emb.inv_freq
+    assert ours.dtype == torch.float32 and torch.equal(ours, theirs)
