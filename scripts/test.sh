@@ -1,17 +1,40 @@
 #!/usr/bin/env bash
-# Sets everything up, then runs ruff (lint and format check) and the whole test suite (slow tests included).
+# Sets everything up, then runs ruff (lint and format check), the whole test suite (slow tests included) and the
+# training and inference tests again with the lowest transformers we claim (scripts/lowest_versions.sh).
+#   bash scripts/test.sh --fast    your own loop: no slow tests, no lowest-versions run
+#   bash scripts/test.sh ARGS      pytest ARGS on the locked versions only (e.g. tests/training -k packed)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+FAST=0
+if [ "${1:-}" = "--fast" ]; then
+  FAST=1
+  shift
+fi
 bash scripts/setup.sh
-if ! command -v chromium >/dev/null 2>&1; then  # the web page test drives Debian's Chromium
-  echo "installing Debian's chromium (system package) for the web page test"
+PKGS=()  # Debian packages some tests drive, installed only when missing
+command -v chromium >/dev/null 2>&1 || PKGS+=(chromium)  # the web page test drives Chromium
+command -v mpirun >/dev/null 2>&1 || PKGS+=(openmpi-bin)  # the launcher test starts a stage under Open MPI's mpirun
+if [ "${#PKGS[@]}" -gt 0 ]; then
+  echo "installing Debian's ${PKGS[*]} (system packages) for the tests"
   SUDO=""
   if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends chromium >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${PKGS[@]}" >/dev/null
 fi
 echo "ruff: lint and format check (config in pyproject.toml)"
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 export TOKENIZERS_PARALLELISM=false DS_ACCELERATOR=cpu
-exec .venv/bin/python -m pytest tests "$@"
+if [ "$FAST" = 1 ]; then
+  exec .venv/bin/python -m pytest tests -m "not slow" "$@"
+fi
+if [ "$#" -gt 0 ]; then
+  exec .venv/bin/python -m pytest "$@"
+fi
+.venv/bin/python -m pytest tests
+bash scripts/lowest_versions.sh
+echo "training and inference tests with transformers 5.17 (the lowest we claim), beside the locked set"
+export PYTHONPATH=.venv/lowest
+.venv/bin/python -c "import sys, transformers as t; print('transformers', t.__version__); sys.exit(t.__version__ != '5.17.0')"
+exec .venv/bin/python -m pytest -m "not slow" -p no:cacheprovider tests/training tests/inference/test_generate_api.py \
+  tests/inference/test_kv_cache.py tests/inference/test_sampling_and_loading.py tests/test_round_trip.py
