@@ -1,25 +1,29 @@
 """``python -m training.run --config training/configs/stage1_oig.yaml [--resume]``: run one stage.
 
-Launch with ``deepspeed`` (several processes, or nodes with a hostfile) or with plain ``python``
-(one process: the rendezvous variables DeepSpeed needs are set here).
+Launch with plain ``python`` (one process), ``deepspeed`` or ``torchrun`` (several processes, or nodes), Open MPI's
+or MPICH's ``mpirun``, or Slurm's ``srun``: rank, world size and rendezvous come from the launcher's own variables.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import socket
 import sys
 
 
-def single_process_env() -> None:
-    """Set RANK/WORLD_SIZE/MASTER_* when not launched by deepspeed/torchrun (else DeepSpeed looks for MPI)."""
-    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
-        return
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+def launch_env() -> None:
+    """Export RANK/WORLD_SIZE/LOCAL_RANK/MASTER_* from the launcher's own variables (torchrun, deepspeed, mpirun,
+    srun) before DeepSpeed starts, so it takes the env:// path and needs no mpi4py (training.launch says how)."""
+    from training.launch import export
+
+    placement = export()
+    if placement.world_size > 1 and placement.rank == 0:
+        local = f", {placement.local_world_size} per node" if placement.local_world_size else ""
+        print(
+            f"{placement.world_size} processes ({placement.launcher}{local}); rendezvous at "
+            f"{placement.master_addr}:{os.environ['MASTER_PORT']}",
+            flush=True,
+        )
 
 
 def main(argv=None) -> int:
@@ -47,7 +51,7 @@ def main(argv=None) -> int:
                 f"output_dir {cfg.out_dir} already holds a finished stage ({final}); pass --overwrite to train it "
                 "again, or set another output_dir"
             )
-        single_process_env()
+        launch_env()
         if not _has_cuda():
             os.environ.setdefault("DS_ACCELERATOR", "cpu")
         from training.trainer import StageRunner

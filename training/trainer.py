@@ -35,7 +35,15 @@ from training.data import (
     step_loader,
 )
 from training.dev_loss import GroupedLoss, eval_record, eval_table, log_eval
-from training.distributed import global_sum, init_process_group, rank, to_device, world_size
+from training.distributed import (
+    check_shared_dir,
+    global_sum,
+    init_process_group,
+    rank,
+    refuse_together,
+    to_device,
+    world_size,
+)
 from training.loading import DsFacts, check_hardware
 from training.modeling import (
     apply_lora,
@@ -110,42 +118,21 @@ class StageRunner:
 
     def __init__(self, cfg: StageConfig, resume: bool = False):
         self.cfg, self.resume = cfg, resume
-        self.data, self.init = check_inputs(cfg)
-        self.data_dir = self.data.path
-        self.out = cfg.out_dir
         self.rank, self.world = rank(), world_size()
-        self.train = PackedDataset(self.data, "train", cfg.prompt_loss_weight)
-        self.dev = (
-            PackedDataset(self.data, "dev", cfg.prompt_loss_weight, groups=True) if self.data.splits["dev"] else None
-        )
-        self.ds_config = deepspeed_dict(cfg, self.world)
-        facts = DsFacts.of(self.ds_config)
-        check_hardware(facts, cfg.deepspeed)
-        self.attn = resolve_attention(cfg.attn_implementation, torch.cuda.is_available(), facts.dtype)
-        check_attention(cfg.model.kind, self.attn)
-        if self.attn == "flash_attention_2" and facts.dtype == torch.float32:
-            raise ConfigError(
-                f"attn_implementation flash_attention_2 runs in bf16 or fp16 only, and {cfg.deepspeed} "
-                "trains in fp32; use a bf16 DeepSpeed config (ds/zero2_bf16.json) or sdpa"
-            )
-        self.rows_per_step = cfg.micro_batch_size * cfg.gradient_accumulation_steps * self.world
-        self.steps_per_epoch = len(self.train) // self.rows_per_step
-        if self.steps_per_epoch == 0:
-            raise ConfigError(
-                f"{len(self.train)} training rows cannot fill one step of {self.rows_per_step} rows; "
-                "lower micro_batch_size or gradient_accumulation_steps"
-            )
-        total = math.ceil(cfg.epochs * self.steps_per_epoch)
-        self.total_steps = min(total, cfg.max_steps) if cfg.max_steps else total
-        self.topology = checkpoint.topology(
-            self.world, cfg.micro_batch_size, cfg.gradient_accumulation_steps, facts.stage
-        )
-        self.ckpt = self.out / "checkpoints"
+        refusal, saved = None, None
+        try:
+            saved = self.check_before_start(cfg, resume)
+        except ConfigError as exc:
+            if self.world == 1:
+                raise
+            refusal = exc  # said by every rank together below, so no rank waits in a collective for the others
+        init_process_group()
+        refuse_together(refusal)
+        check_shared_dir(self.out, "output_dir")
+        check_shared_dir(self.data_dir, "data_dir", read_only=True)
         if not resume and self.rank == 0:  # a fresh run: a later --resume must never pick up an older run's state
             for old in (self.ckpt, self.out / "logs"):
                 shutil.rmtree(old, ignore_errors=True)
-        saved = checkpoint.check_resume(self.ckpt, self.topology) if resume else None
-        init_process_group()
         load_tag = None
         if saved:
             load_tag = checkpoint.latest_tag(self.ckpt)
@@ -188,6 +175,41 @@ class StageRunner:
             torch.cuda.reset_peak_memory_stats(self.device)
         if saved:
             checkpoint.load(self.engine, self.ckpt, saved, load_tag)
+
+    def check_before_start(self, cfg: StageConfig, resume: bool) -> dict | None:
+        """Every check that needs no process group: data, init_from, DeepSpeed config, attention, batch shape,
+        resume topology. Returns the saved trainer state to resume from (or None)."""
+        self.data, self.init = check_inputs(cfg)
+        self.data_dir = self.data.path
+        self.out = cfg.out_dir
+        self.train = PackedDataset(self.data, "train", cfg.prompt_loss_weight)
+        self.dev = (
+            PackedDataset(self.data, "dev", cfg.prompt_loss_weight, groups=True) if self.data.splits["dev"] else None
+        )
+        self.ds_config = deepspeed_dict(cfg, self.world)
+        facts = DsFacts.of(self.ds_config)
+        check_hardware(facts, cfg.deepspeed)
+        self.attn = resolve_attention(cfg.attn_implementation, torch.cuda.is_available(), facts.dtype)
+        check_attention(cfg.model.kind, self.attn)
+        if self.attn == "flash_attention_2" and facts.dtype == torch.float32:
+            raise ConfigError(
+                f"attn_implementation flash_attention_2 runs in bf16 or fp16 only, and {cfg.deepspeed} "
+                "trains in fp32; use a bf16 DeepSpeed config (ds/zero2_bf16.json) or sdpa"
+            )
+        self.rows_per_step = cfg.micro_batch_size * cfg.gradient_accumulation_steps * self.world
+        self.steps_per_epoch = len(self.train) // self.rows_per_step
+        if self.steps_per_epoch == 0:
+            raise ConfigError(
+                f"{len(self.train)} training rows cannot fill one step of {self.rows_per_step} rows; "
+                "lower micro_batch_size or gradient_accumulation_steps"
+            )
+        total = math.ceil(cfg.epochs * self.steps_per_epoch)
+        self.total_steps = min(total, cfg.max_steps) if cfg.max_steps else total
+        self.topology = checkpoint.topology(
+            self.world, cfg.micro_batch_size, cfg.gradient_accumulation_steps, facts.stage
+        )
+        self.ckpt = self.out / "checkpoints"
+        return checkpoint.check_resume(self.ckpt, self.topology) if resume else None
 
     # ---- data ----
     def batches(self, start: int):

@@ -1,6 +1,7 @@
 """Fixtures for training tests: real data_prep output tokenized by tokenization_prep at a short length."""
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -58,21 +59,30 @@ def stage_config(tmp_path):
     return make
 
 
+LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "LOCAL_SIZE", "MASTER_ADDR", "MASTER_PORT")
+LAUNCH_PREFIXES = ("OMPI_COMM_WORLD_", "MV2_COMM_WORLD_", "PMI_", "MPI_LOCAL", "SLURM_", "TORCHELASTIC_")
+
+
 def stage_env(procs: int = 1) -> dict:
-    """The environment for a stage subprocess: CPU DeepSpeed, no rendezvous variables from outside."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
-    }
+    """The environment for a stage subprocess: CPU DeepSpeed, no rendezvous or launcher variables from outside
+    (a test suite run under srun or mpirun must not make a one-process stage a rank of that job)."""
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS and not k.startswith(LAUNCH_PREFIXES)}
     return {**env, "DS_ACCELERATOR": "cpu", **({"OMP_NUM_THREADS": "1"} if procs > 1 else {})}
 
 
 def stage_command(config, *extra, procs: int = 1) -> list[str]:
-    """``python -m training.run`` for one process, the deepspeed launcher (as the README shows) for several."""
+    """``python -m training.run`` for one process, the deepspeed launcher (as the README shows) for several: the
+    one beside this interpreter (a venv's bin/), else the one on PATH."""
     if procs == 1:
         return [sys.executable, "-m", "training.run", "--config", str(config), *extra]
     launcher = os.path.join(os.path.dirname(sys.executable), "deepspeed")
+    if not os.access(launcher, os.X_OK):
+        launcher = shutil.which("deepspeed")
+    if launcher is None:
+        pytest.fail(
+            f"no deepspeed launcher beside {sys.executable} nor on PATH; install deepspeed into this environment "
+            "(scripts/setup.sh)"
+        )
     return [
         launcher,
         "--num_accelerators",
