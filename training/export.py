@@ -1,9 +1,11 @@
 """Write a stage's final model from the engine, on every ZeRO stage, with or without LoRA.
 
-Under ZeRO-3 no rank holds whole tensors, so the 16-bit weights are first gathered (collectively) into one
-state dict on rank 0. With LoRA, rank 0 saves the adapter from that state, then loads the same state into a
-fresh CPU copy of the peft model and merges there: ``merge_and_unload`` never runs on partitioned parameters,
-and the merged ``final/`` loads with plain transformers.
+With LoRA only the adapter is gathered: under ZeRO-3 its (trainable) parameters are collected on every rank with
+DeepSpeed's public ``GatheredParameters``, the frozen base never, and rank 0 saves the adapter dir. The merged
+``final/`` is then built from the base's safetensors on disk, one shard at a time (``training.merge_lora``), so no
+rank ever holds the whole model. Only a base that exists nowhere on disk (a random-init ``model.tiny``) is gathered
+from the engine, layer by layer, to rank 0's CPU: that path is meant for such small models only. A full fine-tune
+(no LoRA) is gathered the same way, as before.
 """
 
 from __future__ import annotations
@@ -11,61 +13,98 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
-
 from training.config import ConfigError, StageConfig, first_line
 from training.distributed import rank
 
 
-def consolidated_state(engine) -> dict | None:
-    """Full state dict on rank 0 (None elsewhere). Collective under ZeRO-3: call it on every rank."""
-    if engine.zero_optimization_stage() == 3:
-        return engine._zero3_consolidated_16bit_state_dict()
-    return engine.module.state_dict() if rank() == 0 else None
+def gathered_state(module, skip=lambda name: False) -> dict | None:
+    """``module``'s state dict on rank 0's CPU (None elsewhere), gathered one submodule at a time under ZeRO-3 with
+    ``deepspeed.zero.GatheredParameters`` (collective: call it on every rank). Tied parameters stay one tensor.
+    Holds the whole model on rank 0: for models built from config and full fine-tunes only."""
+    import deepspeed
+
+    state, copies = ({} if rank() == 0 else None), {}
+    for prefix, sub in module.named_modules():
+        named = [(f"{prefix}.{n}".lstrip("."), p) for n, p in sub.named_parameters(recurse=False)]
+        named = [(n, p) for n, p in named if not skip(n)]
+        with deepspeed.zero.GatheredParameters([p for _, p in named], modifier_rank=None):
+            if state is None:
+                continue
+            for name, p in named:
+                if id(p) not in copies:
+                    copies[id(p)] = p.detach().to("cpu", copy=True)
+                state[name] = copies[id(p)]
+        if state is not None:
+            for n, buf in sub.named_buffers(recurse=False):
+                if buf is not None and n not in sub._non_persistent_buffers_set:
+                    state[f"{prefix}.{n}".lstrip(".")] = buf.detach().cpu()
+    return state
 
 
-def merged_copy(peft_module, state: dict):
-    """A CPU copy of the base model with the LoRA weights of ``state`` merged in (peft's own merge)."""
-    from peft import get_peft_model
-    from transformers.initialization import no_init_weights
+def adapter_state(engine) -> dict | None:
+    """The trainable (LoRA) parameters on rank 0, gathered collectively under ZeRO-3; None where the module holds
+    them whole (ZeRO 0-2: peft reads them from the module) and on other ranks."""
+    if engine.zero_optimization_stage() != 3:
+        return None
+    import deepspeed
 
-    base = peft_module.get_base_model()
-    dtype = next(iter(state.values())).dtype
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with no_init_weights():  # every weight comes from ``state``: skip the random init
-            plain = type(base)(base.config)
-    finally:
-        torch.set_default_dtype(previous)
-    plain.tie_weights()  # no_init_weights skips tying too; a tied head must share the embedding before loading
-    copy = get_peft_model(plain, peft_module.peft_config["default"])
-    missing, unexpected = copy.load_state_dict(state, strict=False)
-    tied = {k for k in missing if "lm_head" in k or "embed_out" in k}
-    if unexpected or set(missing) - tied:
-        raise RuntimeError(
-            f"LoRA merge: state does not match the model (missing {sorted(missing)[:3]}, "
-            f"unexpected {sorted(unexpected)[:3]})"
-        )
-    return copy.merge_and_unload()
+    named = [(n, p) for n, p in engine.module.named_parameters() if p.requires_grad]
+    with deepspeed.zero.GatheredParameters([p for _, p in named], modifier_rank=None):
+        return {n: p.detach().to("cpu", copy=True) for n, p in named} if rank() == 0 else None
+
+
+def base_source(cfg: StageConfig) -> str | None:
+    """Where the stage's base weights are on disk: ``init_from``, else ``model.name_or_path`` (a local dir, else a
+    hub id); None for a model built from config."""
+    if cfg.init_from:
+        return str(cfg.resolve(cfg.init_from))
+    name = cfg.model.name_or_path
+    if name is None:
+        return None
+    local = cfg.resolve(name)
+    return str(local) if local.is_dir() else name
+
+
+def base_names(peft_state: dict) -> dict:
+    """A peft model's base weights under the plain model's names (no ``base_model.model.``, no ``.base_layer``)."""
+    return {k.removeprefix("base_model.model.").replace(".base_layer.", "."): v for k, v in peft_state.items()}
 
 
 def save_model(engine, cfg: StageConfig, final: Path, adapter_dir: Path) -> None:
-    """``final/`` as a plain save_pretrained model (merged when LoRA), ``adapter_dir`` with the adapter."""
-    state = consolidated_state(engine)
+    """``final/`` as a plain save_pretrained model (merged when LoRA), ``adapter_dir`` with the adapter. Called on
+    every rank: under ZeRO-3 the gathers are collective; rank 0 writes."""
+    from training.merge_lora import merge_from_disk, merge_in_memory, staged_dir
+
+    module = engine.module
+    zero3 = engine.zero_optimization_stage() == 3
+    if not cfg.lora:
+        state = gathered_state(module) if zero3 else None
+        if rank() == 0:
+            module.save_pretrained(str(final), state_dict=state, safe_serialization=True)
+        return
+    adapter = adapter_state(engine)
+    source = base_source(cfg)
+    base = None
+    if source is None:  # no base on disk: gather it (small random-init models only, see the module docstring)
+        if zero3:
+            base = gathered_state(module, skip=lambda name: "lora_" in name)
+        elif rank() == 0:
+            base = module.state_dict()
     if rank() != 0:
         return
-    module = engine.module
-    if cfg.lora:
-        module.save_pretrained(str(adapter_dir), state_dict=state)
-        merged_copy(module, state).save_pretrained(str(final), safe_serialization=True)
-    else:
-        module.save_pretrained(str(final), state_dict=state, safe_serialization=True)
+    module.save_pretrained(str(adapter_dir), state_dict=adapter)
+    dtype = next(p.dtype for p in module.parameters() if not p.requires_grad)  # the training dtype
+    with staged_dir(final) as tmp:
+        if source is None:
+            state = {k: v for k, v in base_names(base).items() if "lora_" not in k}
+            merge_in_memory(state, module.get_base_model().config, adapter_dir, tmp, dtype)
+        else:
+            merge_from_disk(source, adapter_dir, tmp, dtype)
 
 
-def read_adapter_config(path: str | Path) -> dict:
-    """The ``adapter_config.json`` of a LoRA adapter dir (a stage's ``adapter/``), with the base model it names;
-    any problem is one ConfigError line. Shared by ``merge_lora`` and inference's loader."""
+def read_adapter_config(path: str | Path, need_base: bool = True) -> dict:
+    """The ``adapter_config.json`` of a LoRA adapter dir (a stage's ``adapter/``), with the base model it names
+    (unless ``need_base`` is false); any problem is one ConfigError line. Shared by ``merge_lora`` and inference."""
     cfg_path = Path(path).expanduser() / "adapter_config.json"
     if not cfg_path.is_file():
         raise ConfigError(f"{path}: no adapter_config.json; give a LoRA adapter directory (a stage's adapter/)")
@@ -73,7 +112,9 @@ def read_adapter_config(path: str | Path) -> dict:
         adapter = json.loads(cfg_path.read_text())
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{path}: adapter_config.json is not readable JSON ({first_line(exc)})") from None
-    if not isinstance(adapter, dict) or not isinstance(adapter.get("base_model_name_or_path"), str):
+    if not isinstance(adapter, dict):
+        raise ConfigError(f"{path}: adapter_config.json is not a JSON object; re-run the training stage")
+    if need_base and not isinstance(adapter.get("base_model_name_or_path"), str):
         raise ConfigError(f"{path}: adapter_config.json names no base_model_name_or_path; re-run the training stage")
     return adapter
 
