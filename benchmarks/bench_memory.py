@@ -7,14 +7,20 @@ backward + AdamW, fp32: peak RSS above the post-setup baseline (VmHWM after /pro
   dominate; "full" is cross-entropy over the full fp32 logits (the trainer before issue 10), "fused" is
   ``training/loss.py``.
 - checkpointing: a Pythia-shaped model (hidden 512, 8 layers, 8 heads, the Pythia tokenizer's vocab).
+- activations: the memory plan's activation estimate (``training/plan.py``) against one forward + backward's
+  measured peak, for Pythia and BLOOM shapes, eager / sdpa, checkpointing off / on, on synthetic packed rows
+  (two articles a row; the contents do not change the memory). Measured after a warm-up step (gradients already
+  allocated), fp32, with glibc returning every freed block >= 64 KiB: the peak RSS above that baseline, and the
+  peak bytes held by torch's CPU allocator (profiler memory events: deterministic, no allocator slack).
 
-    .venv/bin/python benchmarks/bench_memory.py [--what loss|checkpointing|all] [--steps 4] [--rows 2]
+    .venv/bin/python benchmarks/bench_memory.py [--what loss|checkpointing|activations|all] [--steps 4] [--rows 2]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -142,14 +148,108 @@ def compare(data: Path, title: str, settings: list[tuple[str, list[str]]], args)
     )
 
 
+# (kind, hidden, layers, heads, vocab, micro, length, attn, checkpointing): the rows of benchmarks/README.md
+ACTIVATION_CASES = [
+    ("pythia", 256, 4, 4, 50_304, 2, 1024, "sdpa", False),
+    ("pythia", 256, 4, 4, 50_304, 2, 1024, "sdpa", True),
+    ("pythia", 512, 8, 8, 512, 1, 2048, "eager", False),
+    ("pythia", 512, 8, 8, 512, 1, 2048, "sdpa", False),
+    ("pythia", 512, 8, 8, 512, 1, 2048, "sdpa", True),
+    ("bloom", 256, 4, 4, 250_880, 1, 1024, "sdpa", False),
+    ("bloom", 512, 8, 8, 512, 2, 512, "eager", False),
+    ("bloom", 512, 8, 8, 512, 2, 512, "sdpa", True),
+    ("bloom", 512, 8, 8, 512, 1, 2048, "sdpa", False),
+]
+
+
+def activation_child(case: list[str]) -> None:
+    """One forward + backward of a tiny model: peak RSS and allocator peak above the post-warm-up baseline."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from training.config import ModelConfig, TinyShape
+    from training.modeling import MODEL_CLASSES, enable_checkpointing, packed_loss, tiny_config
+    from training.plan import Shape, Workload, activations
+
+    kind, attn = case[0], case[7]
+    hidden, layers, heads, vocab, micro, length = map(int, case[1:7])
+    ck = case[8] == "True"
+    mc = ModelConfig(kind=kind, tiny=TinyShape(hidden_size=hidden, num_layers=layers, num_heads=heads))
+    config = tiny_config(mc, vocab, 2048)
+    config._attn_implementation = attn if kind == "pythia" else "eager"  # as build_model sets it
+    torch.manual_seed(0)
+    model = MODEL_CLASSES[kind](config)
+    if kind == "bloom":
+        model.transformer.attn_impl = attn
+    if ck:
+        enable_checkpointing(model)
+    model.train()
+    cut = length // 3
+    batch = {
+        "input_ids": torch.randint(0, vocab, (micro, length), generator=torch.Generator().manual_seed(0)),
+        "position_ids": torch.cat([torch.arange(cut), torch.arange(length - cut)]).repeat(micro, 1),
+        "weights": torch.ones(micro, length),
+    }
+    packed_loss(model, batch).backward()  # warm-up: gradients and one-time buffers exist from here on
+    Path("/proc/self/clear_refs").write_text("5")
+    base = vm("VmRSS")
+    packed_loss(model, batch).backward()
+    rss = vm("VmHWM") - base
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        packed_loss(model, batch).backward()
+    events = sorted(
+        (e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"), key=lambda e: e.start_ns()
+    )
+    now = peak = 0
+    for e in events:
+        now += e.nbytes()
+        peak = max(peak, now)
+    work = Workload(micro_batch=micro, seq_len=length, attn=attn, gradient_checkpointing=ck)
+    est = activations(Shape.of(model.config), work, 4, ck).total
+    print(json.dumps({"rss": rss, "alloc": peak, "estimate": est}))
+
+
+def compare_activations() -> None:
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
+    print(
+        "activations: the plan's estimate vs one forward + backward, fp32, CPU, synthetic packed rows\n"
+        f"{'model (hidden/layers/heads, vocab)':<36}{'micro x len':>12}{'attn':>6}{'ckpt':>5}"
+        f"{'estimate MB':>12}{'alloc MB':>10}{'est/alloc':>10}{'RSS MB':>9}{'est/RSS':>8}"
+    )
+    for case in ACTIVATION_CASES:
+        out = subprocess.run(
+            [sys.executable, __file__, "--activation-child", *map(str, case)],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=ROOT,
+            env=env,
+        )
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        kind, hidden, layers, heads, vocab, micro, length, attn, ck = case
+        name = f"{kind} {hidden}/{layers}/{heads}, {vocab:,}"
+        print(
+            f"{name:<36}{f'{micro} x {length}':>12}{attn:>6}{'on' if ck else 'off':>5}{r['estimate'] / MiB:>12,.0f}"
+            f"{r['alloc'] / MiB:>10,.0f}{r['estimate'] / r['alloc']:>10.2f}{r['rss'] / MiB:>9,.0f}"
+            f"{r['estimate'] / r['rss']:>8.2f}"
+        )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--what", choices=["loss", "checkpointing", "all"], default="all")
+    ap.add_argument("--what", choices=["loss", "checkpointing", "activations", "all"], default="all")
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--rows", type=int, default=2, help="packed 2048-token rows per step")
     ap.add_argument("--work", default="/tmp/bench_memory")
     ap.add_argument("--child", nargs=5, metavar=("DATA", "KIND", "VOCAB", "CKPT", "LOSS"))
+    ap.add_argument("--activation-child", nargs=9, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.activation_child:
+        activation_child(args.activation_child)
+        return
+    if args.what == "activations":
+        compare_activations()
+        return
     if args.child:
         data, kind, vocab, ckpt, loss = args.child
         child(data, kind, int(vocab), ckpt == "on", loss == "fused", args.steps, args.rows)
@@ -172,6 +272,8 @@ def main() -> None:
             [("off", ["pythia", "0", "off", "fused"]), ("on", ["pythia", "0", "on", "fused"])],
             args,
         )
+    if args.what == "all":
+        compare_activations()
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """Build the stage's model the way its DeepSpeed config will train it, checking first that it can run and fit.
 
 - ``check_hardware``: a DeepSpeed config this machine cannot run (fp16/bf16/offload here) is one line.
-- ``check_memory``: DeepSpeed's model-state estimators, from a parameter count taken on the meta device, against
-  the memory found; refuses in one line before anything is allocated.
+- ``check_memory``: the memory plan of ``training/plan.py`` (DeepSpeed's model-state estimators on a meta-device
+  parameter count, activations at the run's micro-batch and length, buffers) against the memory found; refuses
+  in one line naming the setting to change, before anything is allocated.
 - ``load_model``: weights in the training dtype, built once. Under ZeRO-3 the model is created by transformers
   inside ``deepspeed.zero.Init`` (an ``HfDeepSpeedConfig`` stays alive) and every rank reads only its own
   partition of each tensor from the safetensors files: no rank ever holds the whole model.
@@ -22,6 +23,7 @@ import torch
 
 from training.config import ConfigError, ModelConfig, first_line
 from training.distributed import comm_device, global_sum, local_world_size, world_size
+from training.plan import Plan, Shape, Workload, count_params
 
 GiB = 1024**3
 
@@ -88,92 +90,42 @@ def model_config(mc: ModelConfig, source: str | None, vocab_size: int, max_len: 
         raise ConfigError(f"model {source}: cannot load as {mc.kind} ({first_line(exc)})") from None
 
 
-def count_params(cls, config) -> tuple[int, int]:
-    """(total parameters with tied ones once, largest single module's own parameters) on the meta device."""
-    with torch.device("meta"):
-        model = cls(config)
-    total = sum(p.numel() for p in model.parameters())  # parameters() yields a tied weight once
-    largest = max(sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules())
-    return total, largest
-
-
-def memory_needs(
-    total: int, largest: int, facts: DsFacts, gpus_per_node: int, nodes: int, lora: bool = False
-) -> tuple[int, int]:
-    """(host bytes per node, device bytes per rank) for the model states, by DeepSpeed's own estimators.
-
-    ZeRO-0 has no estimator: every state on every rank (ZeRO-2's formula on one GPU); ZeRO-1 is ZeRO-2's plus
-    unpartitioned 16-bit gradients. With LoRA the frozen base needs only its weights (the adapter's states are
-    negligible). Host needs assume this stage's loader (zero.Init, no full copy) and exclude activations.
-    """
-    from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
-    from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
-
-    size = facts.dtype.itemsize
-    if lora:
-        dev = size * total // (gpus_per_node * nodes) + 4 * largest if facts.stage == 3 else size * total
-        host = 4 * largest * gpus_per_node if facts.stage == 3 else size * total * gpus_per_node
-        return host, dev
-    if facts.stage == 3:
-        host, dev, _ = estimate_zero3_model_states_mem_needs(
-            total,
-            largest,
-            gpus_per_node,
-            nodes,
-            cpu_offload=facts.offload_optimizer,
-            cpu_offload_params=facts.offload_params,
-            zero_init=True,
-        )
-        if not facts.offload_optimizer:
-            host = 4 * largest * gpus_per_node  # one gathered layer per rank while loading
-        return host, dev
-    parts = (gpus_per_node, nodes) if facts.stage >= 1 else (1, 1)
-    host, dev = estimate_zero2_model_states_mem_needs(total, *parts, cpu_offload=facts.offload_optimizer)
-    if facts.stage == 1:
-        dev += 2 * total  # ZeRO-1 keeps whole 16-bit gradients
-    if facts.dtype == torch.float32:
-        dev = dev * 16 // 20  # no 16-bit copies: 4 params + 4 grads + 8 Adam per parameter
-    if not facts.offload_optimizer:
-        host = total * size * gpus_per_node  # each rank loads the whole model in the train dtype
-    return host, dev
-
-
-def check_memory(cls, config, facts: DsFacts, ds_name: str, lora: bool = False) -> None:
-    """Refuse in one line when the model states cannot fit the memory found here.
+def check_memory(cls, config, facts: DsFacts, ds: dict, ds_name: str, work: Workload) -> None:
+    """Refuse in one line, before any weight loads, when the stage cannot fit the memory found here: the plan of
+    ``training/plan.py`` (model states, activations at the run's micro-batch, length, checkpointing and attention,
+    DeepSpeed buffers), the same one ``python -m training plan`` prints.
 
     The ranks decide together (one all-reduce), so a refusal on one rank never leaves the others waiting."""
     import psutil
 
     total, largest = count_params(cls, config)
-    local = local_world_size()
-    nodes = max(1, world_size() // local)
-    host_need, dev_need = memory_needs(total, largest, facts, local, nodes, lora)
-    host_free = psutil.virtual_memory().available
-    if torch.cuda.is_available():
-        dev_free = torch.cuda.mem_get_info(torch.cuda.current_device())[0]
-        where = f"GPU {torch.cuda.current_device()} has {dev_free / GiB:.1f} GiB free"
-    else:  # the CPU accelerator keeps "device" states in host memory too
-        host_need, dev_free = host_need + dev_need * local, host_free
-        dev_need, where = 0, ""
-    fix = (
-        "use an offload config (ds/zero3_offload_bf16.json), more GPUs or nodes, LoRA (lora: in the stage YAML), "
-        "or a smaller model"
-    )
-    head = (
-        f"model of {total / 1e9:.2f}B parameters under ZeRO-{facts.stage} ({ds_name}, {local} process(es) "
-        f"per node) needs about"
-    )
-    problem = None
-    if dev_need > dev_free:
-        problem = (
-            f"{head} {dev_need / GiB:.1f} GiB per GPU for model states (DeepSpeed's estimate, before "
-            f"activations) but {where}; {fix}"
-        )
-    elif host_need > host_free:
-        problem = f"{head} {host_need / GiB:.1f} GiB of host memory but {host_free / GiB:.1f} GiB is available; {fix}"
+    local, cuda = local_world_size(), torch.cuda.is_available()
+    plan = Plan(Shape.of(config), total, largest, facts, ds, work, local, max(1, world_size() // local), cuda)
+    device_free = torch.cuda.mem_get_info(torch.cuda.current_device())[0] if cuda else None
+    problem = memory_refusal(plan, ds_name, psutil.virtual_memory().available, device_free)
     (refusals,) = global_sum([1.0 if problem else 0.0], comm_device())
     if refusals:
-        raise ConfigError(problem or f"{head} more memory than another rank of this run found; {fix}")
+        raise ConfigError(problem or f"{_memory_head(plan, ds_name)}: another rank of this run found too little memory")
+
+
+def memory_refusal(plan: Plan, ds_name: str, host_free: int, device_free: int | None) -> str | None:
+    """One line naming the setting to change when ``plan`` does not fit the free memory, else None.
+
+    ``device_free`` None is the CPU accelerator: its "device" is the host, so each process gets an equal share of
+    what the host states leave free."""
+    if device_free is None:
+        fits, verdict = plan.verdict(max(0, host_free - plan.states()[0]) // plan.gpus_per_node)
+    else:
+        fits, verdict = plan.verdict(device_free, host_free)
+    return None if fits else f"{_memory_head(plan, ds_name)}: {verdict}"
+
+
+def _memory_head(plan: Plan, ds_name: str) -> str:
+    return (
+        f"model of {plan.params / 1e9:.2f}B parameters under ZeRO-{plan.facts.stage} ({ds_name}, "
+        f"{plan.gpus_per_node} process(es) per node) at micro_batch_size {plan.work.micro_batch} x "
+        f"{plan.work.seq_len} tokens"
+    )
 
 
 # ---- loading ----

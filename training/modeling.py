@@ -21,6 +21,7 @@ from training.attention import PackedBloomModel, Varlen, check_attention
 from training.config import ConfigError, ModelConfig
 from training.loading import DsFacts, check_memory, load_model, model_config
 from training.loss import LinearCEHead, as_loss_head
+from training.plan import Workload
 
 LORA_TARGETS = {"pythia": ["query_key_value"], "bloom": ["query_key_value"]}
 
@@ -124,13 +125,15 @@ def build_model(
     ds_name: str = "ds/cpu.json",
     lora: bool = False,
     attn: str = "sdpa",
+    work: Workload | None = None,
 ):
     """The model to train, checked against the data and the memory here, loaded as ``ds`` will train it.
 
     ``init_from`` / ``name_or_path`` load safetensors only, with no remote code; otherwise the tiny shape is
     built from config. Returns (model, keepalive): keep the second alive while training (ZeRO-3's
     ``HfDeepSpeedConfig``). Without ``ds`` the model is built in fp32 for one process (tests, tools).
-    ``attn`` is the attention implementation for packed rows (``training/attention.py``).
+    ``attn`` is the attention implementation for packed rows (``training/attention.py``); ``work`` what one
+    micro-step runs, for the memory plan (default: one row of ``max_len``).
     """
     check_attention(mc.kind, attn, training=False)  # the trainer checks training support before
     cls = MODEL_CLASSES[mc.kind]
@@ -151,7 +154,9 @@ def build_model(
         )
     facts = DsFacts.of(ds or {})
     if ds is not None:
-        check_memory(cls, config, facts, ds_name, lora)
+        check_memory(
+            cls, config, facts, ds, ds_name, work or Workload(micro_batch=1, seq_len=max_len, attn=attn, lora=lora)
+        )
     # transformers runs BLOOM eager only; PackedBloomModel picks its own packed kernel from attn_impl
     config._attn_implementation = attn if mc.kind == "pythia" else "eager"
     model, keep = load_model(cls, config, source, facts, ds or {}, seed)

@@ -53,6 +53,7 @@ from training.modeling import (
     packed_token_losses,
     param_groups,
 )
+from training.plan import Workload
 
 
 def check_inputs(cfg: StageConfig) -> tuple[TokenizedDir, Path | None]:
@@ -149,6 +150,7 @@ class StageRunner:
             ds_name=cfg.deepspeed,
             lora=cfg.lora is not None,
             attn=self.attn,
+            work=Workload.of(cfg, self.data.meta.max_seq_length, self.attn),
         )
         if cfg.gradient_checkpointing:
             enable_checkpointing(model)
