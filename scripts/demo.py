@@ -168,6 +168,7 @@ def main() -> int:
             "48",
             "--out",
             evaluation,
+            *(["--dev-rows", "16"] if args.quick else []),
         ],
         [tok_oa, s1, s2, "training/configs/demo/stage1_oig.yaml"],
         [evaluation],

@@ -8,8 +8,8 @@ For each model and source (the articles' provenance): greedy replies to the firs
 conversation up to its last bot turn) and the share that stops at EOS (``stop_eos``), at a ``<human>:`` tag
 (``stop_tag``, where the chat would cut) or at ``--max-new-tokens`` (``stop_length``); ``forged_tags``, the share
 whose reply writes a role tag; the mean reply length in tokens; and the token-weighted dev loss of the whole dev
-split (``dev_loss``, with the prompt_loss_weight the model's stage trained with: the number the trainer's final
-evaluation prints). JSON under ``models.<label>.sources`` plus a
+split (``dev_loss``; ``--dev-rows N``: its first N rows, for quick looks), with the prompt_loss_weight the model's
+stage trained with: the number the trainer's final evaluation prints. JSON under ``models.<label>.sources`` plus a
 markdown table.
 """
 
@@ -133,15 +133,14 @@ def generate_stats(model, tokenizer, prompts: list[np.ndarray], max_new: int, ba
     }
 
 
-def dev_loss(model, dev: PackedDataset, batch: int, device) -> dict:
-    """Token-weighted dev loss of the whole dev split, in all and per source (as the trainer computes it)."""
+def dev_loss(model, dev: PackedDataset, batch: int, device, rows: int = 0) -> dict:
+    """Token-weighted dev loss of the dev split (its first ``rows`` rows when given), in all and per source (as
+    the trainer computes it)."""
     acc = GroupedLoss(dev.groups.names, device)
+    n = min(len(dev), rows) if rows else len(dev)
     with torch.no_grad():
-        for lo in range(0, len(dev), batch):
-            b = {
-                k: v.to(device)
-                for k, v in collate(dev.__getitems__(list(range(lo, min(len(dev), lo + batch))))).items()
-            }
+        for lo in range(0, n, batch):
+            b = {k: v.to(device) for k, v in collate(dev.__getitems__(list(range(lo, min(n, lo + batch))))).items()}
             acc.add(b, packed_token_losses(model, b))
     return acc.result([float(x) for x in acc.sums()])
 
@@ -171,7 +170,12 @@ def load_model(spec: str, data: TokenizedDir, seed_config: Path | None = None):
 
 
 def evaluate(
-    models: list[tuple[str, str, Path | None]], data_dir: Path, per_source: int, max_new: int, batch: int
+    models: list[tuple[str, str, Path | None]],
+    data_dir: Path,
+    per_source: int,
+    max_new: int,
+    batch: int,
+    dev_rows: int = 0,
 ) -> dict:
     """The evaluation of every (label, model dir, untrained config) on ``data_dir``'s dev split."""
     from transformers import AutoTokenizer
@@ -181,14 +185,20 @@ def evaluate(
         raise ConfigError(f"--data {data_dir}: no dev split; tokenize with --num_dev_splits or --dev_ratio")
     prompts = dev_prompts(PackedDataset(data, "dev", 0.0, groups=True), per_source)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    result = {"data": str(data_dir), "max_new_tokens": max_new, "prompts_per_source": per_source, "models": {}}
+    result = {
+        "data": str(data_dir),
+        "max_new_tokens": max_new,
+        "prompts_per_source": per_source,
+        "dev_rows": dev_rows or None,  # None: the whole dev split
+        "models": {},
+    }
     for label, spec, seed_config in models:
         model, tok_dir, plw = load_model(spec, data, seed_config)
         model.to(device).eval()
         tokenizer = AutoTokenizer.from_pretrained(str(tok_dir or data_dir / "tokenizer"))
         if tokenizer.eos_token_id is None:
             raise ConfigError(f"{tok_dir or data_dir / 'tokenizer'}: the tokenizer has no EOS token")
-        losses = dev_loss(model, PackedDataset(data, "dev", plw, groups=True), batch, device)
+        losses = dev_loss(model, PackedDataset(data, "dev", plw, groups=True), batch, device, dev_rows)
         sources = {}
         for source in sorted(set(prompts) | set(losses["by_source"])):
             stats = generate_stats(model, tokenizer, prompts.get(source, []), max_new, batch, device)
@@ -233,16 +243,21 @@ def main(argv=None) -> int:
     ap.add_argument("--prompts", type=int, default=32, help="dev prompts per source to reply to (default 32)")
     ap.add_argument("--max-new-tokens", type=int, default=256)
     ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument(
+        "--dev-rows", type=int, default=0, help="dev loss over the first N dev rows only (default 0: all; quick looks)"
+    )
     args = ap.parse_args(argv)
     try:
         if not args.model and not args.untrained:
             raise ConfigError("give at least one --model DIR (or --untrained STAGE_CONFIG)")
         if min(args.prompts, args.max_new_tokens, args.batch_size) < 1:
             raise ConfigError("--prompts, --max-new-tokens and --batch-size must be at least 1")
+        if args.dev_rows < 0:
+            raise ConfigError("--dev-rows must be 0 (all) or more")
         models = [(f"untrained ({Path(c).stem})", c, Path(c)) for c in args.untrained] + [
             (m, m, None) for m in args.model
         ]
-        result = evaluate(models, Path(args.data), args.prompts, args.max_new_tokens, args.batch_size)
+        result = evaluate(models, Path(args.data), args.prompts, args.max_new_tokens, args.batch_size, args.dev_rows)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -114,7 +114,14 @@ def memory_refusal(plan: Plan, ds_name: str, host_free: int, device_free: int | 
     ``device_free`` None is the CPU accelerator: its "device" is the host, so each process gets an equal share of
     what the host states leave free."""
     if device_free is None:
-        fits, verdict = plan.verdict(max(0, host_free - plan.states()[0]) // plan.gpus_per_node)
+        host_states = plan.states()[0]
+        if host_states > host_free:
+            return (
+                f"{_memory_head(plan, ds_name)}: needs {host_states / GiB:.1f} GiB of host memory for the model "
+                f"states alone but {host_free / GiB:.1f} GiB is available; use a ZeRO-3 config over more "
+                "processes or machines, LoRA (lora:) or a smaller model"
+            )
+        fits, verdict = plan.verdict((host_free - host_states) // plan.gpus_per_node)
     else:
         fits, verdict = plan.verdict(device_free, host_free)
     return None if fits else f"{_memory_head(plan, ds_name)}: {verdict}"

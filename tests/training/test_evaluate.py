@@ -15,7 +15,7 @@ from tokenization_prep.provenance import row_pieces
 from training.config import ModelConfig, TinyShape
 from training.data import PackedDataset, collate, load_data, row_features
 from training.dev_loss import GroupedLoss
-from training.evaluate import classify
+from training.evaluate import classify, dev_loss
 from training.modeling import build_model, packed_token_losses, weighted_loss
 
 SEQ, SHAPE, SEED = 128, {"hidden_size": 32, "num_layers": 2, "num_heads": 4}, 5
@@ -124,10 +124,16 @@ def test_evaluate_command_side_by_side(mixed_dir, tmp_path):
         assert s["prompts"] == 3 and s["stop_eos"] + s["stop_tag"] + s["stop_length"] == pytest.approx(1)
         assert s == untrained["sources"][source]  # the same seed builds the same weights: the same numbers
     assert f"| {model_dir} | dolly |" in r.stdout
+    # --dev-rows N: the dev loss of the first N rows only, the supervised tokens of exactly those rows
+    dev = PackedDataset(load_data(mixed_dir), "dev", 0.0, groups=True)
+    first2 = float(sum(dev[i]["weights"][:-1].sum() for i in range(2)))
+    part = dev_loss(tiny(mixed_dir).eval(), dev, 1, torch.device("cpu"), rows=2)
+    assert sum(part["tokens_by_source"].values()) == first2 < sum(s["dev_tokens"] for s in saved["sources"].values())
     bad = [
         (("--model", str(tmp_path), "--data", str(mixed_dir)), "not a model dir"),
         (("--model", str(model_dir), "--data", str(tmp_path / "nope")), "no such directory"),
         (("--data", str(mixed_dir)), "give at least one --model"),
+        (("--model", str(model_dir), "--data", str(mixed_dir), "--dev-rows", "-1"), "--dev-rows must be"),
     ]
     no_dev = tmp_path / "no_dev"
     tokenize(

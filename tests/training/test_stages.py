@@ -187,6 +187,7 @@ def test_bad_inputs_fail_before_training_in_one_line(token_dirs, stage_config, t
 
 
 @pytest.mark.slow
+@pytest.mark.lowest
 def test_zero3_offload_bf16_runs_on_cpu_and_fp16_is_one_line(token_dirs, stage_config, tmp_path):
     """ZeRO-3 with CPU offload trains and saves what ZeRO-2 does from the same weights (shards gathered)."""
     base = tmp_path / "base"  # one starting point: ZeRO-3 initializes a config-built model differently
