@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Sets everything up, then runs ruff (lint and format check), the whole test suite (slow tests included) and the
-# training and inference tests again with the lowest transformers we claim (scripts/lowest_versions.sh).
+# Sets everything up, then runs ruff (lint and format check), the whole test suite (slow tests included; the
+# training tests in one lane, the rest in another) and the training and inference tests again with the lowest
+# transformers we claim (scripts/lowest_versions.sh).
 #   bash scripts/test.sh --fast    your own loop: no slow tests, no lowest-versions run
 #   bash scripts/test.sh ARGS      pytest ARGS on the locked versions only (e.g. tests/training -k packed)
 set -euo pipefail
@@ -31,13 +32,31 @@ fi
 if [ "$#" -gt 0 ]; then
   exec .venv/bin/python -m pytest "$@"
 fi
-.venv/bin/python -m pytest tests
-bash scripts/lowest_versions.sh
-echo "training and inference tests with transformers 5.17 (the lowest we claim), beside the locked set"
-export PYTHONPATH=.venv/lowest
-.venv/bin/python -c "import sys, transformers as t; print('transformers', t.__version__); sys.exit(t.__version__ != '5.17.0')"
-exec .venv/bin/python -m pytest -m "not slow or lowest" -p no:cacheprovider tests/training/test_packing_attention.py \
-  tests/training/test_memory.py tests/training/test_loss.py tests/training/test_data.py tests/training/test_plan.py \
-  tests/training/test_export.py tests/training/test_stages.py tests/inference/test_generate_api.py \
-  tests/inference/test_kv_cache.py tests/inference/test_sampling_and_loading.py \
-  --deselect tests/training/test_stages.py::test_bad_inputs_fail_before_training_in_one_line
+# Two lanes on the machine's cores: the training tests (then the lowest-versions run) beside all the others; each
+# lane has its own pytest temp dir, and the second lane's output is printed when it ends.
+LANES="$(mktemp -d)"
+.venv/bin/python -m pytest tests --ignore=tests/training --basetemp="$LANES/rest" >"$LANES/rest.log" 2>&1 &
+REST=$!
+set +e
+.venv/bin/python -m pytest tests/training --basetemp="$LANES/training"
+TRAINING=$?
+LOWEST=0
+if [ "$TRAINING" -eq 0 ]; then
+  bash scripts/lowest_versions.sh
+  echo "training and inference tests with transformers 5.17 (the lowest we claim), beside the locked set"
+  PYTHONPATH=.venv/lowest .venv/bin/python -c \
+    "import sys, transformers as t; print('transformers', t.__version__); sys.exit(t.__version__ != '5.17.0')" &&
+    PYTHONPATH=.venv/lowest .venv/bin/python -m pytest -m "not slow or lowest" -p no:cacheprovider \
+      --basetemp="$LANES/lowest" tests/training/test_packing_attention.py tests/training/test_memory.py \
+      tests/training/test_loss.py tests/training/test_data.py tests/training/test_plan.py \
+      tests/training/test_export.py tests/training/test_stages.py tests/inference/test_generate_api.py \
+      tests/inference/test_kv_cache.py tests/inference/test_sampling_and_loading.py \
+      --deselect tests/training/test_stages.py::test_bad_inputs_fail_before_training_in_one_line
+  LOWEST=$?
+fi
+wait "$REST"
+OTHERS=$?
+echo "---- the other tests (data_prep, tokenization_prep, inference, demo, benchmarks), run beside the training tests"
+cat "$LANES/rest.log"
+echo "exit codes: training $TRAINING, lowest transformers $LOWEST, others $OTHERS"
+[ "$TRAINING" -eq 0 ] && [ "$LOWEST" -eq 0 ] && [ "$OTHERS" -eq 0 ]
