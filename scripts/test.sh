@@ -35,7 +35,9 @@ fi
 # Two lanes on the machine's cores: the training tests (then the lowest-versions run) beside all the others; each
 # lane has its own pytest temp dir, and the second lane's output is printed when it ends.
 LANES="$(mktemp -d)"
-.venv/bin/python -m pytest tests --ignore=tests/training --basetemp="$LANES/rest" >"$LANES/rest.log" 2>&1 &
+INTERACTIVE=(tests/inference/test_chat_cli.py tests/inference/test_serve.py tests/inference/test_web_page.py)
+IGNORE=(--ignore=tests/training "${INTERACTIVE[@]/#/--ignore=}")  # timed by their clients: run alone at the end
+.venv/bin/python -m pytest tests "${IGNORE[@]}" --basetemp="$LANES/rest" >"$LANES/rest.log" 2>&1 &
 REST=$!
 set +e
 .venv/bin/python -m pytest tests/training --basetemp="$LANES/training"
@@ -58,5 +60,8 @@ wait "$REST"
 OTHERS=$?
 echo "---- the other tests (data_prep, tokenization_prep, inference, demo, benchmarks), run beside the training tests"
 cat "$LANES/rest.log"
-echo "exit codes: training $TRAINING, lowest transformers $LOWEST, others $OTHERS"
-[ "$TRAINING" -eq 0 ] && [ "$LOWEST" -eq 0 ] && [ "$OTHERS" -eq 0 ]
+echo "---- the chat CLI, the server and the web page, alone (their clients time them)"
+.venv/bin/python -m pytest "${INTERACTIVE[@]}" --basetemp="$LANES/interactive"
+ALONE=$?
+echo "exit codes: training $TRAINING, lowest transformers $LOWEST, others $OTHERS, interactive $ALONE"
+[ "$TRAINING" -eq 0 ] && [ "$LOWEST" -eq 0 ] && [ "$OTHERS" -eq 0 ] && [ "$ALONE" -eq 0 ]
