@@ -270,8 +270,10 @@ for refusing in ([], ["1"]):  # no rank refuses; then rank 1 alone (e.g. its nod
         results.append("ok")
     except ConfigError as exc:
         results.append(str(exc))
+dist.barrier()  # ENV.md: a barrier before destroy, and no interpreter teardown, or gloo may abort at exit
 dist.destroy_process_group()
-print(json.dumps(results))
+print(json.dumps(results), flush=True)
+os._exit(0)
 """
 
 
