@@ -319,8 +319,8 @@ def main(argv=None) -> int:
     peak, device_name = peak_flops(args.peak_tflops)
     data = prepare_data(args.work, seq, args.packing)
     budget("data", t_start, t_start)
+    from common.errors import ConfigError
     from training.attention import check_attention
-    from training.config import ConfigError
     from training.data import PackedDataset
 
     train = PackedDataset(data, "train", 0.0)

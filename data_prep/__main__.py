@@ -7,7 +7,7 @@ python -m data_prep prepare_chat --input [NAME=]SPEC ... --output chat.jsonl
 
 import sys
 
-from data_prep.cli import dispatch
+from common.cli import dispatch
 
 COMMANDS = {
     "prepare_oa_dolly": ("data_prep.prepare_oa_dolly", "Dolly-15k + OASST1 -> stage 2 chat JSONL (BLOOMChat's)"),

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import orjson
 
-from data_prep.readers import DataError
+from common.errors import DataError
 
 
 @dataclass
@@ -67,7 +67,7 @@ class Report:
         self.rejects.append(orjson.dumps(entry))
 
     def write_rejects(self, path: Path) -> None:
-        from data_prep.atomic import atomic_write
+        from common.files import atomic_write
 
         with atomic_write(path) as fh:
             for row in self.rejects:

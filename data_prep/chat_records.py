@@ -5,7 +5,7 @@ A record is ``{"messages": [{"role": ..., "content": ...}, ...]}`` (OpenAI; ``co
 (ShareGPT; role/content items are read there too; a record-level ``"system"`` string is a leading system
 message). Roles map to the chat format's two: user/human -> human,
 assistant/gpt/bot/chatgpt/model -> bot. System (and OpenAI ``developer``) messages follow one stated rule,
-``data_prep.chat_format.apply_system_rule``; tool, function and unknown roles, tool calls and non-text parts
+``common.chat_format.apply_system_rule``; tool, function and unknown roles, tool calls and non-text parts
 reject the record with a reason. A trailing user message with no reply is left out and counted.
 """
 
@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from typing import Iterator
 
+from common.chat_format import BOT, HUMAN, SYSTEM_RULES, Conversation, Turn, apply_system_rule, validate_turns
 from data_prep.accounting import Report
-from data_prep.chat_format import BOT, HUMAN, SYSTEM_RULES, Conversation, Turn, apply_system_rule, validate_turns
 from data_prep.readers import iter_source
 
 ROLES = {"user": HUMAN, "human": HUMAN, "assistant": BOT, "gpt": BOT, "bot": BOT, "chatgpt": BOT, "model": BOT}

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Iterator
 
+from common.chat_format import BOT, HUMAN, Conversation, Turn
 from data_prep.accounting import Report
-from data_prep.chat_format import BOT, HUMAN, Conversation, Turn
 from data_prep.readers import iter_source
 
 DOLLY_HUB_ID = "databricks/databricks-dolly-15k"

@@ -15,8 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterator
 
+from common.chat_format import BOT, HUMAN, Conversation, Turn
 from data_prep.accounting import Report, SourceStats
-from data_prep.chat_format import BOT, HUMAN, Conversation, Turn
 from data_prep.readers import RawRecord, iter_source
 
 OASST_HUB_ID = "OpenAssistant/oasst1"

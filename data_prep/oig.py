@@ -12,9 +12,11 @@ import sys
 from pathlib import Path
 from typing import Iterator
 
+from common.chat_format import HUMAN, Conversation, parse_text, validate_turns
+from common.errors import DataError
+from common.files import looks_like_hub_id
 from data_prep.accounting import Report
-from data_prep.chat_format import HUMAN, Conversation, parse_text, validate_turns
-from data_prep.readers import DataError, RawRecord, iter_file, iter_hub, looks_like_hub_id
+from data_prep.readers import RawRecord, iter_file, iter_hub
 
 OIG_HUB_ID = "laion/OIG"
 DEFAULT_SAMPLE = 100_000

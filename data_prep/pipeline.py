@@ -13,8 +13,9 @@ from pathlib import Path
 
 import orjson
 
+from common.errors import DataError
+from common.files import atomic_write
 from data_prep.accounting import Report
-from data_prep.atomic import atomic_write
 from data_prep.chat_records import chat_record_conversations
 from data_prep.dolly import dolly_conversations
 from data_prep.oasst import OasstConverter, OasstFilters
@@ -26,7 +27,6 @@ from data_prep.oig import (
     resolve_oig_inputs,
     sample_oig_file,
 )
-from data_prep.readers import DataError
 from data_prep.writer import ConversationWriter
 
 

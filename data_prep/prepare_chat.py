@@ -11,7 +11,8 @@ message. Tool/function/unknown roles and non-text content are quarantined with t
 
 import sys
 
-from data_prep.chat_format import SYSTEM_RULES
+from common.chat_format import SYSTEM_RULES
+from common.cli import guard
 from data_prep.cli import base_parser, run_main
 from data_prep.pipeline import prepare_chat
 
@@ -52,4 +53,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(guard(main))

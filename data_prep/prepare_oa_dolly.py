@@ -8,6 +8,7 @@ Usage (hub ids are the defaults; local files or directories work the same):
 
 import sys
 
+from common.cli import guard
 from data_prep.cli import base_parser, run_main
 from data_prep.dolly import DOLLY_HUB_ID
 from data_prep.oasst import MODES, OASST_HUB_ID, OasstFilters
@@ -54,4 +55,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(guard(main))

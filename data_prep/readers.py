@@ -14,23 +14,12 @@ from typing import Iterator
 
 import orjson
 
+from common.errors import DataError, first_line
+from common.files import clean_line, looks_like_hub_id
+
 # A line longer than this is rejected unread (the biggest real record, in dolly, is ~60 kB).
 MAX_LINE_BYTES = 8 * 1024 * 1024
 DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".jsonl.gz", ".json.gz")
-
-
-class DataError(Exception):
-    """Bad input or settings: a one-line message that names the file, the line and the fix."""
-
-
-def first_line(exc: BaseException) -> str:
-    """One line saying why a library refused: every field of a pydantic error, else the message's first line
-    (every stage words its errors with this)."""
-    from pydantic import ValidationError
-
-    if isinstance(exc, ValidationError):
-        return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in exc.errors())
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 @dataclass
@@ -58,13 +47,6 @@ def _read_capped_line(fh, limit: int) -> tuple[bytes | None, bool]:
         chunk = fh.readline(1 << 20)
         if not chunk or chunk.endswith(b"\n"):
             return line[:200], True
-
-
-def clean_line(raw: bytes, at_file_start: bool) -> bytes:
-    """A raw line without its end of line (LF or CRLF) and, at the start of a file, without a BOM."""
-    if at_file_start and raw.startswith(b"\xef\xbb\xbf"):
-        raw = raw[3:]
-    return raw.rstrip(b"\r\n")
 
 
 def decode_line(raw: bytes) -> tuple[dict | None, str | None]:
@@ -167,12 +149,6 @@ def iter_file(path: Path) -> Iterator[RawRecord]:
 def data_files_in(directory: Path) -> list[Path]:
     """The data files of a directory, sorted by name so runs are reproducible."""
     return sorted(p for p in directory.iterdir() if p.is_file() and p.name.endswith(DATA_SUFFIXES))
-
-
-def looks_like_hub_id(spec: str) -> bool:
-    """``owner/name`` that is not a path on disk."""
-    parts = spec.split("/")
-    return len(parts) == 2 and all(parts) and not Path(spec).exists() and not spec.startswith((".", "~"))
 
 
 def iter_source(spec: str, split: str = "train") -> Iterator[RawRecord]:

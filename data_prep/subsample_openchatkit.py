@@ -7,6 +7,7 @@ Usage (the hub id is the default; a directory of OIG files or one file works the
 
 import sys
 
+from common.cli import guard
 from data_prep.cli import base_parser, run_main
 from data_prep.oig import BLOOMCHAT_OIG_FILES, DEFAULT_SAMPLE, OIG_HUB_ID
 from data_prep.pipeline import subsample_openchatkit
@@ -57,4 +58,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(guard(main))

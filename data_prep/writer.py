@@ -12,9 +12,9 @@ from pathlib import Path
 
 import orjson
 
+from common.chat_format import Conversation, Turn, escape_role_tags, render_text, to_bloomchat, to_pairs
+from common.files import atomic_write
 from data_prep.accounting import Report
-from data_prep.atomic import atomic_write
-from data_prep.chat_format import Conversation, Turn, escape_role_tags, render_text, to_bloomchat, to_pairs
 
 FORMATS = ("pairs", "bloomchat")
 

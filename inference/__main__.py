@@ -6,7 +6,7 @@ python -m inference serve --model training/ckpt/stage2_oa_dolly/final [--host 12
 
 import sys
 
-from data_prep.cli import dispatch
+from common.cli import dispatch
 
 COMMANDS = {
     "chat": ("inference.chat", "interactive chat in the terminal (or one --message)"),
@@ -14,7 +14,4 @@ COMMANDS = {
 }
 
 if __name__ == "__main__":
-    try:
-        sys.exit(dispatch("inference", COMMANDS))
-    except KeyboardInterrupt:  # Ctrl-C while a model loads: no traceback
-        sys.exit(130)
+    sys.exit(dispatch("inference", COMMANDS))

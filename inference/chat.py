@@ -7,6 +7,8 @@ python inference/chat.py --model sambanovasystems/BLOOMChat-176B-v1 --device aut
 import argparse
 import sys
 
+from common.cli import guard
+
 PROG = "python -m inference chat"
 
 
@@ -69,8 +71,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:  # Ctrl-C while the model loads: no traceback
-        print("\ninterrupted", file=sys.stderr)
-        sys.exit(130)
+    sys.exit(guard(main))

@@ -1,7 +1,7 @@
 """Generation over any model the training stage writes (or a hub id, or a LoRA adapter dir).
 
 ``load_model_tokenizer_for_generate`` and ``generate_response`` follow Dolly's API; ``ChatSession`` keeps a
-multi-turn history rendered by ``data_prep.chat_format`` (the exact text training saw), trims the oldest
+multi-turn history rendered by ``common.chat_format`` (the exact text training saw), trims the oldest
 turns to fit the context, streams text, and stops at the trained end-of-turn token or at a ``<human>:``
 tag, which is never printed even in part. The KV cache of the previous turn is kept and reused for the
 unchanged token prefix of the next prompt, so a turn costs its new tokens, not the whole history; it grows by
@@ -18,7 +18,7 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
-from data_prep.chat_format import (
+from common.chat_format import (
     BOT,
     HUMAN,
     HUMAN_TAG,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from training.config import ConfigError, first_line
+from common.errors import ConfigError, UserError, first_line
 from training.export import merged_model, read_adapter_config
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -20,7 +20,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 SAFE = ("use_safetensors", "trust_remote_code")  # always set by merged_model
 
 
-class LoadError(Exception):
+class LoadError(UserError):
     """Why the model cannot be loaded, and what to do, in one line."""
 
 

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import orjson
 
+from common.errors import first_line
 from inference.generate import ChatSession, Reply, as_data_prep_line, turns
 from inference.sampling import Sampling, SettingError
-from training.config import first_line
 
 HELP = f"""commands:
   /reset              forget the conversation

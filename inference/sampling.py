@@ -13,12 +13,13 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from training.config import GENERATION_DEFAULTS
+from common.chat_format import GENERATION_DEFAULTS
+from common.errors import UserError
 
 MIN_PROMPT_TOKENS = 16  # what a reply may never take from the context
 
 
-class SettingError(ValueError):
+class SettingError(UserError):
     """A sampling setting that cannot be used, said in one line; ``field`` names it when there is one."""
 
     def __init__(self, message: str, field: str | None = None):

@@ -9,7 +9,8 @@ import socket
 import sys
 from pathlib import Path
 
-from data_prep.chat_format import SYSTEM_RULES
+from common.chat_format import SYSTEM_RULES
+from common.cli import guard
 
 PROG = "python -m inference serve"
 
@@ -85,4 +86,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(guard(main))

@@ -1,7 +1,7 @@
 """An OpenAI-compatible chat server over a trained model (FastAPI), plus the web chat page at ``/``.
 
 ``POST /v1/chat/completions`` (streamed as server-sent events, or not) and ``GET /v1/models``. Messages are
-rendered by ``data_prep.chat_format`` exactly as in training and in the CLI (role tags escaped, oldest turns
+rendered by ``common.chat_format`` exactly as in training and in the CLI (role tags escaped, oldest turns
 trimmed to fit the context); sampling settings go through the same validated ``Sampling`` object. One model
 generates one reply at a time: requests wait in a queue (a single worker thread), so concurrent clients are
 all answered. Bad requests get OpenAI-shaped JSON errors: ``{"error": {"message", "type", "param", "code"}}``.
@@ -27,10 +27,10 @@ from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
-from data_prep.chat_format import HUMAN, Turn, apply_system_rule
+from common.chat_format import HUMAN, Turn, apply_system_rule
+from common.errors import first_line
 from inference.generate import ChatSession, Exchange, Reply, context_length
 from inference.sampling import Sampling, SettingError
-from training.config import first_line
 
 PAGE = Path(__file__).with_name("web") / "index.html"
 
@@ -139,7 +139,7 @@ def sampling_for(req: ChatRequest, defaults: Sampling, context: int) -> Sampling
 def create_app(loaded, defaults: Sampling, model_id: str, system: str = "reject") -> FastAPI:
     """The app serving ``loaded`` (an ``inference.loading.Loaded``) under the name ``model_id``.
 
-    ``system``: the rule for system messages ("reject" or "fold", as in ``data_prep.chat_format``)."""
+    ``system``: the rule for system messages ("reject" or "fold", as in ``common.chat_format``)."""
     app = FastAPI(title="bloomchat-pipeline server", docs_url=None, redoc_url=None)
     worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="generate")  # the request queue
     created = int(time.time())

@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from data_prep.atomic import sha256_file
+from common.files import sha256_file
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable

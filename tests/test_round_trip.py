@@ -9,7 +9,7 @@ import sys
 import h5py
 import pytest
 
-from data_prep.chat_format import BOT, HUMAN, join_pairs, parse_text
+from common.chat_format import BOT, HUMAN, join_pairs, parse_text
 from data_prep.pipeline import prepare_oa_dolly
 from inference.generate import ChatSession, Exchange, Reply
 from tests.conftest import OASST_TREES, PYTHIA_TOKENIZER, ROOT

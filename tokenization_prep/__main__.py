@@ -12,7 +12,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from data_prep.readers import DataError
+from common.cli import guard
+from common.errors import DataError
 from tokenization_prep.settings import BOUNDARIES, ArticleSettings, PipelineConfig, build
 
 
@@ -192,7 +193,7 @@ def run(args) -> int:
         )
         summary = f"wrote {m.sequences:,} sequences ({m.articles:,} articles from {m.lines:,} lines) to {out}"
         if log_path:
-            from data_prep.atomic import atomic_write
+            from common.files import atomic_write
 
             with atomic_write(log_path, "w") as fh:
                 fh.write("".join(f"{k}: {v}\n" for k, v in vars(args).items()) + summary + "\n")
@@ -224,4 +225,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(guard(main))

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import orjson
 
+from common.errors import DataError
 from tokenization_prep.schema import COMPLETION, PADDING, PROMPT, SEP  # noqa: F401 (re-exported)
 from tokenization_prep.settings import ArticleSettings  # noqa: F401 (re-exported)
 
@@ -29,7 +30,7 @@ PROMPT_PLACEHOLDER, COMPLETION_PLACEHOLDER = "<prompt_placeholder>", "<completio
 _PLACEHOLDERS = re.compile(f"({PROMPT_PLACEHOLDER}|{COMPLETION_PLACEHOLDER})")
 
 
-class InputFormatError(ValueError):
+class InputFormatError(DataError):
     """A line that is not in a format this stage reads (the message says why)."""
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from common.errors import DataError
 from tokenization_prep.articles import COMPLETION, PADDING, PROMPT, SEP
 
 MARKS = {PROMPT: ("[PROMPT]", "[/PROMPT]"), COMPLETION: ("[COMPLETION]", "[/COMPLETION]")}
@@ -63,9 +64,9 @@ def decode_file(path: Path, tokenizer, index: int | None = None, explain: bool =
         ids, types = f["input_ids"], f["token_type_ids"]
         rows = range(len(ids)) if index is None else [index]
         if index is not None and not 0 <= index < len(ids):
-            raise IndexError(f"--index {index} out of range: {path} has {len(ids)} sequences")
+            raise DataError(f"--index {index} out of range: {path} has {len(ids)} sequences")
         if explain and not has_provenance(f):
-            raise ValueError(
+            raise DataError(
                 f"{path} has no provenance (written by generative_data_prep or an older "
                 "tokenization_prep); re-tokenize it with python -m tokenization_prep to use --explain"
             )

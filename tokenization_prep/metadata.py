@@ -17,8 +17,8 @@ import orjson
 import yaml
 from pydantic import ValidationError
 
-from data_prep.atomic import sha256_file
-from data_prep.readers import DataError, first_line
+from common.errors import DataError, first_line
+from common.files import sha256_file
 from tokenization_prep.schema import FILES_METADATA, DatasetMetadata, TokenizedMetadata, tokenizer_fingerprint
 
 
@@ -78,7 +78,7 @@ def write_files_metadata(out: Path, pending: dict[str, bytes]) -> None:
     plus ``pending`` files (name -> bytes) that will be written after it (the manifest, our last file)."""
     import time
 
-    from data_prep.atomic import atomic_write
+    from common.files import atomic_write
 
     entries = {}
     for path in listed_files(out):

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from data_prep.readers import DataError
+from common.errors import DataError
 from tokenization_prep.articles import COMPLETION, SEP
 from tokenization_prep.hdf5_io import TokenStore
 from tokenization_prep.packing import PackingConfig

@@ -19,8 +19,8 @@ import numpy as np
 import orjson
 import yaml
 
-from data_prep.atomic import atomic_write, sha256_file
-from data_prep.readers import DataError, clean_line
+from common.errors import DataError
+from common.files import atomic_write, clean_line, sha256_file
 from tokenization_prep.articles import ArticleTokenizer
 from tokenization_prep.hdf5_io import TokenStore, write_hdf5
 from tokenization_prep.metadata import dataset_metadata, write_files_metadata

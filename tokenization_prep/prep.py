@@ -19,8 +19,8 @@ import numpy as np
 import orjson
 from tqdm import tqdm
 
-from data_prep.atomic import atomic_write
-from data_prep.readers import DataError, clean_line
+from common.errors import DataError
+from common.files import atomic_write, clean_line
 from tokenization_prep.articles import (
     COMPLETION,
     PROMPT,

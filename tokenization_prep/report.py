@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-from data_prep.atomic import atomic_write, pyplot, save_png
+from common.files import atomic_write
+from common.plots import pyplot, save_png
 
 
 def metrics_table(splits: dict) -> list[str]:

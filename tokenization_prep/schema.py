@@ -23,8 +23,8 @@ import orjson
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from data_prep.atomic import sha256_file
-from data_prep.readers import DataError, first_line
+from common.errors import DataError, first_line
+from common.files import sha256_file
 
 PROMPT, COMPLETION, PADDING, SEP = 0, 1, 2, 3  # token_type_ids
 MANIFEST = "manifest.sha256"

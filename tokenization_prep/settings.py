@@ -7,7 +7,7 @@ from typing import Callable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from data_prep.readers import DataError
+from common.errors import DataError
 
 BOUNDARIES = ("jsonl", "prompt_completion_pair")
 SHUFFLES = ("False", "on_RAM", "large_file")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from data_prep.readers import DataError
+from common.errors import DataError
 
 
 @dataclass

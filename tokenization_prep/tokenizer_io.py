@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from data_prep.chat_format import CHAT_TEMPLATE
-from data_prep.readers import DataError, first_line, looks_like_hub_id
+from common.chat_format import CHAT_TEMPLATE
+from common.errors import DataError, first_line
+from common.files import looks_like_hub_id
 
 EOS = "<|endoftext|>"
 

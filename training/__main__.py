@@ -7,7 +7,7 @@ python -m training plot_losses OUT.png STAGE_DIR [STAGE_DIR ...]
 python -m training plan --config training/configs/stage1_oig.yaml --gpus 8 --gpu-memory 80 [--nodes N]
 """
 
-from data_prep.cli import dispatch
+from common.cli import dispatch
 
 COMMANDS = {
     "run": ("training.run", "train one stage with DeepSpeed (one process, or deepspeed, torchrun, mpirun, srun)"),

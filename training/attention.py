@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from transformers.modeling_outputs import BaseModelOutputWithPastAndCrossAttentions
 from transformers.models.bloom.modeling_bloom import BloomAttention, BloomModel, dropout_add
 
-from training.config import ConfigError
+from common.errors import ConfigError
 
 IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2", "flex_attention")
 SUPPORTED = {"pythia": IMPLEMENTATIONS, "bloom": IMPLEMENTATIONS}

@@ -23,8 +23,8 @@ from deepspeed.checkpoint.constants import (
     UNIVERSAL_CHECKPOINT_VERSION_VALUE,
 )
 
-from data_prep.atomic import atomic_write
-from training.config import ConfigError
+from common.errors import ConfigError
+from common.files import atomic_write
 from training.distributed import comm_device, global_sum, load_rng, rank, save_rng
 
 TOPOLOGY_KEYS = ("world_size", "micro_batch_size", "gradient_accumulation_steps", "zero_stage")

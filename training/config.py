@@ -13,17 +13,9 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from data_prep.readers import first_line  # noqa: F401 (training and inference import it from here)
-
-# BLOOMChat's sampling settings: written into every final model's generation_config.json, and the chat's
-# defaults when a model has none (inference.sampling)
-GENERATION_DEFAULTS = {"temperature": 0.8, "top_p": 0.9, "repetition_penalty": 1.2, "max_new_tokens": 512}
+from common.errors import ConfigError, first_line
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-class ConfigError(Exception):
-    """A config problem, said in one line: the file, the field, what is wrong."""
 
 
 class Strict(BaseModel):

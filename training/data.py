@@ -22,7 +22,7 @@ import h5py
 import numpy as np
 import torch
 
-from data_prep.readers import DataError
+from common.errors import ConfigError, DataError, first_line
 from tokenization_prep.provenance import TokenGroups
 from tokenization_prep.schema import (
     COMPLETION,
@@ -33,7 +33,6 @@ from tokenization_prep.schema import (
     dir_tokenizer_sha256,
     load_tokenized_dir,
 )
-from training.config import ConfigError, first_line
 
 
 def load_data(data_dir: Path, full: bool = False, name: str = "data_dir") -> TokenizedDir:

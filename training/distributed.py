@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data_prep.atomic import atomic_write
-from training.config import ConfigError
+from common.errors import ConfigError
+from common.files import atomic_write
 
 
 def rank() -> int:
@@ -209,7 +209,7 @@ def refuse_together(refusal: Exception | None) -> None:
     """Raise on every rank if any rank refused before training (a ConfigError found before the process group
     started), so no rank is left waiting in a collective. Each rank says its own reason, or names the first
     rank that refused. One all-reduce of a world-sized vector; nothing for one process."""
-    from training.config import ConfigError
+    from common.errors import ConfigError
 
     if not torch.distributed.is_initialized() or torch.distributed.get_world_size() < 2:
         if refusal is not None:

@@ -24,11 +24,13 @@ import h5py
 import numpy as np
 import torch
 
-from data_prep.atomic import atomic_write
-from data_prep.chat_format import BOT_TAG, HUMAN_TAG
+from common.chat_format import BOT_TAG, HUMAN_TAG
+from common.cli import guard
+from common.errors import ConfigError, first_line
+from common.files import atomic_write
 from tokenization_prep.provenance import has_provenance, name_tables, row_pieces
 from tokenization_prep.schema import TokenizedDir
-from training.config import ConfigError, ModelConfig, first_line, load_config
+from training.config import ModelConfig, load_config
 from training.data import (
     COMPLETION,
     PROMPT,
@@ -273,4 +275,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(guard(main))

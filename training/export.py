@@ -13,7 +13,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from training.config import ConfigError, StageConfig, first_line
+from common.errors import ConfigError, first_line
+from training.config import StageConfig
 from training.distributed import rank
 
 

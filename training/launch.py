@@ -23,7 +23,7 @@ import subprocess
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from training.config import ConfigError
+from common.errors import ConfigError
 
 DEFAULT_PORT = 29500  # torch's own default; the port every rank of an mpirun/srun job assumes when none is exported
 TORCH = "torchrun/deepspeed"  # and anything else that sets the torch variables

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import torch
 
-from training.config import ConfigError, ModelConfig, first_line
+from common.errors import ConfigError, first_line
+from training.config import ModelConfig
 from training.distributed import comm_device, global_sum, local_world_size, world_size
 from training.plan import Plan, Shape, Workload, count_params
 

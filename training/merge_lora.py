@@ -28,7 +28,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from training.config import ConfigError, first_line
+from common.cli import guard
+from common.errors import ConfigError, first_line
 from training.export import read_adapter_config
 
 INDEX = "model.safetensors.index.json"
@@ -355,4 +356,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(guard(main))

@@ -17,8 +17,9 @@ from transformers import BloomConfig, BloomForCausalLM, GPTNeoXConfig, GPTNeoXFo
 from transformers.modeling_outputs import CausalLMOutput
 from transformers.models.bloom.modeling_bloom import BloomPreTrainedModel
 
+from common.errors import ConfigError
 from training.attention import PackedBloomModel, Varlen, check_attention
-from training.config import ConfigError, ModelConfig
+from training.config import ModelConfig
 from training.loading import DsFacts, check_memory, load_model, model_config
 from training.loss import LinearCEHead, as_loss_head
 from training.plan import Workload

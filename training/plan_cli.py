@@ -16,10 +16,11 @@ from pathlib import Path
 
 from transformers import BloomConfig, GPTNeoXConfig
 
-from data_prep.readers import DataError
+from common.cli import guard
+from common.errors import ConfigError, DataError
 from tokenization_prep.schema import read_metadata
 from training.attention import SUPPORTED, resolve_attention
-from training.config import ConfigError, StageConfig, deepspeed_dict, load_config
+from training.config import StageConfig, deepspeed_dict, load_config
 from training.loading import DsFacts, model_config
 from training.modeling import MODEL_CLASSES
 from training.plan import CUDA_CONTEXT, FRAGMENTATION, GiB, Plan, Shape, Workload, count_params
@@ -215,4 +216,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(guard(main))

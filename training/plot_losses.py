@@ -6,7 +6,8 @@ import json
 import sys
 from pathlib import Path
 
-from data_prep.atomic import pyplot, save_png
+from common.cli import guard
+from common.plots import pyplot, save_png
 
 
 def plot_losses(stage_dirs: list[Path], out_png: Path) -> Path:
@@ -38,4 +39,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(guard(main))

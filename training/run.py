@@ -10,6 +10,8 @@ import argparse
 import os
 import sys
 
+from common.cli import guard
+
 
 def launch_env() -> None:
     """Export RANK/WORLD_SIZE/LOCAL_RANK/MASTER_* from the launcher's own variables (torchrun, deepspeed, mpirun,
@@ -37,7 +39,8 @@ def main(argv=None) -> int:
     ap.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by the deepspeed launcher
     args = ap.parse_args(argv)
 
-    from training.config import ConfigError, load_config
+    from common.errors import ConfigError
+    from training.config import load_config
 
     try:
         cfg = load_config(args.config)
@@ -106,4 +109,4 @@ def exit_process(code: int) -> None:
 
 
 if __name__ == "__main__":
-    exit_process(main())
+    exit_process(guard(main))

@@ -20,11 +20,13 @@ from pathlib import Path
 
 import torch
 
-from data_prep.atomic import atomic_write, sha256_file
+from common.chat_format import GENERATION_DEFAULTS
+from common.errors import ConfigError, first_line
+from common.files import atomic_write, sha256_file
 from tokenization_prep.schema import TokenizedDir, tokenizer_fingerprint
 from training import checkpoint
 from training.attention import check_attention, resolve_attention
-from training.config import GENERATION_DEFAULTS, ConfigError, StageConfig, deepspeed_dict, first_line
+from training.config import StageConfig, deepspeed_dict
 from training.data import (
     PackedDataset,
     StepSampler,

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from common.errors import DataError
 from data_prep.pipeline import prepare_oa_dolly
-from data_prep.readers import DataError
 from tests.conftest import OASST_ROWS, OASST_TREES, ROOT
 
 BAD = Path(__file__).parent / "bad_input" / "dolly_bad.jsonl"

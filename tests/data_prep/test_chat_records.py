@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from data_prep.chat_format import HUMAN_TAG, join_pairs
+from common.chat_format import HUMAN_TAG, join_pairs
+from common.errors import DataError
 from data_prep.pipeline import prepare_chat
-from data_prep.readers import DataError
 from tests.conftest import ROOT
 
 HERE = Path(__file__).parent / "chat_records"

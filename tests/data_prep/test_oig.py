@@ -4,7 +4,7 @@ import json
 import subprocess
 import sys
 
-from data_prep.chat_format import join_pairs
+from common.chat_format import join_pairs
 from data_prep.pipeline import subsample_openchatkit
 from tests.conftest import OIG_DIR, OIG_JOKES, ROOT
 

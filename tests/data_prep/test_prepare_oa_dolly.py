@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from data_prep.chat_format import join_pairs
+from common.chat_format import join_pairs
 from data_prep.oasst import OasstFilters
 from data_prep.pipeline import prepare_oa_dolly
 from tests.conftest import DOLLY, OASST_ROWS, OASST_TREES

@@ -8,7 +8,7 @@ import sys
 import pexpect
 import pytest
 
-from data_prep.chat_format import join_pairs
+from common.chat_format import join_pairs
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from data_prep.chat_format import BOT, HUMAN, Turn, prompt_for_next_bot_turn
+from common.chat_format import BOT, HUMAN, Turn, prompt_for_next_bot_turn
 from inference.generate import (
     ChatSession,
     ChatStreamer,

@@ -129,7 +129,7 @@ def test_a_client_that_goes_away_frees_the_queue(server):
 
 def test_system_messages_follow_data_preps_rule(tmp_path):
     """Reject by default; with --system fold the first prompt is exactly what prepare_chat --system fold trains on."""
-    from data_prep.chat_format import prompt_for_next_bot_turn
+    from common.chat_format import prompt_for_next_bot_turn
     from data_prep.pipeline import prepare_chat
     from inference.server import ApiError, ChatRequest, to_session_inputs
 

@@ -171,7 +171,7 @@ def test_data_prep_file_equals_gdps(tmp_path, case, packing):
 def test_apply_chat_template_cuts_pairs_as_gdp(tmp_path):
     """gdp's rule with the BLOOMChat template: each pair is the template text up to the next first-turn prefix
     ("<human>: "), so a completion carries the template's EOS and newline, then the pair's own EOS."""
-    from data_prep.chat_format import CHAT_TEMPLATE
+    from common.chat_format import CHAT_TEMPLATE
     from tests.conftest import PYTHIA_TOKENIZER
     from tokenization_prep.tokenizer_io import load_tokenizer
 

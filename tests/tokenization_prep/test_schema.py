@@ -9,7 +9,7 @@ import h5py
 import pytest
 import yaml
 
-from data_prep.readers import DataError
+from common.errors import DataError
 from tests.conftest import GPT2_TOKENIZER, PYTHIA_TOKENIZER, ROOT, chat_jsonl_file, tokenize
 from tokenization_prep.schema import dir_tokenizer_sha256, load_tokenized_dir
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from data_prep.readers import DataError
+from common.errors import DataError
 from tokenization_prep.splits import balance, default_training_splits, split_counts
 
 

@@ -11,9 +11,9 @@ import sys
 import pytest
 import yaml
 
+from common.errors import ConfigError
 from tests.conftest import ROOT
 from tests.training.conftest import final_weights, free_port, max_abs_diff, stage_env
-from training.config import ConfigError
 from training.distributed import check_shared_dir
 from training.launch import DEFAULT_PORT, Placement, export, first_host, resolve
 
@@ -254,7 +254,7 @@ def test_a_slurm_style_launch_trains_like_torchrun(token_dirs, torchrun_weights)
 SHARED_CHECK = """
 import json, os, sys
 import torch.distributed as dist
-from training.config import ConfigError
+from common.errors import ConfigError
 from training.distributed import check_shared_dir, refuse_together
 dist.init_process_group("gloo")
 results = []

@@ -52,7 +52,7 @@ def test_gradient_checkpointing_keeps_loss_and_gradients(kind, lora, token_dirs)
 
 
 def test_checkpointing_on_a_model_without_support_is_one_line():
-    from training.config import ConfigError
+    from common.errors import ConfigError
 
     with pytest.raises(ConfigError, match="does not support it"):
         enable_checkpointing(torch.nn.Linear(2, 2))

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from common.errors import ConfigError
 from training.attention import SUPPORTED, check_attention
-from training.config import ConfigError, ModelConfig, TinyShape
+from training.config import ModelConfig, TinyShape
 from training.data import row_features
 from training.modeling import build_model, packed_forward
 

@@ -6,7 +6,8 @@ import torch
 import yaml
 from torch.profiler import ProfilerActivity, profile
 
-from training.config import ConfigError, LoraConfig, ModelConfig, TinyShape
+from common.errors import ConfigError
+from training.config import LoraConfig, ModelConfig, TinyShape
 from training.loading import DsFacts, check_memory, memory_refusal
 from training.modeling import MODEL_CLASSES, apply_lora, enable_checkpointing, packed_loss, tiny_config
 from training.plan import GiB, Plan, Shape, Workload, activations, count_params, layer_bytes

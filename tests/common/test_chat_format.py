@@ -1,4 +1,4 @@
-from data_prep.chat_format import (
+from common.chat_format import (
     BOT,
     CHAT_TEMPLATE,
     HUMAN,

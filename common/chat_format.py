@@ -27,6 +27,10 @@ import re
 from dataclasses import dataclass
 from typing import Iterable, Literal
 
+# BLOOMChat's sampling settings: written into every final model's generation_config.json by training, and the
+# chat's defaults when a model has none (inference.sampling)
+GENERATION_DEFAULTS = {"temperature": 0.8, "top_p": 0.9, "repetition_penalty": 1.2, "max_new_tokens": 512}
+
 HUMAN = "human"
 BOT = "bot"
 HUMAN_TAG = "<human>:"
