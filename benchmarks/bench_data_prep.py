@@ -39,7 +39,7 @@ def make_oig_file(path: Path, n_lines: int) -> None:
 
 def child(case: str, arg: str, out: str) -> None:
     """Run one case in this process and print a JSON line with lines, seconds and peak RSS."""
-    from data_prep.pipeline import prepare_oa_dolly, subsample_openchatkit
+    from data_prep.jobs import prepare_oa_dolly, subsample_openchatkit
 
     t0 = time.perf_counter()
     if case == "dolly+oasst":

@@ -1,6 +1,6 @@
 """Benchmark real-size training on one CUDA GPU: Pythia-410M- and BLOOM-560M-shaped models, bf16, ZeRO-2 / ZeRO-3 /
 ZeRO-3 + LoRA, packed 2048-token rows of the bundled Dolly+OASST data, per attention implementation; and first the
-packed-equals-alone check on the GPU for each attention implementation (fp32 gap within --check-tol, else failure).
+packed-equals-alone check on the GPU for each attention implementation (fp32 gap within --check_tol, else failure).
 
 Each (kind, config, attention) run is a stage YAML (random init from config, ``model.tiny`` at the real shape)
 trained in a subprocess: ``python -m training.run`` (one GPU needs no launcher; ``--launcher deepspeed`` uses the
@@ -18,7 +18,7 @@ whose optimizer params add ``"torch_adam": true``: for type AdamW DeepSpeed then
 
     .venv/bin/python benchmarks/bench_gpu_training.py [--steps 30] [--warmup N] [--work DIR] [--kinds pythia,bloom]
         [--configs zero2,zero3,zero3_lora] [--attn sdpa,eager,flash_attention_2,flex_attention] [--adam auto]
-        [--micro-batch 4] [--peak-tflops 989] [--gradient-checkpointing] [--budget-s S] [--results FILE]
+        [--micro_batch_size 4] [--peak_tflops 989] [--gradient_checkpointing] [--budget_s S] [--results FILE]
     .venv/bin/python benchmarks/bench_gpu_training.py --tiny     # CPU: every code path at hidden 64, length 128
 
 ``--tiny`` runs the same DeepSpeed configs (bf16, no offload) with torch's AdamW on DeepSpeed's CPU accelerator.
@@ -85,8 +85,10 @@ def budget(phase: str, t0: float, t_start: float) -> None:
 
 def prepare_data(work: Path, seq: int, packing: str) -> Path:
     """Dolly + OASST through data_prep and tokenization_prep, once per (length, packing): cached in ``work``."""
-    from data_prep.pipeline import prepare_oa_dolly
-    from tokenization_prep.pipeline import MANIFEST, PipelineConfig, run_pipeline
+    from data_prep.jobs import prepare_oa_dolly
+    from tokenization_prep.pipeline import run_pipeline
+    from tokenization_prep.schema import MANIFEST
+    from tokenization_prep.settings import PipelineConfig
 
     out = work / f"data_{seq}_{packing.replace('::', '_')}"
     if (out / MANIFEST).is_file():  # written last: its presence means a complete output
@@ -121,11 +123,11 @@ def peak_flops(override_tflops: float | None) -> tuple[float | None, str]:
 
     name = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     if override_tflops:
-        return override_tflops * 1e12, f"{name} (peak from --peak-tflops)"
+        return override_tflops * 1e12, f"{name} (peak from --peak_tflops)"
     for key, peak in PEAK_BF16:
         if key.lower() in name.lower():
             return peak, name
-    return None, name  # unknown GPU (or the CPU): MFU is left out unless --peak-tflops is given
+    return None, name  # unknown GPU (or the CPU): MFU is left out unless --peak_tflops is given
 
 
 def pick_adam(choice: str, tiny: bool) -> tuple[str, str]:
@@ -182,12 +184,12 @@ def run_one(name: str, kind: str, shape: dict, ds: str, lora: bool, attn: str, d
     stage = {
         "name": name,
         "data_dir": str(data),
-        "output_dir": str(run_dir),
+        "output_path": str(run_dir),
         "model": {"kind": kind, "tiny": shape},
         "deepspeed": ds,
         "epochs": 1000,
         "max_steps": args.steps,
-        "micro_batch_size": args.micro_batch,
+        "micro_batch_size": args.micro_batch_size,
         "gradient_accumulation_steps": 1,
         "lr": 1e-4,
         "seed": SEED,
@@ -279,14 +281,14 @@ def parse_args(argv=None):
     )
     ap.add_argument("--adam", choices=("auto", "fused", "torch"), default="auto", help="see the module docstring")
     ap.add_argument("--launcher", choices=("auto", "python", "deepspeed"), default="auto")
-    ap.add_argument("--gradient-checkpointing", action="store_true")
-    ap.add_argument("--micro-batch", type=int, default=4, help="rows of --seq tokens per step (no accumulation)")
+    ap.add_argument("--gradient_checkpointing", action="store_true")
+    ap.add_argument("--micro_batch_size", type=int, default=4, help="rows of --seq tokens per step (no accumulation)")
     ap.add_argument("--packing", default="bfd::drop")
-    ap.add_argument("--peak-tflops", type=float, default=None, help="bf16 dense peak per GPU (default: detected)")
-    ap.add_argument("--no-check", action="store_true", help="skip the packed-equals-alone check")
-    ap.add_argument("--check-attn", default=None, help="attention implementations to check (default: --attn)")
-    ap.add_argument("--check-tol", type=float, default=1e-3, help="max fp32 |dlogit| packed vs alone")
-    ap.add_argument("--budget-s", type=float, default=None, help="start no training run after this many seconds")
+    ap.add_argument("--peak_tflops", type=float, default=None, help="bf16 dense peak per GPU (default: detected)")
+    ap.add_argument("--no_check", action="store_true", help="skip the packed-equals-alone check")
+    ap.add_argument("--check_attn", default=None, help="attention implementations to check (default: --attn)")
+    ap.add_argument("--check_tol", type=float, default=1e-3, help="max fp32 |dlogit| packed vs alone")
+    ap.add_argument("--budget_s", type=float, default=None, help="start no training run after this many seconds")
     ap.add_argument("--tiny", action="store_true", help="CPU smoke mode: hidden 64, 2 layers, length 128, 3 steps")
     args = ap.parse_args(argv)
     bad = [k for k in args.kinds.split(",") if k not in SHAPES]
@@ -326,7 +328,7 @@ def main(argv=None) -> int:
     train = PackedDataset(data, "train", 0.0)
     vocab = train.data.embedding_rows
     log(f"data: {len(train)} packed rows of {train.seq_len} tokens ({args.packing}), tokenizer vocab {vocab}")
-    counts = steps_counts(train, step_rows(len(train), args.steps, args.micro_batch, SEED))
+    counts = steps_counts(train, step_rows(len(train), args.steps, args.micro_batch_size, SEED))
     shapes = {k: (TINY if args.tiny else SHAPES[k]) for k in kinds}
     sizes = {k: model_shape(k, shapes[k], vocab, seq) for k in kinds}
     for k in kinds:
@@ -372,7 +374,7 @@ def main(argv=None) -> int:
         ds = ds_config(path, args.work, adam)
         r, timed = run_one(name, kind, shapes[kind], ds, lora, attn, data, args)
         r.update(run=name, kind=kind, config=conf, attn=attn, deepspeed=ds, lora=LORA if lora else None)
-        r.update(params=sizes[kind].total, seq=seq, micro_batch=args.micro_batch)
+        r.update(params=sizes[kind].total, seq=seq, micro_batch=args.micro_batch_size)
         if timed:
             r["flops"] = mfu_summary(timed, counts, sizes[kind], peak, lora)
             r["mfu"] = r["flops"].get("mfu")
@@ -397,7 +399,7 @@ def main(argv=None) -> int:
 def report(results: list, checks: dict, skipped: list, args, peak, device_name: str, seq: int) -> None:
     """The results table, the packed-equals-alone lines and what was skipped, on stdout."""
     mode = f"{device_name}, bf16 peak {peak / 1e12:.0f} TFLOPS" if peak else f"{device_name} (no peak: no MFU)"
-    log(f"\n{mode}; {args.steps} steps/run, micro-batch {args.micro_batch} x {seq} tokens, 1 process")
+    log(f"\n{mode}; {args.steps} steps/run, micro-batch {args.micro_batch_size} x {seq} tokens, 1 process")
     log(f"{'run':<36}{'deepspeed':<30}{'step s':>8}{'tokens/s':>11}{'MFU':>7}{'6N MFU':>8}{'peak GB':>9}{'loss':>16}")
     for r in results:
         name = Path(r["deepspeed"]).name + (" +LoRA" if r["lora"] else "")

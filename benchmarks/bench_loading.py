@@ -4,17 +4,17 @@
   per rank (what the trainer did before ZeRO-3 partitioned loading), then one read of every weight (what
   deepspeed.initialize does next), since an fp32 file is mapped zero-copy and its pages load only when touched;
 - new: ``build_model`` with ds/zero3_bf16.json: the model is created inside ``deepspeed.zero.Init`` (bf16) and
-  each rank reads only its slice of every tensor from the safetensors file (training/loading.py).
+  each rank reads only its slice of every tensor from the safetensors file (training/weights.py).
 
 The model (vocab 50,304, hidden 1024, 16 heads, 28 layers: 404M parameters, random init, seed 0) is saved once
-with ``save_pretrained`` in --save-dtype under --work and reused. Each path runs as its own 2-process job under
+with ``save_pretrained`` in --save_dtype under --work and reused. Each path runs as its own 2-process job under
 the deepspeed launcher. Per rank, after imports and process-group start: reset the peak (/proc/self/clear_refs
 5), take VmRSS as baseline, load, read VmHWM; peak = VmHWM - baseline, also as a ratio of the fp32 model size
 (goal for new: <= 0.35). A sampler thread keeps RssAnon / RssFile at the highest VmRSS it sees (every 2 ms).
 RssFile pages are the safetensors file's page cache, shared by the ranks but counted in each one's RSS.
 The new path's weights are then gathered and compared with the file's tensors cast to bf16 (must be 0).
 
-    .venv/bin/python benchmarks/bench_loading.py [--save-dtype bf16|fp32] [--layers 28] [--work /tmp/bench_loading]
+    .venv/bin/python benchmarks/bench_loading.py [--save_dtype bf16|fp32] [--layers 28] [--work /tmp/bench_loading]
 """
 
 from __future__ import annotations
@@ -195,7 +195,7 @@ def run_path(path: str, src: Path) -> tuple[list[dict], float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--save-dtype", choices=["bf16", "fp32"], default="bf16")
+    ap.add_argument("--save_dtype", choices=["bf16", "fp32"], default="bf16")
     ap.add_argument("--layers", type=int, default=28)
     ap.add_argument("--work", default="/tmp/bench_loading")
     ap.add_argument("--child", nargs=2)

@@ -48,9 +48,10 @@ def make_data(work: Path) -> Path:
     out = work / "oa_dolly_2048"
     if (out / "metadata.yaml").is_file():
         return out
-    from data_prep.pipeline import prepare_oa_dolly
+    from data_prep.jobs import prepare_oa_dolly
     from tests.conftest import DOLLY, OASST_ROWS, PYTHIA_TOKENIZER
-    from tokenization_prep.pipeline import PipelineConfig, run_pipeline
+    from tokenization_prep.pipeline import run_pipeline
+    from tokenization_prep.settings import PipelineConfig
 
     work.mkdir(parents=True, exist_ok=True)
     pairs = work / "oa_dolly.jsonl"
@@ -218,7 +219,7 @@ def compare_activations() -> None:
     )
     for case in ACTIVATION_CASES:
         out = subprocess.run(
-            [sys.executable, __file__, "--activation-child", *map(str, case)],
+            [sys.executable, __file__, "--activation_child", *map(str, case)],
             capture_output=True,
             text=True,
             check=True,
@@ -242,7 +243,7 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=2, help="packed 2048-token rows per step")
     ap.add_argument("--work", default="/tmp/bench_memory")
     ap.add_argument("--child", nargs=5, metavar=("DATA", "KIND", "VOCAB", "CKPT", "LOSS"))
-    ap.add_argument("--activation-child", nargs=9, help=argparse.SUPPRESS)
+    ap.add_argument("--activation_child", nargs=9, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.activation_child:
         activation_child(args.activation_child)

@@ -9,7 +9,7 @@ venv exists (``bash benchmarks/setup_gdp_venv.sh GDP_CHECKOUT``), gdp itself aga
 input, same flags (``--shuffle False``, its only deterministic mode), same tokenizer files, wall time of the
 whole command.
 
-    .venv/bin/python benchmarks/bench_tokenization.py [--gdp-python benchmarks/.gdp_venv/bin/python]
+    .venv/bin/python benchmarks/bench_tokenization.py [--gdp_python benchmarks/.gdp_venv/bin/python]
 """
 
 from __future__ import annotations
@@ -24,14 +24,18 @@ import tempfile
 import time
 from pathlib import Path
 
+from gdp_diff import compare  # the sibling script (benchmarks/ is the script's path)
+
+from data_prep.jobs import prepare_oa_dolly
+from tokenization_prep.articles import parse_line, strings_to_encode
+from tokenization_prep.settings import ArticleSettings
+from tokenization_prep.tokenizer_io import load_tokenizer
+
 ROOT = Path(__file__).resolve().parents[1]
 TOKENIZER = ROOT / "data/tokenizers/gpt-neox-20b"
 
 
 def raw_rate(src: Path) -> tuple[float, int]:
-    from tokenization_prep.articles import ArticleSettings, parse_line, strings_to_encode
-    from tokenization_prep.tokenizer_io import load_tokenizer
-
     tok = load_tokenizer(str(TOKENIZER)).backend_tokenizer
     settings = ArticleSettings()
     batches, cur = [], []
@@ -51,8 +55,8 @@ def raw_rate(src: Path) -> tuple[float, int]:
 
 def e2e(src: Path, out: Path, packing: str = "greedy::drop") -> dict:
     code = (
-        "import json,resource,sys,time; sys.argv=sys.argv[:1]; from tokenization_prep.__main__ import main;"
-        f"t=time.perf_counter(); rc=main(['pipeline','--input_path','{src}','--output_path','{out}',"
+        "import json,resource,sys,time; sys.argv=sys.argv[:1]; from tokenization_prep.pipeline import main;"
+        f"t=time.perf_counter(); rc=main(['--input_path','{src}','--output_path','{out}',"
         f"'--pretrained_tokenizer','{TOKENIZER}','--max_seq_length','2048','--input_packing_config','{packing}',"
         "'--shuffle','on_RAM','--num_training_splits','8','--overwrite_output_path']);"
         "print(json.dumps({'rc':rc,'s':time.perf_counter()-t,"
@@ -106,8 +110,6 @@ def vs_gdp(gdp_python: str, inputs: dict, tmp: Path) -> None:
     for name, src in inputs.items():
         ours = min(side_by_side(sys.executable, "tokenization_prep", src, tmp / f"ours_{name}", tok) for _ in range(2))
         gdp = min(side_by_side(gdp_python, "generative_data_prep", src, tmp / f"gdp_{name}", tok) for _ in range(2))
-        from benchmarks.gdp_diff import compare
-
         diffs = compare(tmp / f"ours_{name}", tmp / f"gdp_{name}")
         print(
             f"vs gdp {name}: ours {ours:.2f} s, gdp {gdp:.2f} s -> {gdp / ours:.2f}x faster; outputs "
@@ -117,10 +119,8 @@ def vs_gdp(gdp_python: str, inputs: dict, tmp: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--gdp-python", default=str(ROOT / "benchmarks/.gdp_venv/bin/python"))
+    ap.add_argument("--gdp_python", default=str(ROOT / "benchmarks/.gdp_venv/bin/python"))
     args = ap.parse_args()
-    from data_prep.pipeline import prepare_oa_dolly
-
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         src = tmp / "oa.jsonl"

@@ -26,8 +26,9 @@ PACKED_ROWS = 4
 
 
 def prepare(tmp: Path) -> tuple[Path, Path]:
-    from data_prep.pipeline import prepare_oa_dolly
-    from tokenization_prep.pipeline import PipelineConfig, run_pipeline
+    from data_prep.jobs import prepare_oa_dolly
+    from tokenization_prep.pipeline import run_pipeline
+    from tokenization_prep.settings import PipelineConfig
 
     src = tmp / "oa.jsonl"
     prepare_oa_dolly(

@@ -82,8 +82,9 @@ def prepare(work: Path, convs: int) -> Path:
     out = work / f"data-{convs}"
     if (out / "metadata.yaml").is_file():
         return out
-    from data_prep.pipeline import prepare_oa_dolly
-    from tokenization_prep.pipeline import PipelineConfig, run_pipeline
+    from data_prep.jobs import prepare_oa_dolly
+    from tokenization_prep.pipeline import run_pipeline
+    from tokenization_prep.settings import PipelineConfig
 
     pairs, sample = work / "oa_dolly.jsonl", work / f"oa_dolly-{convs}.jsonl"
     prepare_oa_dolly(
@@ -185,7 +186,7 @@ def run_ours(work: Path, data_dir: Path, steps: int, warmup: int, env: dict) -> 
     cfg = {
         "name": "bench_vs_trl",
         "data_dir": str(data_dir),
-        "output_dir": str(out),
+        "output_path": str(out),
         "model": {"kind": "pythia", "tiny": {"hidden_size": HIDDEN, "num_layers": LAYERS, "num_heads": HEADS}},
         "deepspeed": "training/configs/ds/cpu.json",
         "max_steps": steps + warmup,
@@ -236,7 +237,7 @@ def run_trl(name: str, work: Path, venv: Path, data_dir: Path, steps: int, warmu
         "out": str(out),
         "work": str(work / name),
     }
-    run = spawn([str(venv / "bin" / "python"), __file__, "--trl-child", json.dumps(args)], work / f"{name}.log", env)
+    run = spawn([str(venv / "bin" / "python"), __file__, "--trl_child", json.dumps(args)], work / f"{name}.log", env)
     child = json.loads(out.read_text())
     ends = [child["t_begin"]] + child["t_end"]
     step_s = [b - a for a, b in itertools.pairwise(ends)]
@@ -256,7 +257,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=2, help="untimed optimizer steps before them")
     ap.add_argument("--convs", type=int, default=2000, help="conversations sampled from Dolly+OASST (seed 0)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/bench_vs_trl"), help="TRL venv, data and results")
-    ap.add_argument("--trl-child", help=argparse.SUPPRESS)
+    ap.add_argument("--trl_child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.trl_child:
         trl_child(json.loads(args.trl_child))

@@ -3,9 +3,10 @@ then every HDF5 dataset compared element for element, metadata.yaml key for key 
 test_files/ and splits/ line files byte for byte. gdp runs from its own venv (never the project's lock):
 
     bash benchmarks/setup_gdp_venv.sh /path/to/generative_data_prep   # makes benchmarks/.gdp_venv
-    .venv/bin/python benchmarks/gdp_diff.py --tokenizer DIR [--input FILE] [--lines 3000] [--work /tmp/gdp_diff]
+    .venv/bin/python benchmarks/gdp_diff.py --pretrained_tokenizer DIR [--input_path FILE] [--lines 3000] \
+        [--work /tmp/gdp_diff]
 
-``--tokenizer`` must be a directory both tools load: a saved tokenizer with a ``config.json`` (gdp reads the
+``--pretrained_tokenizer`` must be a directory both tools load: a saved tokenizer with a ``config.json`` (gdp reads the
 model config from it); the chat-template cases need a ``chat_template`` in its ``tokenizer_config.json``
 (they are skipped otherwise). Prints one line per case (PASS or what differs) and exits 1 if any case differs.
 """
@@ -13,6 +14,7 @@ model config from it); the chat-template cases need a ``chat_template`` in its `
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -22,6 +24,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 import yaml
+
+from data_prep.jobs import prepare_oa_dolly
 
 ROOT = Path(__file__).resolve().parents[1]
 GDP_KEYS = (
@@ -62,8 +66,6 @@ CASES = {  # name -> pipeline flags (all with --shuffle False: gdp's only determ
 
 
 def _tokenizer_config(path: str) -> dict:
-    import json
-
     p = Path(path) / "tokenizer_config.json"
     return json.loads(p.read_text()) if p.is_file() else {}
 
@@ -99,32 +101,25 @@ def compare(ours: Path, gdp: Path) -> list[str]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--tokenizer", required=True)
-    ap.add_argument("--input", type=Path, default=None, help="default: the first --lines of the bundled Dolly+OASST")
+    ap.add_argument("--pretrained_tokenizer", required=True, help="a saved tokenizer dir with a config.json")
+    ap.add_argument(
+        "--input_path", type=Path, default=None, help="default: the first --lines of the bundled Dolly+OASST"
+    )
     ap.add_argument("--lines", type=int, default=3000)
     ap.add_argument("--max_seq_length", type=int, default=1024)
-    ap.add_argument("--gdp-python", default=str(ROOT / "benchmarks/.gdp_venv/bin/python"))
+    ap.add_argument("--gdp_python", default=str(ROOT / "benchmarks/.gdp_venv/bin/python"))
     ap.add_argument("--work", type=Path, default=Path("/tmp/gdp_diff"))
     ap.add_argument("--only", default=None, help="run the cases whose name contains this")
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
-    src = args.input
+    src = args.input_path
     if src is None:
         chat = args.work / "oasst1_dolly.jsonl"
         if not chat.exists():
-            subprocess.run(
-                [
-                    sys.executable,
-                    str(ROOT / "data_prep/prepare_oa_dolly.py"),
-                    "--output",
-                    str(chat),
-                    "--dolly",
-                    str(ROOT / "data/samples/dolly/databricks-dolly-15k.jsonl.gz"),
-                    "--oasst",
-                    str(ROOT / "data/samples/oasst1/oasst1_validation_en.jsonl"),
-                ],
-                check=True,
-                capture_output=True,
+            prepare_oa_dolly(
+                chat,
+                str(ROOT / "data/samples/dolly/databricks-dolly-15k.jsonl.gz"),
+                str(ROOT / "data/samples/oasst1/oasst1_validation_en.jsonl"),
             )
         src = args.work / f"input_{args.lines}.jsonl"
         with open(chat, "rb") as fh, open(src, "wb") as out:
@@ -135,11 +130,11 @@ def main() -> int:
     for name, flags in CASES.items():
         if args.only and args.only not in name:
             continue
-        if "chat template" in name and "chat_template" not in _tokenizer_config(args.tokenizer):
-            print(f"SKIP {name}: {args.tokenizer}/tokenizer_config.json has no chat_template")
+        if "chat template" in name and "chat_template" not in _tokenizer_config(args.pretrained_tokenizer):
+            print(f"SKIP {name}: {args.pretrained_tokenizer}/tokenizer_config.json has no chat_template")
             continue
         common = (
-            f"pipeline --input_path {src} --pretrained_tokenizer {args.tokenizer} --max_seq_length "
+            f"pipeline --input_path {src} --pretrained_tokenizer {args.pretrained_tokenizer} --max_seq_length "
             f"{args.max_seq_length} --shuffle False --overwrite_output_path {flags}"
         )
         outs = {}

@@ -10,16 +10,16 @@
 #               bf16, ZeRO-2 and ZeRO-3, per attention implementation (sdpa, eager, flex_attention, and
 #               flash_attention_2 when installed): packed-equals-alone on CUDA first, then step time, tokens/s,
 #               peak memory and MFU; the runs stop starting once the time budget is spent
-# Each phase prints a "budget:" line. Written under --out (default $OUT, which the device tool brings back):
+# Each phase prints a "budget:" line. Written under --output_path (default $OUT, which the device tool brings back):
 # gpu_check.log (everything printed), results.json, runs.tar.gz (each run's log, metrics and DeepSpeed config).
-# --install-only: phases 1-2 only (no GPU needed): prepare or check an environment.
+# --install_only: phases 1-2 only (no GPU needed): prepare or check an environment.
 # Exit: 0 passed; 1 a run or check failed; 2 bad arguments; 3 passed but the budget cut runs; 4 install failed;
 # 5 no CUDA GPU.
 #
-#   bash benchmarks/gpu_check.sh [--out DIR] [--work DIR] [--wheelhouse DIR] [--steps 12] [--warmup 4]
-#        [--configs zero2,zero3] [--attn sdpa,eager,flex_attention] [--adam auto|fused|torch] [--budget-s 420]
-#   bash benchmarks/gpu_check.sh --tiny --out DIR    # the CPU path (this checkout's .venv, no install), ~1.5 min
-#   PYTHON=python3 bash benchmarks/gpu_check.sh --install-only --out DIR
+#   bash benchmarks/gpu_check.sh [--output_path DIR] [--work DIR] [--wheelhouse DIR] [--steps 12] [--warmup 4]
+#        [--configs zero2,zero3] [--attn sdpa,eager,flex_attention] [--adam auto|fused|torch] [--budget_s 420]
+#   bash benchmarks/gpu_check.sh --tiny --output_path DIR    # the CPU path (this checkout's .venv, no install), ~1.5 min
+#   PYTHON=python3 bash benchmarks/gpu_check.sh --install_only --output_path DIR
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 TINY=0 INSTALL_ONLY=0 OUT_DIR="${OUT:-}" WORK="" WH="$ROOT/benchmarks/.wheelhouse"
@@ -27,20 +27,20 @@ STEPS="" WARMUP="" CONFIGS="zero2,zero3" ATTN="" ADAM=auto BUDGET=420
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --tiny) TINY=1; shift ;;
-        --install-only) INSTALL_ONLY=1; shift ;;
-        --out|--work|--wheelhouse|--steps|--warmup|--configs|--attn|--adam|--budget-s)
+        --install_only) INSTALL_ONLY=1; shift ;;
+        --output_path|--work|--wheelhouse|--steps|--warmup|--configs|--attn|--adam|--budget_s)
             [[ $# -ge 2 ]] || { echo "gpu_check.sh: $1 needs a value" >&2; exit 2; }
             case "$1" in
-                --out) OUT_DIR="$2" ;; --work) WORK="$2" ;; --wheelhouse) WH="$2" ;; --steps) STEPS="$2" ;;
+                --output_path) OUT_DIR="$2" ;; --work) WORK="$2" ;; --wheelhouse) WH="$2" ;; --steps) STEPS="$2" ;;
                 --warmup) WARMUP="$2" ;; --configs) CONFIGS="$2" ;; --attn) ATTN="$2" ;; --adam) ADAM="$2" ;;
-                --budget-s) BUDGET="$2" ;;
+                --budget_s) BUDGET="$2" ;;
             esac
             shift 2 ;;
         -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
         *) echo "gpu_check.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
-[[ -n "$OUT_DIR" ]] || { echo "gpu_check.sh: give --out DIR (or set OUT)" >&2; exit 2; }
+[[ -n "$OUT_DIR" ]] || { echo "gpu_check.sh: give --output_path DIR (or set OUT)" >&2; exit 2; }
 mkdir -p "$OUT_DIR" && OUT_DIR="$(cd "$OUT_DIR" && pwd)"
 exec > >(tee "$OUT_DIR/gpu_check.log") 2>&1  # the whole log comes back with the results
 TEE_PID=$!
@@ -128,11 +128,11 @@ fi
 import importlib.metadata as m
 import deepspeed, h5py, orjson, peft, pydantic, safetensors, yaml  # noqa: F401
 import torch.utils.tensorboard  # noqa: F401 (the trainer's SummaryWriter)
-import data_prep.pipeline, tokenization_prep.pipeline, training.run, training.trainer  # noqa: F401
+import data_prep.jobs, tokenization_prep.pipeline, training.run, training.trainer  # noqa: F401
 print("imports ok: " + ", ".join(f"{d} {m.version(d)}" for d in ("deepspeed", "pydantic", "orjson", "peft", "h5py")))
 EOF
 budget install
-[[ $INSTALL_ONLY == 1 ]] && { echo "gpu_check: installed (--install-only)"; exit 0; }
+[[ $INSTALL_ONLY == 1 ]] && { echo "gpu_check: installed (--install_only)"; exit 0; }
 
 # ---- 3. ops: FusedAdam needs nvcc; DeepSpeed builds nothing else for ZeRO-2/3 on one GPU
 if [[ $TINY == 1 ]]; then
@@ -159,8 +159,8 @@ budget "ops ($ADAM adam)"
 if [[ $TINY == 1 ]]; then
     # trains sdpa only (each CPU run costs ~10 s), checks sdpa and eager; a nominal 1 TFLOPS "peak" exercises the
     # MFU path (the number means nothing on a CPU)
-    ARGS=(--tiny --kinds pythia --configs "$CONFIGS" --attn "${ATTN:-sdpa}" --check-attn "${ATTN:-sdpa,eager}"
-          --steps "${STEPS:-3}" --warmup "${WARMUP:-1}" --peak-tflops 1)
+    ARGS=(--tiny --kinds pythia --configs "$CONFIGS" --attn "${ATTN:-sdpa}" --check_attn "${ATTN:-sdpa,eager}"
+          --steps "${STEPS:-3}" --warmup "${WARMUP:-1}" --peak_tflops 1)
 else
     if [[ -z "$ATTN" ]]; then
         ATTN=sdpa,eager,flex_attention
@@ -168,11 +168,11 @@ else
             && ATTN="$ATTN,flash_attention_2"
     fi
     ARGS=(--kinds pythia --configs "$CONFIGS" --attn "$ATTN" --steps "${STEPS:-12}" --warmup "${WARMUP:-4}"
-          --micro-batch 4 --launcher python)
+          --micro_batch_size 4 --launcher python)
 fi
 LEFT=$((BUDGET - (SECONDS - T0)))
 "$PY" benchmarks/bench_gpu_training.py "${ARGS[@]}" --adam "$ADAM" --work "$WORK" --results "$OUT_DIR/results.json" \
-    --budget-s "$((LEFT > 0 ? LEFT : 1))"
+    --budget_s "$((LEFT > 0 ? LEFT : 1))"
 RC=$?
 budget bench
 (cd "$WORK" && tar czf "$OUT_DIR/runs.tar.gz" --ignore-failed-read runs/*.log runs/*/logs/metrics.jsonl ds \

@@ -21,6 +21,13 @@ Job(output_path='out', shuffle='False', overwrite=True)
 Traceback (most recent call last):
 ...
 SystemExit: 2
+
+A field whose type is a model is flattened: its fields are flags of their own (``--prompt_keyword``, not
+``--article.prompt_keyword``), and ``nest`` puts them back under the field, for flags and YAML alike.
+``json_schema_extra`` tunes a flag: ``{"cli": False}`` keeps a field off the command line,
+``{"aliases": ["--input_file_path"]}`` adds spellings, ``{"positional": True}`` makes it an argument, and
+``metavar``, ``nargs`` and ``const`` go to argparse as given. A field's ``alias`` is its flag (pydantic reserves
+some names, such as ``model_config``).
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ import argparse
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Iterator, Literal, Sequence
 
 from pydantic import BaseModel, ValidationError
 
@@ -39,27 +46,40 @@ CONFIG = "config"  # the flag that reads settings from a YAML file: ``--config F
 
 
 def _unwrap_optional(annotation: Any) -> tuple[Any, bool]:
-    """``X | None`` -> (X, True); anything else -> (annotation, False)."""
+    """``X | None`` -> (X, True); anything else -> (annotation, False); ``Annotated[X, ...]`` counts as X."""
+    if typing.get_origin(annotation) is typing.Annotated:
+        annotation = typing.get_args(annotation)[0]
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
         if len(args) == 1:
-            return args[0], True
+            return _unwrap_optional(args[0])[0], True
     return annotation, False
+
+
+def _extra(field) -> dict:
+    return field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+
+
+def _nested(field) -> type[BaseModel] | None:
+    """The model class of a field whose type is a model (its fields become flags), else None."""
+    annotation, _ = _unwrap_optional(field.annotation)
+    return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
 
 
 def _flag_kwargs(name: str, field) -> dict:
     """argparse keyword arguments for one pydantic field."""
     annotation, _ = _unwrap_optional(field.annotation)
-    extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+    extra = _extra(field)
     required = field.is_required()
     default = None if required else field.get_default(call_default_factory=True)
     helptext = field.description or ""
-    if not required and default not in (None, False, [], ()):
+    if not required and default not in (None, False, [], (), ""):
         helptext += f" (default: {default})"
-    kwargs: dict = {"dest": name, "help": helptext, "default": argparse.SUPPRESS}
-    if extra.get("metavar"):
-        kwargs["metavar"] = extra["metavar"]
+    kwargs: dict = {"help": helptext, "default": argparse.SUPPRESS}
+    if not extra.get("positional"):
+        kwargs["dest"] = name
+    kwargs.update({k: extra[k] for k in ("metavar", "nargs", "const") if k in extra})
     origin = typing.get_origin(annotation)
     if annotation is bool:
         kwargs["action"] = argparse.BooleanOptionalAction if default is True else "store_true"
@@ -68,6 +88,8 @@ def _flag_kwargs(name: str, field) -> dict:
         kwargs["choices"] = [str(c) for c in typing.get_args(annotation)]
     elif origin in (list, tuple):
         kwargs["nargs"] = "+"
+        if not extra.get("positional"):
+            kwargs["action"] = "extend"  # a repeated flag adds its values: --input a --input b == --input a b
         item = (typing.get_args(annotation) or (str,))[0]
         if item in (int, float):
             kwargs["type"] = item
@@ -76,13 +98,44 @@ def _flag_kwargs(name: str, field) -> dict:
     return kwargs
 
 
-def add_settings(parser: argparse.ArgumentParser, model: type[BaseModel], exclude: Sequence[str] = ()) -> None:
-    """One ``--FIELD`` flag per field of ``model`` (fields with ``json_schema_extra={"cli": False}`` are left out)."""
+def cli_fields(model: type[BaseModel], exclude: Sequence[str] = ()) -> Iterator[tuple[str, Any]]:
+    """(flag name, field) of every field on the command line, a nested model's fields flattened in place."""
     for name, field in model.model_fields.items():
-        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
-        if name in exclude or extra.get("cli") is False:
+        if name in exclude or _extra(field).get("cli") is False:
             continue
-        parser.add_argument(f"--{name}", **_flag_kwargs(name, field))
+        sub = _nested(field)
+        if sub is not None:
+            yield from cli_fields(sub, exclude)
+        else:
+            yield field.alias or name, field
+
+
+def add_settings(parser: argparse.ArgumentParser, model: type[BaseModel], exclude: Sequence[str] = ()) -> None:
+    """One ``--FIELD`` flag per field of ``model`` (fields with ``json_schema_extra={"cli": False}`` and those in
+    ``exclude`` are left out; the fields of a nested model are flags of their own)."""
+    for name, field in cli_fields(model, exclude):
+        extra = _extra(field)
+        flags = [name] if extra.get("positional") else [f"--{name}", *extra.get("aliases", ())]
+        parser.add_argument(*flags, **_flag_kwargs(name, field))
+
+
+def nest(model: type[BaseModel], values: dict) -> dict:
+    """Flat settings (flags, a YAML recipe) in the model's shape: a nested model's fields go under its field
+    (``{"path": "x", "keyword": "q"}`` -> ``{"path": "x", "inner": {"keyword": "q"}}``); a nested mapping given as
+    such is kept, the flat values overriding it."""
+    out = dict(values)
+    for name, field in model.model_fields.items():
+        sub = _nested(field)
+        if sub is None:
+            continue
+        key = field.alias or name
+        inner = nest(sub, {k: out.pop(k) for k in list(out) if k in sub.model_fields})
+        given = out.get(key)
+        if isinstance(given, dict):
+            out[key] = {**given, **inner}
+        elif inner:
+            out[key] = inner
+    return out
 
 
 def read_config(path: str | Path) -> dict:
@@ -100,14 +153,41 @@ def read_config(path: str | Path) -> dict:
     return data
 
 
+def _why(error: dict) -> str:
+    """One pydantic error in words: the bound or the choices it broke, with the value given."""
+    ctx = error.get("ctx") or {}
+    why = {
+        "greater_than_equal": f"must be at least {ctx.get('ge')}",
+        "greater_than": f"must be above {ctx.get('gt')}",
+        "less_than_equal": f"must be at most {ctx.get('le')}",
+        "less_than": f"must be below {ctx.get('lt')}",
+        "literal_error": f"choose one of {ctx.get('expected')}",
+    }.get(error["type"])
+    return error["msg"] if why is None else f"{why} (got {error.get('input')!r})"
+
+
+def _flag(loc: tuple) -> str:
+    """The flag of an error location: its last name (a nested model's field is a flag of its own)."""
+    names = [str(x) for x in loc if not isinstance(x, int)]
+    return f"--{names[-1]}" if names else "settings"
+
+
 def build(model: type[BaseModel], values: dict, source: str = "") -> BaseModel:
-    """``model(**values)``; a validation error becomes one ``ConfigError`` line naming each bad setting as a flag."""
+    """``model(**values)`` (flat values nested first); a validation error becomes one ``ConfigError`` line naming
+    each bad setting as a flag. A validator that raises a ``UserError`` is not caught: its line is already the one.
+
+    >>> from pydantic import Field
+    >>> class Splits(BaseModel):
+    ...     num_training_splits: int = Field(1, ge=1)
+    >>> build(Splits, {"num_training_splits": 0})
+    Traceback (most recent call last):
+    ...
+    common.errors.ConfigError: --num_training_splits: must be at least 1 (got 0)
+    """
     try:
-        return model(**values)
+        return model(**nest(model, values))
     except ValidationError as exc:
-        why = "; ".join(
-            f"{'--' + '.'.join(map(str, e['loc'])) if e['loc'] else 'settings'}: {e['msg']}" for e in exc.errors()
-        )
+        why = "; ".join(f"{_flag(e['loc'])}: {_why(e)}" for e in exc.errors())
         raise ConfigError(f"{source}{why}") from None
 
 

@@ -1,8 +1,8 @@
 """``python -m data_prep COMMAND [flags]``: public chat data -> ``<human>:``/``<bot>:`` chat JSONL.
 
-python -m data_prep prepare_oa_dolly [--dolly ...] [--oasst ...] [--output data_prep/oasst1_dolly.jsonl]
-python -m data_prep subsample_openchatkit [--oig DIR] [--output data_prep/bloom_ock_100K_each.jsonl]
-python -m data_prep prepare_chat --input [NAME=]SPEC ... --output chat.jsonl
+python -m data_prep prepare_oa_dolly [--dolly ...] [--oasst ...] [--output_path data_prep/oasst1_dolly.jsonl]
+python -m data_prep subsample_openchatkit [--oig DIR] [--output_path data_prep/bloom_ock_100K_each.jsonl]
+python -m data_prep prepare_chat --input [NAME=]SPEC ... --output_path chat.jsonl
 """
 
 import sys

@@ -1,43 +1,35 @@
-"""Command-line plumbing of the data_prep commands: their common flags and the output rule."""
+"""Command-line plumbing shared by the data_prep commands: a parser generated from a command's settings model (with
+``--config FILE.yaml``), and the output rule (an existing output is replaced only with ``--overwrite_output_path``)."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence, TypeVar
 
 from common.errors import DataError
-from data_prep.writer import FORMATS
+from common.settings import CONFIG, add_settings, parse_settings
+from data_prep.jobs import RunResult
+from data_prep.settings import JobSettings
+
+S = TypeVar("S", bound=JobSettings)
 
 
-def base_parser(description: str, default_output: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--output", default=default_output, help="output JSONL path")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output (refused otherwise)")
-    parser.add_argument("--seed", type=int, default=42, help="seed for sampling and shuffling")
-    parser.add_argument(
-        "--format",
-        choices=FORMATS,
-        default="pairs",
-        help="pairs: gdp list of prompt/completion pairs (trains on bot replies only); "
-        "bloomchat: BLOOMChat's exact {'prompt': '', 'completion': text} records",
+def parse_command(command: str, doc: str, model: type[S], argv: Sequence[str] | None) -> S:
+    """``model`` from ``argv`` (a YAML ``--config`` first, then the flags given); ``doc``'s first line is the help."""
+    parser = argparse.ArgumentParser(
+        prog=f"python -m data_prep {command}", description=doc.splitlines()[0], allow_abbrev=False
     )
-    parser.add_argument(
-        "--strict",
-        action="store_true",
-        help="stop at the first bad record (or missing OIG file) instead of quarantining it",
-    )
-    parser.add_argument(
-        "--dedup", action="store_true", help="drop exact duplicates (normalized text hash) within and across sources"
-    )
-    return parser
+    parser.add_argument(f"--{CONFIG}", metavar="FILE.yaml", help="settings from a YAML file; flags given override it")
+    add_settings(parser, model)
+    return parse_settings(parser, model, argv)
 
 
-def run_main(job: Callable[[], object], args: argparse.Namespace | None = None) -> int:
-    """Run a job and print its summary. An existing ``--output`` is refused unless ``--overwrite`` (the project's
-    rule for every stage's outputs); errors are ``common.cli.guard``'s to print."""
-    if args is not None and Path(args.output).exists() and not args.overwrite:
-        raise DataError(f"--output {args.output} exists; pass --overwrite to replace it")
-    for line in job().summary_lines():
+def run_job(job: Callable[[S], RunResult], settings: S) -> int:
+    """Run a job and print its summary. An existing output is refused unless ``--overwrite_output_path`` (the
+    project's rule for every stage's outputs); errors are ``common.cli.guard``'s to print."""
+    if Path(settings.output_path).exists() and not settings.overwrite_output_path:
+        raise DataError(f"--output_path {settings.output_path} exists; pass --overwrite_output_path to replace it")
+    for line in job(settings).summary_lines():
         print(line)
     return 0

@@ -2,22 +2,24 @@
 
 Everything that can be wrong is one ``LoadError`` line with the fix: a missing path, a training stage dir given
 instead of its ``final/``, a model dir without tokenizer files, a device or dtype this machine lacks,
-quantization without CUDA or bitsandbytes. Safetensors only, never remote code.
+quantization without CUDA or bitsandbytes. Safetensors only, never remote code. A LoRA adapter dir (a training
+stage's ``adapter/``) is merged into the base model its ``adapter_config.json`` names, with peft's public API.
 """
 
 from __future__ import annotations
 
+import json
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from common.errors import ConfigError, UserError, first_line
-from training.export import merged_model, read_adapter_config
+from common.errors import UserError, first_line
+from inference.settings import Quantization
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
-SAFE = ("use_safetensors", "trust_remote_code")  # always set by merged_model
 
 
 class LoadError(UserError):
@@ -60,15 +62,27 @@ def pick_dtype(dtype: str, device: str) -> torch.dtype:
     return DTYPES[dtype]
 
 
+def read_adapter_config(path: Path) -> dict:
+    """The ``adapter_config.json`` of a LoRA adapter dir, which must name its base model; any problem is one line."""
+    try:
+        adapter = json.loads((path / "adapter_config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise LoadError(f"--model {path}: adapter_config.json is not readable JSON ({first_line(exc)})") from None
+    if not isinstance(adapter, dict):
+        raise LoadError(f"--model {path}: adapter_config.json is not a JSON object; re-run the training stage")
+    if not isinstance(adapter.get("base_model_name_or_path"), str):
+        raise LoadError(
+            f"--model {path}: adapter_config.json names no base_model_name_or_path; re-run the training stage"
+        )
+    return adapter
+
+
 def resolve_source(path: str) -> tuple[str, dict | None]:
     """(weights source, adapter config if ``path`` is a LoRA adapter dir); local problems are one line."""
     p = Path(path).expanduser()
     if p.is_dir():
         if (p / "adapter_config.json").is_file():
-            try:
-                return str(p), read_adapter_config(p)
-            except ConfigError as exc:
-                raise LoadError(f"--model {exc}") from None
+            return str(p), read_adapter_config(p)
         if (p / "config.json").is_file():
             return str(p), None
         if (p / "final" / "config.json").is_file():
@@ -101,7 +115,7 @@ def tokenizer_source(source: str, adapter: dict | None) -> str:
 def quantization(quantize: str | None, device: str):
     if not quantize:
         return None
-    if quantize not in ("8bit", "4bit"):
+    if quantize not in typing.get_args(Quantization):
         raise LoadError(f"--quantize {quantize}: use 8bit or 4bit")
     if not device.startswith("cuda"):
         raise LoadError(f"--quantize {quantize} needs a CUDA GPU (bitsandbytes); drop it on the CPU")
@@ -132,10 +146,11 @@ def load_for_chat(path: str, device: str = "auto", dtype: str = "auto", quantize
         kwargs["device_map"] = "auto" if spread else dev
     base = adapter["base_model_name_or_path"] if adapter else source
     try:
+        model = AutoModelForCausalLM.from_pretrained(base, **kwargs)
         if adapter is not None:
-            model = merged_model(source, base, **{k: v for k, v in kwargs.items() if k not in SAFE})
-        else:
-            model = AutoModelForCausalLM.from_pretrained(base, **kwargs)
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, source).merge_and_unload()
         tokenizer = AutoTokenizer.from_pretrained(tok_src, trust_remote_code=False)
     except Exception as exc:  # corrupt weights, a bad config, an unreachable hub id: one line, never a traceback
         raise LoadError(f"--model {path}: cannot load ({type(exc).__name__}: {first_line(exc)})") from None

@@ -32,13 +32,25 @@ class Sampling(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    temperature: float = Field(GENERATION_DEFAULTS["temperature"], ge=0, le=100, allow_inf_nan=False)
-    top_p: float = Field(GENERATION_DEFAULTS["top_p"], gt=0, le=1, allow_inf_nan=False)
-    top_k: int = Field(0, ge=0)
-    repetition_penalty: float = Field(GENERATION_DEFAULTS["repetition_penalty"], gt=0, le=100, allow_inf_nan=False)
-    max_new_tokens: int = Field(GENERATION_DEFAULTS["max_new_tokens"], ge=1, le=1_000_000)
-    do_sample: bool = True
-    seed: int | None = Field(None, ge=0, le=2**63 - 1)
+    temperature: float = Field(
+        GENERATION_DEFAULTS["temperature"], ge=0, le=100, allow_inf_nan=False, description="0: greedy decoding"
+    )
+    top_p: float = Field(
+        GENERATION_DEFAULTS["top_p"], gt=0, le=1, allow_inf_nan=False, description="nucleus sampling: keep this mass"
+    )
+    top_k: int = Field(0, ge=0, description="keep the k most likely tokens (0: all)")
+    repetition_penalty: float = Field(
+        GENERATION_DEFAULTS["repetition_penalty"],
+        gt=0,
+        le=100,
+        allow_inf_nan=False,
+        description="divide the scores of tokens already in the text (1: none)",
+    )
+    max_new_tokens: int = Field(
+        GENERATION_DEFAULTS["max_new_tokens"], ge=1, le=1_000_000, description="the longest reply, in tokens"
+    )
+    do_sample: bool = Field(True, description="sample (false: greedy decoding)")
+    seed: int | None = Field(None, ge=0, le=2**63 - 1, description="seed of each reply's sampling (none: random)")
 
     @classmethod
     def names(cls) -> list[str]:

@@ -20,7 +20,9 @@ import sys
 import time
 from pathlib import Path
 
+from common.errors import DataError
 from common.files import sha256_file
+from tokenization_prep.schema import load_tokenized_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -45,22 +47,23 @@ def digest(path: Path) -> str:
 
 
 def outputs_intact(outputs: list[str]) -> bool:
-    """Outputs exist; a tokenization dir also still matches its own manifest."""
-    from tokenization_prep.pipeline import verify_manifest
-
+    """Outputs exist; a tokenization dir also still passes its verifier (manifest, metadata, every file)."""
     for out in outputs:
         p = ROOT / out
         if not p.exists():
             return False
-        if p.is_dir() and (p / "manifest.sha256").exists() and verify_manifest(p):
-            return False
+        if p.is_dir() and (p / "manifest.sha256").exists():
+            try:
+                load_tokenized_dir(p, full=True)
+            except DataError:
+                return False
     return True
 
 
 def code_digest() -> str:
     """sha256 of the pipeline's code (every stage's .py and .sh files): code is an input of every step too."""
     h = hashlib.sha256()
-    for pkg in ("data_prep", "tokenization_prep", "training", "inference"):
+    for pkg in ("common", "data_prep", "tokenization_prep", "training", "inference"):
         for p in sorted((ROOT / pkg).rglob("*")):
             if p.suffix in (".py", ".sh") and p.is_file():
                 h.update(str(p.relative_to(ROOT)).encode() + bytes.fromhex(sha256_file(p)))
@@ -97,20 +100,22 @@ def main() -> int:
     args = ap.parse_args()
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    steps = ["--max-steps", "2"] if args.quick else []
+    steps = ["--max_steps", "2"] if args.quick else []
     t0 = time.time()
     oa, ock = "data_prep/oasst1_dolly.jsonl", "data_prep/bloom_ock_100K_each.jsonl"
     step(
         "data_prep_oa_dolly",
         [
             PY,
-            "data_prep/prepare_oa_dolly.py",
-            "--overwrite",
+            "-m",
+            "data_prep",
+            "prepare_oa_dolly",
+            "--overwrite_output_path",
             "--dolly",
             "data/samples/dolly/databricks-dolly-15k.jsonl.gz",
             "--oasst",
             "data/samples/oasst1/oasst1_validation_en.jsonl",
-            "--output",
+            "--output_path",
             oa,
         ],
         ["data/samples/dolly/databricks-dolly-15k.jsonl.gz", "data/samples/oasst1/oasst1_validation_en.jsonl"],
@@ -118,32 +123,52 @@ def main() -> int:
     )
     step(
         "data_prep_oig",
-        [PY, "data_prep/subsample_openchatkit.py", "--overwrite", "--oig", "data/samples/oig", "--output", ock],
+        [
+            *(PY, "-m", "data_prep", "subsample_openchatkit", "--overwrite_output_path"),
+            *("--oig", "data/samples/oig", "--output_path", ock),
+        ],
         ["data/samples/oig"],
         [ock],
     )
     tok_oa, tok_ock = "tokenization_prep/oasst1_dolly_out", "tokenization_prep/bloom_ock_100k_out"
     # Dolly+OASST gets a dev split (BLOOMChat used none): 0.12 gives one dev file beside the 8 training files
-    for name, src, out, script, extra in (
-        ("tokenize_oa_dolly", oa, tok_oa, "tokenization_oa_dolly.sh", ["--dev_ratio", "0.12"]),
-        ("tokenize_oig", ock, tok_ock, "tokenization_openchatkit.sh", []),
+    # BLOOMChat's tokenization recipes (tokenization_prep/configs/), with this machine's tokenizer, inputs and outputs
+    for name, src, out, recipe, extra in (
+        ("tokenize_oa_dolly", oa, tok_oa, "bloomchat_oa_dolly.yaml", ["--dev_ratio", "0.12"]),
+        ("tokenize_oig", ock, tok_ock, "bloomchat_openchatkit.yaml", []),
     ):
+        recipe = f"tokenization_prep/configs/{recipe}"
         step(
             name,
-            ["bash", f"tokenization_prep/{script}", TOKENIZER, src, out, "--overwrite_output_path", *extra],
-            [src, f"{TOKENIZER}/tokenizer.json"],
+            [
+                *(PY, "-m", "tokenization_prep", "pipeline", "--config", recipe, "--pretrained_tokenizer", TOKENIZER),
+                *("--input_path", src, "--output_path", out, "--overwrite_output_path", *extra),
+            ],
+            [src, f"{TOKENIZER}/tokenizer.json", recipe],
             [out],
         )
     s1, s2 = "training/ckpt/stage1_oig/final", "training/ckpt/stage2_oa_dolly/final"
     step(
         "train_stage1_oig",
-        [PY, "-m", "training.run", "--overwrite", "--config", "training/configs/demo/stage1_oig.yaml", *steps],
+        [
+            PY,
+            "-m",
+            "training",
+            "run",
+            "--overwrite_output_path",
+            "--config",
+            "training/configs/demo/stage1_oig.yaml",
+            *steps,
+        ],
         [tok_ock, "training/configs/demo/stage1_oig.yaml"],
         [s1],
     )
     step(
         "train_stage2_oa_dolly",
-        [PY, "-m", "training.run", "--overwrite", "--config", "training/configs/demo/stage2_oa_dolly.yaml", *steps],
+        [
+            *(PY, "-m", "training", "run", "--overwrite_output_path"),
+            *("--config", "training/configs/demo/stage2_oa_dolly.yaml", *steps),
+        ],
         [tok_oa, s1, "training/configs/demo/stage2_oa_dolly.yaml"],
         [s2],
     )
@@ -153,7 +178,8 @@ def main() -> int:
         [
             PY,
             "-m",
-            "training.evaluate",
+            "training",
+            "evaluate",
             "--untrained",
             "training/configs/demo/stage1_oig.yaml",
             "--model",
@@ -164,18 +190,21 @@ def main() -> int:
             tok_oa,
             "--prompts",
             "8",
-            "--max-new-tokens",
+            "--max_new_tokens",
             "48",
-            "--out",
+            "--output_path",
             evaluation,
-            *(["--dev-rows", "16"] if args.quick else []),
+            *(["--dev_rows", "16"] if args.quick else []),
         ],
         [tok_oa, s1, s2, "training/configs/demo/stage1_oig.yaml"],
         [evaluation],
     )
     curves = "training/ckpt/loss_curves.png"
     subprocess.run(
-        [PY, "-m", "training.plot_losses", curves, "training/ckpt/stage1_oig", "training/ckpt/stage2_oa_dolly"],
+        [
+            *(PY, "-m", "training", "plot_losses", "--output_path", curves),
+            *("training/ckpt/stage1_oig", "training/ckpt/stage2_oa_dolly"),
+        ],
         cwd=ROOT,
         check=True,
         stdout=subprocess.DEVNULL,
@@ -184,12 +213,14 @@ def main() -> int:
     subprocess.run(
         [
             PY,
-            "inference/chat.py",
+            "-m",
+            "inference",
+            "chat",
             "--model",
             s2,
             "--greedy",
             "--verbose",
-            "--max-new-tokens",
+            "--max_new_tokens",
             "48",
             "--message",
             CHAT_MESSAGE,
@@ -230,7 +261,7 @@ def summary(t0: float, tok_dirs: list[str], curves: str, evaluation: str) -> Non
 
     result = json.loads((ROOT / evaluation).read_text())
     print(
-        f"\nwhat the models learned, on the dev split of {result['data']} (python -m training.evaluate; greedy "
+        f"\nwhat the models learned, on the dev split of {result['data']} (python -m training evaluate; greedy "
         f"replies to {result['prompts_per_source']} dev prompts per source, at most {result['max_new_tokens']} "
         "tokens):"
     )

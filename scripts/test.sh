@@ -2,8 +2,9 @@
 # Sets everything up, then runs ruff (lint and format check), the whole test suite (slow tests included; the
 # training tests in one lane, the rest in another) and the training and inference tests again with the lowest
 # transformers we claim (scripts/lowest_versions.sh).
-#   bash scripts/test.sh --fast    your own loop: no slow tests, no lowest-versions run
-#   bash scripts/test.sh ARGS      pytest ARGS on the locked versions only (e.g. tests/training -k packed)
+#   bash scripts/test.sh --fast [ARGS]   your own loop: lint and every test not marked slow, in two lanes (ARGS are
+#                                        passed to both pytest runs, e.g. -x -q)
+#   bash scripts/test.sh ARGS            pytest ARGS on the locked versions only (e.g. tests/training -k packed)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 FAST=0
@@ -26,15 +27,29 @@ echo "ruff: lint and format check (config in pyproject.toml)"
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 export TOKENIZERS_PARALLELISM=false DS_ACCELERATOR=cpu
-if [ "$FAST" = 1 ]; then
-  exec .venv/bin/python -m pytest tests -m "not slow" "$@"
-fi
-if [ "$#" -gt 0 ]; then
+if [ "$FAST" = 0 ] && [ "$#" -gt 0 ]; then
   exec .venv/bin/python -m pytest "$@"
+fi
+LANES="$(mktemp -d)"
+if [ "$FAST" = 1 ]; then
+  # Two lanes on the machine's cores: training and inference beside everything else, no slow tests.
+  .venv/bin/python -m pytest tests/training tests/inference -m "not slow" --basetemp="$LANES/a" "$@" \
+    >"$LANES/a.log" 2>&1 &
+  A=$!
+  set +e
+  .venv/bin/python -m pytest tests --ignore=tests/training --ignore=tests/inference -m "not slow" \
+    --basetemp="$LANES/b" "$@"
+  B=$?
+  wait "$A"
+  A=$?
+  echo "---- training and inference (not slow), run beside the above"
+  cat "$LANES/a.log"
+  echo "exit codes: training and inference $A, the others $B"
+  [ "$A" -eq 0 ] && [ "$B" -eq 0 ]
+  exit
 fi
 # Two lanes on the machine's cores: the training tests (then the lowest-versions run) beside all the others; each
 # lane has its own pytest temp dir, and the second lane's output is printed when it ends.
-LANES="$(mktemp -d)"
 INTERACTIVE=(tests/inference/test_chat_cli.py tests/inference/test_serve.py tests/inference/test_web_page.py)
 IGNORE=(--ignore=tests/training "${INTERACTIVE[@]/#/--ignore=}")  # timed by their clients: run alone at the end
 .venv/bin/python -m pytest tests "${IGNORE[@]}" --basetemp="$LANES/rest" >"$LANES/rest.log" 2>&1 &
@@ -51,9 +66,9 @@ if [ "$TRAINING" -eq 0 ]; then
     PYTHONPATH=.venv/lowest .venv/bin/python -m pytest -m "not slow or lowest" -p no:cacheprovider \
       --basetemp="$LANES/lowest" tests/training/test_packing_attention.py tests/training/test_memory.py \
       tests/training/test_loss.py tests/training/test_data.py tests/training/test_plan.py \
-      tests/training/test_export.py tests/training/test_stages.py tests/inference/test_generate_api.py \
-      tests/inference/test_kv_cache.py tests/inference/test_sampling_and_loading.py \
-      --deselect tests/training/test_stages.py::test_bad_inputs_fail_before_training_in_one_line
+      tests/training/test_export.py tests/training/test_stages.py tests/training/test_run.py \
+      tests/training/test_topology.py tests/training/test_evaluate.py tests/inference/test_generate_api.py \
+      tests/inference/test_kv_cache.py tests/inference/test_sampling_and_loading.py
   LOWEST=$?
 fi
 wait "$REST"

@@ -25,7 +25,7 @@ def chat_jsonl_file(directory: Path, dolly_lines: int = 0, oasst: bool = True) -
     """Real data_prep output in ``directory``: the first ``dolly_lines`` Dolly records and the 100 OASST trees."""
     import gzip
 
-    from data_prep.pipeline import prepare_oa_dolly
+    from data_prep.jobs import prepare_oa_dolly
 
     dolly = None
     if dolly_lines:
@@ -39,7 +39,8 @@ def chat_jsonl_file(directory: Path, dolly_lines: int = 0, oasst: bool = True) -
 
 def tokenize(src: Path, out: Path, seq: int, packing: str, tokenizer: Path = PYTHIA_TOKENIZER, **settings) -> dict:
     """tokenization_prep's pipeline on ``src`` (shuffle on_RAM, 2 train + 1 dev file unless ``settings`` say)."""
-    from tokenization_prep.pipeline import PipelineConfig, run_pipeline
+    from tokenization_prep.pipeline import run_pipeline
+    from tokenization_prep.settings import PipelineConfig
 
     splits = {"num_training_splits": 2, "num_dev_splits": 1, "num_test_splits": 0, "shuffle": "on_RAM"}
     cfg = PipelineConfig(

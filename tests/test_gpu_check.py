@@ -79,7 +79,15 @@ def test_gpu_check_tiny(tmp_path):
     """The whole script on the CPU: exit 0, and a results JSON with finite timings and the MFU breakdown."""
     out = tmp_path / "out"
     proc = subprocess.run(
-        ["bash", str(ROOT / "benchmarks/gpu_check.sh"), "--tiny", "--out", str(out), "--work", str(tmp_path / "w")],
+        [
+            "bash",
+            str(ROOT / "benchmarks/gpu_check.sh"),
+            "--tiny",
+            "--output_path",
+            str(out),
+            "--work",
+            str(tmp_path / "w"),
+        ],
         capture_output=True,
         text=True,
         timeout=600,

@@ -10,7 +10,7 @@ import h5py
 import pytest
 
 from common.chat_format import BOT, HUMAN, join_pairs, parse_text
-from data_prep.pipeline import prepare_oa_dolly
+from data_prep.jobs import prepare_oa_dolly
 from inference.generate import ChatSession, Exchange, Reply
 from tests.conftest import OASST_TREES, PYTHIA_TOKENIZER, ROOT
 from tokenization_prep.schema import COMPLETION, PROMPT, SEP

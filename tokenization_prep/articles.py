@@ -23,8 +23,8 @@ import numpy as np
 import orjson
 
 from common.errors import DataError
-from tokenization_prep.schema import COMPLETION, PADDING, PROMPT, SEP  # noqa: F401 (re-exported)
-from tokenization_prep.settings import ArticleSettings  # noqa: F401 (re-exported)
+from tokenization_prep.schema import COMPLETION, PROMPT, SEP
+from tokenization_prep.settings import ArticleSettings
 
 PROMPT_PLACEHOLDER, COMPLETION_PLACEHOLDER = "<prompt_placeholder>", "<completion_placeholder>"
 _PLACEHOLDERS = re.compile(f"({PROMPT_PLACEHOLDER}|{COMPLETION_PLACEHOLDER})")

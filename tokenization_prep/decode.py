@@ -1,13 +1,23 @@
-"""Human-readable view of packed HDF5 sequences: prompt, completion, separator and padding marked."""
+"""``python -m tokenization_prep decode FILE [--index N] [--explain]``: packed HDF5 rows, human-readable.
+
+Prompt, completion, separator and padding are marked; with ``--explain``, where each article came from.
+"""
 
 from __future__ import annotations
 
+import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
+from common.cli import guard
 from common.errors import DataError
-from tokenization_prep.articles import COMPLETION, PADDING, PROMPT, SEP
+from common.settings import add_settings, parse_settings
+from tokenization_prep.provenance import has_provenance, name_tables, row_pieces
+from tokenization_prep.schema import COMPLETION, PADDING, PROMPT, SEP
+from tokenization_prep.tokenizer_io import load_tokenizer
 
 MARKS = {PROMPT: ("[PROMPT]", "[/PROMPT]"), COMPLETION: ("[COMPLETION]", "[/COMPLETION]")}
 
@@ -34,8 +44,6 @@ def decode_sequence(tokenizer, ids: np.ndarray, types: np.ndarray) -> str:
 def explain_row(tokenizer, f, row: int, tables: dict | None = None) -> str:
     """Each article piece of a row: its origin (``INPUT_FILE:LINE``, source, id, category, token range), then its
     text with token types marked; trailing padding as a count."""
-    from tokenization_prep.provenance import row_pieces
-
     ids, types = f["input_ids"][row], f["token_type_ids"][row]
     out, end = [], 0
     for k, p in enumerate(row_pieces(f, row, tables)):
@@ -58,8 +66,6 @@ def explain_row(tokenizer, f, row: int, tables: dict | None = None) -> str:
 def decode_file(path: Path, tokenizer, index: int | None = None, explain: bool = False) -> list[str]:
     import h5py
 
-    from tokenization_prep.provenance import has_provenance, name_tables
-
     with h5py.File(path, "r") as f:
         ids, types = f["input_ids"], f["token_type_ids"]
         rows = range(len(ids)) if index is None else [index]
@@ -74,3 +80,29 @@ def decode_file(path: Path, tokenizer, index: int | None = None, explain: bool =
             tables = name_tables(f)
             return [f"=== sequence {r} ===\n" + explain_row(tokenizer, f, r, tables) for r in rows]
         return [f"=== sequence {r} ===\n" + decode_sequence(tokenizer, ids[r], types[r]) for r in rows]
+
+
+class DecodeSettings(BaseModel):
+    """The ``decode`` command's settings."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    file: str = Field(description="an HDF5 file of a tokenized output", json_schema_extra={"positional": True})
+    index: int | None = Field(None, description="the row to print (default: every row)")
+    pretrained_tokenizer: str | None = Field(None, description="default: the tokenizer/ saved beside the file")
+    explain: bool = Field(
+        False, description="print each article's origin (INPUT_FILE:LINE, source, id, category), then its text"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tokenization_prep decode", description=__doc__.splitlines()[0])
+    add_settings(parser, DecodeSettings)
+    s = parse_settings(parser, DecodeSettings, argv)
+    tok = load_tokenizer(s.pretrained_tokenizer or str(Path(s.file).resolve().parent / "tokenizer"))
+    for block in decode_file(Path(s.file), tok, s.index, s.explain):
+        print(block)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(guard(main))

@@ -15,7 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from tokenization_prep.articles import COMPLETION, PADDING, SEP, Article
+from tokenization_prep.articles import Article
+from tokenization_prep.provenance import write_provenance
+from tokenization_prep.schema import COMPLETION, PADDING, SEP
 
 BLOCK_ROWS = 64
 
@@ -162,8 +164,6 @@ def write_hdf5(
     """Write sequences to ``path`` atomically (temp name, then rename), in blocks of rows, with their provenance
     (``truncated[a]``: article a lost tokens somewhere in the split)."""
     import h5py
-
-    from tokenization_prep.provenance import write_provenance
 
     tmp = path.with_name(f".{path.name}.tmp")
     n = len(seqs)

@@ -7,70 +7,21 @@ count). ``--mix oig=x1001,dolly=x1`` asks for repeat factors instead (BLOOMChat 
 A source below its target is repeated whole ``floor(f)`` times plus a seeded sample for the rest; one above it is
 sampled without replacement. Records without a ``source`` are the source ``-``; a source not named is left out.
 Tokens an article loses to ``max_seq_length`` do not count, so the realized shares match the requested ones.
+The ``--mix`` text is parsed once, into a ``settings.MixSpec``, when the settings are built.
 """
 
 from __future__ import annotations
 
 import math
 import zlib
-from dataclasses import dataclass
 
 import numpy as np
 
 from common.errors import DataError
-from tokenization_prep.articles import COMPLETION, SEP
 from tokenization_prep.hdf5_io import TokenStore
 from tokenization_prep.packing import PackingConfig
-
-BUDGETS = ("input", "upsample")
-
-
-@dataclass(frozen=True)
-class MixSpec:
-    """``--mix`` parsed: weights (shares, normalized) or repeat factors, and the token budget for shares."""
-
-    weights: dict[str, float]
-    repeat: bool = False
-    budget: str | int = "input"
-
-    @classmethod
-    def parse(cls, text: str, budget: str = "input") -> "MixSpec":
-        weights, kinds = {}, set()
-        for item in (x.strip() for x in text.split(",")):
-            name, sep, value = item.rpartition("=")
-            repeat = value.strip().lower().startswith("x")
-            try:
-                number = float(value.strip()[1:] if repeat else value)
-            except ValueError:
-                number = math.nan
-            if not sep or not name.strip() or not math.isfinite(number) or number < 0:
-                raise DataError(
-                    f"--mix {text}: '{item}' is not SOURCE=WEIGHT (a share such as dolly=0.7, or a repeat "
-                    "factor such as oig=x1001, never negative)"
-                )
-            if name.strip() in weights:
-                raise DataError(f"--mix {text}: source '{name.strip()}' is named twice")
-            weights[name.strip()] = number
-            kinds.add(repeat)
-        if len(kinds) > 1:
-            raise DataError(f"--mix {text}: give all weights as shares (0.7) or all as repeat factors (x2), not both")
-        if not sum(weights.values()) > 0:
-            raise DataError(f"--mix {text}: the weights sum to zero; give at least one source a positive weight")
-        repeat = kinds == {True}
-        total = sum(weights.values())
-        return cls({k: v if repeat else v / total for k, v in weights.items()}, repeat, parse_budget(budget))
-
-
-def parse_budget(text: str | int) -> str | int:
-    if isinstance(text, int) or str(text) in BUDGETS:
-        return text
-    try:
-        n = int(str(text).replace("_", ""))
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise DataError(f"--mix_tokens {text}: give 'input', 'upsample' or a positive number of supervised tokens")
-    return n
+from tokenization_prep.schema import COMPLETION, SEP
+from tokenization_prep.settings import MixSpec
 
 
 def trainable_supervised(store: TokenStore, max_len: int, config: PackingConfig) -> np.ndarray:

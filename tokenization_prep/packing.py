@@ -19,6 +19,8 @@ from array import array
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
+from common.errors import ConfigError
+
 OVERFLOWS = ("drop", "truncate_left", "truncate_right")
 STYLES = ("full", "greedy", "single", "bfd")
 
@@ -85,7 +87,7 @@ class PackingConfig:
         if style in STYLES and style != "full" and sep and overflow in OVERFLOWS:
             return cls(style, overflow)
         choices = ["full"] + [f"{s}::{o}" for s in STYLES if s != "full" for o in OVERFLOWS]
-        raise ValueError(f"--input_packing_config {text!r} is not valid; choose one of {', '.join(choices)}")
+        raise ConfigError(f"--input_packing_config {text!r} is not valid; choose one of {', '.join(choices)}")
 
     def __str__(self) -> str:
         return self.style if self.overflow is None else f"{self.style}::{self.overflow}"

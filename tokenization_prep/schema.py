@@ -1,12 +1,15 @@
 """The contract between tokenization_prep and training: a tokenized dataset directory, as one typed schema.
 
-tokenization_prep writes it, training loads it with ``load_tokenized_dir`` before anything else starts:
+tokenization_prep writes it; ``load_tokenized_dir``, the one verifier, checks it for training (before anything else
+starts), for ``python -m tokenization_prep verify`` and for the demo:
 
 - ``metadata.yaml``: a mapping with gdp's ``DatasetMetadata`` fields plus ours (``TokenizedMetadata``);
 - finished and unaltered: ``manifest.sha256`` (ours, written last) or gdp's ``sha256/files_metadata.json``;
   every listed file exists with its recorded size, and a file whose modification time changed is re-hashed
   (gdp's rule); ``full=True`` re-hashes every file;
-- ``train_{i}_of_{N}.hdf5`` for i = 1..N with N = ``number_of_training_files`` (dev likewise), nothing else;
+  every file but the log is listed in ``files_metadata.json`` when the output has one (gdp's ``validate_sha256``);
+- ``train_{i}_of_{N}.hdf5`` for i = 1..N with N = ``number_of_training_files`` (dev likewise), nothing else, each
+  of rows ``max_seq_length`` long, the smallest holding ``max_batch_size_*`` rows; ``test_files/`` likewise;
 - the tokenizer: ``tokenizer_sha256`` (``tokenizer_fingerprint``), so a stage can refuse data tokenized with
   another tokenizer than its model's.
 """
@@ -25,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from common.errors import DataError, first_line
 from common.files import sha256_file
+from tokenization_prep.tokenizer_io import load_tokenizer
 
 PROMPT, COMPLETION, PADDING, SEP = 0, 1, 2, 3  # token_type_ids
 MANIFEST = "manifest.sha256"
@@ -91,8 +95,6 @@ def dir_tokenizer_sha256(directory: Path) -> str | None:
     """The fingerprint of the tokenizer saved in ``directory`` (None when it holds none)."""
     if not any((directory / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json")):
         return None
-    from tokenization_prep.tokenizer_io import load_tokenizer
-
     try:
         return tokenizer_fingerprint(load_tokenizer(str(directory)))
     except (DataError, OSError, ValueError):
@@ -122,25 +124,49 @@ def split_files(out: Path, split: str) -> list[tuple[int, int, Path]]:
     return sorted((int(m.group(1)), int(m.group(2)), p) for p in out.iterdir() if (m := pat.match(p.name)))
 
 
-def _recorded(out: Path) -> dict[str, dict]:
+def files_metadata_key(out: Path, path: Path) -> str:
+    """gdp's key in ``files_metadata.json``: the path relative to the output dir, separators turned into ``_``."""
+    return path.relative_to(out).as_posix().replace("/", "_")
+
+
+def listed_files(out: Path) -> list[Path]:
+    """Every file gdp's ``validate_sha256`` expects a hash for: all but ``sha256/`` (and our temp files)."""
+    return sorted(
+        p
+        for p in out.rglob("*")
+        if p.is_file()
+        and p.relative_to(out).parts[0] != "sha256"
+        and not (p.name.startswith(".") and p.name.endswith(".tmp"))
+    )
+
+
+def _files_metadata(out: Path) -> dict | None:
+    """gdp's ``files_metadata.json`` (key -> sha256, size, modified_time); None when the output has none."""
+    fm = out / FILES_METADATA
+    if not fm.is_file():
+        return None
+    try:
+        listed = orjson.loads(fm.read_bytes())
+    except orjson.JSONDecodeError:
+        listed = None
+    if not isinstance(listed, dict) or not all(
+        isinstance(e, dict) and isinstance(e.get("sha256"), str) and isinstance(e.get("size"), int)
+        for e in listed.values()
+    ):
+        raise DataError(f"{fm}: not gdp's files_metadata.json (key -> sha256, size, modified_time); {RERUN}")
+    return listed
+
+
+def _recorded(out: Path, listed: dict | None) -> dict[str, dict]:
     """Relative path -> {"size", "sha256", "mtime"} from files_metadata.json (gdp's) and the manifest (ours)."""
     files: dict[str, dict] = {}
-    fm = out / FILES_METADATA
-    if fm.is_file():
-        try:
-            listed = orjson.loads(fm.read_bytes())
-        except orjson.JSONDecodeError:
-            raise DataError(f"{fm}: not valid JSON; {RERUN}") from None
-        on_disk = {
-            p.relative_to(out).as_posix().replace("/", "_"): p.relative_to(out).as_posix()
-            for p in out.rglob("*")
-            if p.is_file()
-        }
-        for key, e in listed.items() if isinstance(listed, dict) else []:
-            if isinstance(e, dict) and "logs" not in key:  # gdp: the log may be appended to later
+    if listed is not None:
+        on_disk = {files_metadata_key(out, p): p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+        for key, e in listed.items():
+            if "logs" not in key:  # as gdp's validate_sha256: the log may be appended to later
                 files[on_disk.get(key, key)] = {
-                    "size": e.get("size"),
-                    "sha256": e.get("sha256"),
+                    "size": e["size"],
+                    "sha256": e["sha256"],
                     "mtime": e.get("modified_time"),
                 }
     manifest = out / MANIFEST
@@ -151,44 +177,108 @@ def _recorded(out: Path) -> dict[str, dict]:
     return files
 
 
-def check_files(out: Path, full: bool = False) -> None:
-    """Refuse, in one line, an unfinished directory or one whose files changed since they were written."""
-    if not (out / MANIFEST).is_file() and ((out / MARKER).exists() or not (out / FILES_METADATA).is_file()):
-        raise DataError(f"{out}: unfinished (no {MANIFEST}, which tokenization_prep writes last); {RERUN}")
-    for rel, e in sorted(_recorded(out).items()):
+def _split_problems(out: Path, meta: TokenizedMetadata) -> tuple[list[str], dict[str, list[Path]]]:
+    """Every ``train``/``dev`` file metadata.yaml names, present, and none of another output's."""
+    problems, splits = [], {}
+    for split, n in (("train", meta.number_of_training_files), ("dev", meta.number_of_dev_files)):
+        found = split_files(out, split)
+        problems += [
+            f"{p.name}: metadata.yaml says {n} {split} files; the directory mixes outputs"
+            for _, total, p in found
+            if total != n
+        ]
+        missing = sorted(set(range(1, n + 1)) - {i for i, total, _ in found if total == n})
+        problems += [f"{split}_{i}_of_{n}.hdf5: missing (metadata.yaml says {n} {split} files)" for i in missing]
+        splits[split] = [p for _, total, p in found if total == n]
+    if meta.number_of_test_files:
+        n = meta.number_of_test_files
+        problems += [
+            f"test_files/test_{i}_of_{n}: missing (metadata.yaml says {n} test files)"
+            for i in range(1, n + 1)
+            if not any((out / "test_files").glob(f"test_{i}_of_{n}.*"))
+        ]
+    return problems, splits
+
+
+def _file_problems(out: Path, full: bool) -> list[str]:
+    """Files changed since they were written: gdp's checksums and our manifest; files neither lists.
+
+    A file is re-hashed when its modification time differs from the recorded one (gdp's rule), when only the
+    manifest lists it, or with ``full``."""
+    listed = _files_metadata(out)
+    problems = []
+    for rel, e in sorted(_recorded(out, listed).items()):
         path = out / rel
         if not path.is_file():
-            raise DataError(f"{path}: missing (listed in {MANIFEST}); the directory was altered; {RERUN}")
-        st = path.stat()
-        if e.get("size") is not None and st.st_size != e["size"]:
-            raise DataError(f"{path}: {st.st_size} bytes, {e['size']} when written; the file was altered; {RERUN}")
-        rehash = full or (e.get("mtime") is not None and st.st_mtime != e["mtime"]) or "size" not in e
-        if rehash and rel != MANIFEST:
-            digest = sha256_file(path)
-            if digest != e.get("manifest", e.get("sha256")):
-                raise DataError(f"{path}: sha256 differs from when it was written; the file was altered; {RERUN}")
+            problems.append(f"{rel}: missing (listed in {MANIFEST} or {FILES_METADATA}); the directory was altered")
+            continue
+        size = path.stat().st_size
+        if e.get("size") is not None and size != e["size"]:
+            problems.append(f"{rel}: {size} bytes, {e['size']} when written; the file was altered")
+            continue
+        rehash = full or (e.get("mtime") is not None and path.stat().st_mtime != e["mtime"]) or "size" not in e
+        if rehash and rel != MANIFEST and sha256_file(path) != e.get("manifest", e.get("sha256")):
+            problems.append(f"{rel}: sha256 differs from when it was written; the file was altered")
+    if listed is not None:
+        problems += [
+            f"{key}: not listed in {FILES_METADATA}"
+            for key in sorted({files_metadata_key(out, p) for p in listed_files(out)} - set(listed))
+            if "logs" not in key
+        ]
+    return problems
 
 
-def load_tokenized_dir(out: Path, full: bool = False) -> TokenizedDir:
-    """Check a tokenized dataset directory against the schema (see the module doc); one DataError line if not."""
+def _hdf5_problems(meta: TokenizedMetadata, splits: dict[str, list[Path]]) -> list[str]:
+    """Each HDF5 split's rows are ``max_seq_length`` long, and its smallest file holds ``max_batch_size_*`` rows."""
+    import h5py
+
+    problems = []
+    for split, files in splits.items():
+        rows = []
+        for path in files:
+            try:
+                with h5py.File(path, "r") as f:
+                    shape = f["input_ids"].shape
+                    if shape[1] != meta.max_seq_length or f["token_type_ids"].shape != shape:
+                        problems.append(f"{path.name}: rows of shape {shape}, metadata says {meta.max_seq_length}")
+                    rows.append(shape[0])
+            except (OSError, KeyError) as exc:
+                problems.append(f"{path.name}: not a readable HDF5 split ({first_line(exc)})")
+        limit = meta.max_batch_size_train if split == "train" else meta.max_batch_size_dev
+        if rows and limit is not None and min(rows) != limit:
+            problems.append(f"max_batch_size_{split} is {limit} but the smallest {split} file holds {min(rows)} rows")
+    return problems
+
+
+class TokenizedDirError(DataError):
+    """A tokenized dir that breaks the contract; ``problems`` lists every problem found (the message, the first)."""
+
+    def __init__(self, out: Path, problems: list[str]):
+        self.problems = problems
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        super().__init__(f"{out}: {problems[0]}{more}; {RERUN}")
+
+
+def load_tokenized_dir(out: Path, full: bool = False, max_seq_length: int | None = None) -> TokenizedDir:
+    """The one check of a tokenized dataset directory (see the module doc), for training, ``python -m
+    tokenization_prep verify`` and the demo: a ``TokenizedDir``, or one ``DataError`` line naming the first problem
+    (``TokenizedDirError.problems``: all of them). ``full`` re-hashes every file; ``max_seq_length``, when given,
+    must be the data's."""
     out = Path(out)
     if not out.is_dir():
         raise DataError(f"{out}: no such directory; run tokenization_prep first")
+    unfinished = TokenizedDirError(out, [f"unfinished (no {MANIFEST}, which tokenization_prep writes last)"])
+    if (out / MARKER).exists() and not (out / MANIFEST).is_file():  # ours, interrupted
+        raise unfinished
     meta = read_metadata(out)
-    check_files(out, full)
-    splits = {}
-    for split, n in (("train", meta.number_of_training_files), ("dev", meta.number_of_dev_files)):
-        found = split_files(out, split)
-        stray = [p.name for _, total, p in found if total != n]
-        if stray:
-            raise DataError(
-                f"{out / stray[0]}: metadata.yaml says {n} {split} files; the directory mixes outputs; {RERUN}"
-            )
-        missing = sorted(set(range(1, n + 1)) - {i for i, _, _ in found})
-        if missing:
-            raise DataError(
-                f"{out / f'{split}_{missing[0]}_of_{n}.hdf5'}: missing (metadata.yaml says {n} {split} files); {RERUN}"
-            )
-        splits[split] = [p for _, _, p in found]
+    if not (out / MANIFEST).is_file() and not (out / FILES_METADATA).is_file():  # neither ours nor gdp's checksums
+        raise unfinished
+    problems = []
+    if max_seq_length is not None and meta.max_seq_length != max_seq_length:
+        problems.append(f"max_seq_length is {meta.max_seq_length}, expected {max_seq_length}")
+    layout, splits = _split_problems(out, meta)
+    problems += layout + _file_problems(out, full) + _hdf5_problems(meta, splits)
+    if problems:
+        raise TokenizedDirError(out, problems)
     digest = meta.tokenizer_sha256 or dir_tokenizer_sha256(out / "tokenizer")
     return TokenizedDir(out, meta, splits, digest)

@@ -1,4 +1,5 @@
-"""gdp's split rules: how many train/dev/test files, which input line goes to which, and HDF5 balancing.
+"""gdp's split rules: how many train/dev/test files, which input line goes to which (split assignment), and HDF5
+balancing.
 
 Followed exactly so that ``--shuffle False`` gives gdp's files: the default number of training splits grows
 with the input size; ratios add dev/test files on top of the training count with gdp's integer arithmetic;
@@ -9,6 +10,8 @@ packing each file on its own, rows move from the tails of over-full files to und
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+import numpy as np
 
 from common.errors import DataError
 
@@ -94,6 +97,39 @@ def split_names(c: SplitCounts) -> list[tuple[str, int]]:
         + [("test", i + 1) for i in range(c.test)]
         + [("dev", i + 1) for i in range(c.dev)]
     )
+
+
+def chunks(n: int, parts: int) -> list[tuple[int, int]]:
+    """``parts`` contiguous ranges over n items whose sizes differ by at most one (gdp: ``array_split``).
+
+    >>> chunks(7, 3)
+    [(0, 3), (3, 5), (5, 7)]
+    """
+    base, extra = divmod(n, parts)
+    out, lo = [], 0
+    for i in range(parts):
+        hi = lo + base + (i < extra)
+        out.append((lo, hi))
+        lo = hi
+    return out
+
+
+def assign_lines(line_numbers: np.ndarray, counts: SplitCounts, shuffle: str, seed: int) -> list[np.ndarray]:
+    """Per split index (train files, then test, then dev): positions into the line index, in file order.
+
+    ``line_numbers``: each indexed line's number among all input lines (blank ones too, files in order).
+    ``--shuffle False``: line k goes to split ``k % splits``, as gdp does. Shuffled: a seeded permutation of the
+    lines cut into contiguous, near-equal chunks.
+
+    >>> [p.tolist() for p in assign_lines(np.array([0, 1, 3, 4]), SplitCounts(2, 0, 0, []), "False", 0)]
+    [[0, 3], [1, 2]]
+    """
+    n_splits = counts.total
+    if shuffle == "False":
+        which = line_numbers % n_splits
+        return [np.flatnonzero(which == j) for j in range(n_splits)]
+    order = np.random.default_rng(seed).permutation(len(line_numbers))
+    return [order[lo:hi] for lo, hi in chunks(len(order), n_splits)]
 
 
 def balance(rows: list[list[int]]) -> list[list[int]]:

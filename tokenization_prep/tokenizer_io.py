@@ -6,6 +6,7 @@ Pythia one) or GPT-2 style ``vocab.json`` + ``merges.txt``. No remote code is ev
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from common.chat_format import CHAT_TEMPLATE
@@ -133,3 +134,9 @@ def tokenizer_for_data(spec: str, special_tokens_dict: str | None = None, apply_
     tok = load_tokenizer(spec)
     add_special_tokens(tok, special_tokens_dict)
     return tok, (chat_renderer(tok, spec) if apply_chat_template else None)
+
+
+def cpu_threads(num_workers: int | None) -> None:
+    """Cap the tokenizers thread pool at ``--num_workers`` (must run before the first encode; output is identical)."""
+    if num_workers:
+        os.environ["RAYON_NUM_THREADS"] = str(num_workers)

@@ -1,13 +1,14 @@
 """``python -m training COMMAND [flags]``: the training stage's commands.
 
-python -m training run --config training/configs/demo/stage1_oig.yaml [--resume | --overwrite]
-python -m training evaluate --model DIR [--model DIR2] --data TOKENIZED_DIR [--out eval.json]
-python -m training merge_lora --adapter DIR --output DIR [--base DIR_OR_HUB_ID] [--overwrite]
-python -m training plot_losses OUT.png STAGE_DIR [STAGE_DIR ...]
-python -m training plan --config training/configs/stage1_oig.yaml --gpus 8 --gpu-memory 80 [--nodes N]
+python -m training run --config training/configs/demo/stage1_oig.yaml [--resume | --overwrite_output_path]
+python -m training evaluate --model DIR [--model DIR2] --data TOKENIZED_DIR [--output_path eval.json]
+python -m training merge_lora --adapter DIR --output_path DIR [--base DIR_OR_HUB_ID] [--overwrite_output_path]
+python -m training plot_losses --output_path OUT.png STAGE_DIR [STAGE_DIR ...]
+python -m training plan --config training/configs/stage1_oig.yaml --gpus 8 --gpu_memory 80 [--nodes N]
 """
 
 from common.cli import dispatch
+from training.run import exit_process
 
 COMMANDS = {
     "run": ("training.run", "train one stage with DeepSpeed (one process, or deepspeed, torchrun, mpirun, srun)"),
@@ -18,6 +19,4 @@ COMMANDS = {
 }
 
 if __name__ == "__main__":
-    from training.run import exit_process
-
     exit_process(dispatch("training", COMMANDS))

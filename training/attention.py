@@ -25,8 +25,8 @@ from transformers.modeling_outputs import BaseModelOutputWithPastAndCrossAttenti
 from transformers.models.bloom.modeling_bloom import BloomAttention, BloomModel, dropout_add
 
 from common.errors import ConfigError
+from training.config import IMPLEMENTATIONS
 
-IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2", "flex_attention")
 SUPPORTED = {"pythia": IMPLEMENTATIONS, "bloom": IMPLEMENTATIONS}
 
 

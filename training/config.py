@@ -16,6 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from common.errors import ConfigError, first_line
 
 ROOT = Path(__file__).resolve().parents[1]
+# attention over packed rows, isolated per article (training/attention.py)
+IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2", "flex_attention")
+ModelKind = Literal["pythia", "bloom"]  # the architectures (training/modeling.py's MODEL_CLASSES)
 
 
 class Strict(BaseModel):
@@ -40,7 +43,7 @@ class TinyShape(Strict):
 class ModelConfig(Strict):
     """Either a hub id / local dir (``name_or_path``) or a tiny shape; ``kind`` picks the architecture."""
 
-    kind: Literal["pythia", "bloom"]
+    kind: ModelKind
     name_or_path: str | None = None
     tiny: TinyShape | None = None
 
@@ -63,35 +66,43 @@ class LoraConfig(Strict):
 class StageConfig(Strict):
     """One training stage (BLOOMChat values for real runs are in training/configs/*.yaml)."""
 
-    name: str
-    data_dir: str
+    name: str = Field(description="the stage's name (logs, lineage; the default output_path)")
+    data_dir: str = Field(description="a tokenization_prep output dir (packed HDF5 with metadata.yaml)")
     model: ModelConfig
-    init_from: str | None = None
-    output_dir: str | None = None  # default training/ckpt/<name>
-    deepspeed: str = str(ROOT / "training/configs/ds/cpu.json")  # the bundled CPU config wherever you run
-    epochs: float = Field(1, gt=0)
-    max_steps: int | None = Field(None, ge=1)
-    micro_batch_size: int = Field(1, ge=1)
-    gradient_accumulation_steps: int = Field(1, ge=1)
-    lr: float = Field(1e-5, gt=0)
-    warmup_steps: int = Field(0, ge=0)
-    schedule: Literal["constant", "linear", "cosine"] = "constant"
-    weight_decay: float = Field(0.1, ge=0)
-    grad_clip: float = Field(1.0, gt=0)
-    prompt_loss_weight: float = Field(0.0, ge=0, le=1)
-    eval_every: int = Field(0, ge=0)
-    save_every: int = Field(0, ge=0)
-    log_every: int = Field(1, ge=1)
-    seed: int = 42
+    init_from: str | None = Field(None, description="start from this saved model dir (an earlier stage's final/)")
+    output_path: str | None = Field(None, description="the stage's output dir (default: training/ckpt/NAME)")
+    deepspeed: str = Field(
+        str(ROOT / "training/configs/ds/cpu.json"), description="DeepSpeed JSON (default: the bundled CPU config)"
+    )
+    epochs: float = Field(1, gt=0, description="passes over the training rows")
+    max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps (quick runs)")
+    micro_batch_size: int = Field(1, ge=1, description="rows per process and forward pass")
+    gradient_accumulation_steps: int = Field(1, ge=1, description="micro-batches per optimizer step")
+    lr: float = Field(1e-5, gt=0, description="peak learning rate (AdamW)")
+    warmup_steps: int = Field(0, ge=0, description="linear warmup steps")
+    schedule: Literal["constant", "linear", "cosine"] = Field("constant", description="learning rate after warmup")
+    weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay (matrices only)")
+    grad_clip: float = Field(1.0, gt=0, description="gradient norm clipping")
+    prompt_loss_weight: float = Field(0.0, ge=0, le=1, description="loss weight of prompt tokens (replies: 1)")
+    eval_every: int = Field(0, ge=0, description="dev loss every N steps (0: at the end only)")
+    save_every: int = Field(0, ge=0, description="checkpoint every N steps (0: none)")
+    log_every: int = Field(1, ge=1, description="throughput window in steps")
+    seed: int = Field(42, description="model init, data order and dropout")
     lora: LoraConfig | None = None
-    gradient_checkpointing: bool = False  # recompute each layer's activations in backward (non-reentrant)
-    dataloader_workers: int = Field(0, ge=0)  # processes reading and collating rows (0: the training process)
-    dataloader_prefetch: int = Field(2, ge=1)  # micro-batches each worker reads ahead
+    gradient_checkpointing: bool = Field(
+        False, description="recompute each layer's activations in backward (non-reentrant)"
+    )
+    dataloader_workers: int = Field(0, ge=0, description="processes reading and collating rows (0: the training one)")
+    dataloader_prefetch: int = Field(2, ge=1, description="micro-batches each worker reads ahead")
     # attention over packed rows, isolated per article (training/attention.py); checked to be installed. auto:
     # flash_attention_2 on CUDA in 16 bits when flash-attn is installed, else flex_attention on CUDA, else sdpa
-    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2", "flex_attention"] = "auto"
-    # data_dir check before training: file sizes (and a re-hash of files whose time changed), or every sha256
-    verify_data: Literal["size", "sha256"] = "size"
+    attn_implementation: Literal[("auto", *IMPLEMENTATIONS)] = Field(
+        "auto", description="attention over packed rows, isolated per article"
+    )
+    verify_data: Literal["size", "sha256"] = Field(
+        "size",
+        description="data_dir check before training: file sizes (and a re-hash of changed files), or every sha256",
+    )
 
     def resolve(self, path: str | None) -> Path | None:
         if path is None:
@@ -100,11 +111,12 @@ class StageConfig(Strict):
 
     @property
     def out_dir(self) -> Path:
-        return self.resolve(self.output_dir or f"training/ckpt/{self.name}")
+        return self.resolve(self.output_path or f"training/ckpt/{self.name}")
 
 
-def load_config(path: str | Path) -> StageConfig:
-    """Read and validate a stage YAML; any problem is one ConfigError line naming file and field."""
+def load_config(path: str | Path, **overrides) -> StageConfig:
+    """Read and validate a stage YAML, with ``overrides`` (a command line's) over its settings; any problem is one
+    ConfigError line naming file and field."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text())
@@ -115,7 +127,7 @@ def load_config(path: str | Path) -> StageConfig:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: must be a YAML mapping of stage settings")
     try:
-        cfg = StageConfig(**raw)
+        cfg = StageConfig(**{**raw, **overrides})
     except ValidationError as exc:
         raise ConfigError(f"{path}: {first_line(exc)}") from None
     ds = cfg.resolve(cfg.deepspeed)

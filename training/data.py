@@ -15,6 +15,7 @@ target in another article. Example row (P prompt, C completion, S end-of-article
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -32,7 +33,9 @@ from tokenization_prep.schema import (
     TokenizedDir,
     dir_tokenizer_sha256,
     load_tokenized_dir,
+    tokenizer_fingerprint,
 )
+from training.config import StageConfig
 
 
 def load_data(data_dir: Path, full: bool = False, name: str = "data_dir") -> TokenizedDir:
@@ -68,6 +71,44 @@ def check_same_tokenizer(data: TokenizedDir, init: Path) -> None:
             f"{data.tokenizer_sha256[:12]}) than init_from {init}'s model ({theirs[:12]}); re-tokenize "
             f"with --pretrained_tokenizer {init}"
         )
+
+
+def check_inputs(cfg: StageConfig) -> tuple[TokenizedDir, Path | None]:
+    """Everything about the data that can be wrong before training starts, as one ConfigError line: the data dir against
+    tokenization_prep's schema (finished, unaltered, file counts), its tokenizer against ``init_from``'s."""
+    data = load_data(cfg.resolve(cfg.data_dir), full=cfg.verify_data == "sha256")
+    load_data_tokenizer(data)
+    init = cfg.resolve(cfg.init_from)
+    if init is not None and not (init / "config.json").is_file():
+        raise ConfigError(f"init_from {init} is not a saved model (no config.json); run the earlier stage first")
+    if init is not None:
+        check_same_tokenizer(data, init)
+    return data, init
+
+
+def load_data_tokenizer(data: TokenizedDir):
+    """The tokenizer saved beside the data (the final model gets it), checked against the fingerprint in
+    metadata.yaml and against the embedding size, before training."""
+    from transformers import AutoTokenizer
+
+    path = data.path / "tokenizer"
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(
+            f"data_dir {path}: no readable tokenizer ({first_line(exc)}); re-run tokenization_prep"
+        ) from None
+    if data.meta.tokenizer_sha256 and tokenizer_fingerprint(tok) != data.meta.tokenizer_sha256:
+        raise ConfigError(
+            f"data_dir {path}: not the tokenizer metadata.yaml records (tokenizer_sha256 differs); "
+            "re-run tokenization_prep"
+        )
+    if len(tok) > data.embedding_rows:
+        raise ConfigError(
+            f"data_dir {path}: {len(tok)} tokens but metadata.yaml sizes the embedding for "
+            f"{data.embedding_rows}; re-run tokenization_prep"
+        )
+    return tok
 
 
 class PackedDataset(torch.utils.data.Dataset):
@@ -175,6 +216,19 @@ class StepSampler(torch.utils.data.Sampler):
             mine = rows[self.rank * per_rank : (self.rank + 1) * per_rank]
             for m in range(self.gas):
                 yield mine[m * self.mb : (m + 1) * self.mb].tolist()
+
+
+def dev_shard(n_rows: int, rank: int, world: int, micro: int) -> list[list[int | None]]:
+    """This rank's share of the dev rows in micro-batches: rows ``rank``, ``rank + world``, ..., then fill rows
+    (None: a row read but weighted 0) so that every rank runs the same number of same-shape forwards.
+
+    >>> [dev_shard(5, r, 2, 2) for r in (0, 1)]
+    [[[0, 2], [4, None]], [[1, 3], [None, None]]]
+    """
+    mine: list[int | None] = list(range(rank, n_rows, world))
+    per_rank = math.ceil(n_rows / world)
+    mine += [None] * (per_rank - len(mine) + (-per_rank) % micro)
+    return [mine[lo : lo + micro] for lo in range(0, len(mine), micro)]
 
 
 def collate(rows: list[dict]) -> dict:

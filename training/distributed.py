@@ -85,7 +85,7 @@ def check_shared_dir(path: Path, what: str, read_only: bool = False) -> None:
 
     The trainer refuses node-local output rather than working on it: rank 0 alone deletes old checkpoints, moves
     ``latest`` and writes ``final/``, while every rank writes its own checkpoint files and reads them back on
-    resume, so per-node copies would diverge or hang later. Put output_dir on storage every node mounts (NFS,
+    resume, so per-node copies would diverge or hang later. Put output_path on storage every node mounts (NFS,
     Lustre, ...). Rank 0 writes a marker with a random token; the all-reduce that hands the token to every rank
     starts only after that write (so it is the barrier), each rank reads the marker, and a second all-reduce
     collects who could not. ``read_only`` (data_dir, which the trainer only reads): nothing is written; every rank
@@ -112,7 +112,7 @@ def check_shared_dir(path: Path, what: str, read_only: bool = False) -> None:
                 token, reason = -1, f": {exc.strerror or exc}"
         token = int(global_sum([token], device)[0])
         if token < 0:
-            raise ConfigError(f"{what} {path}: rank 0 cannot write there{reason}; give an output_dir it can write")
+            raise ConfigError(f"{what} {path}: rank 0 cannot write there{reason}; give an output_path it can write")
         ok = _sees(path / f".shared-check-{token:x}", str(token))
     failed = [i for i, v in enumerate(global_sum([float(i == me and not ok) for i in range(world)], device)) if v]
     if marker is not None:
@@ -129,7 +129,7 @@ def check_shared_dir(path: Path, what: str, read_only: bool = False) -> None:
                 "storage every node mounts (NFS, Lustre, ...) or give every node the same copy"
             )
         raise ConfigError(
-            f"{what} {path} is not shared: {who} cannot see rank 0's files (rank 0 on {hosts[0]}); put output_dir "
+            f"{what} {path} is not shared: {who} cannot see rank 0's files (rank 0 on {hosts[0]}); put output_path "
             "(and data_dir) on storage every node mounts (NFS, Lustre, ...)"
         )
 
@@ -209,8 +209,6 @@ def refuse_together(refusal: Exception | None) -> None:
     """Raise on every rank if any rank refused before training (a ConfigError found before the process group
     started), so no rank is left waiting in a collective. Each rank says its own reason, or names the first
     rank that refused. One all-reduce of a world-sized vector; nothing for one process."""
-    from common.errors import ConfigError
-
     if not torch.distributed.is_initialized() or torch.distributed.get_world_size() < 2:
         if refusal is not None:
             raise refusal

@@ -1,14 +1,15 @@
 """Evaluate trained models on a tokenized dir's dev split, per source: did the model learn to stop, and how well
 does it predict the dev replies. Several models side by side (an untrained one, stage 1, stage 2).
 
-    python -m training.evaluate --model training/ckpt/stage1_oig/final --model training/ckpt/stage2_oa_dolly/final \\
-        --untrained training/configs/demo/stage1_oig.yaml --data tokenization_prep/oasst1_dolly_out --out eval.json
+    python -m training evaluate --model training/ckpt/stage1_oig/final --model training/ckpt/stage2_oa_dolly/final \\
+        --untrained training/configs/demo/stage1_oig.yaml --data tokenization_prep/oasst1_dolly_out \\
+        --output_path eval.json
 
 For each model and source (the articles' provenance): greedy replies to the first ``--prompts`` dev prompts (each
 conversation up to its last bot turn) and the share that stops at EOS (``stop_eos``), at a ``<human>:`` tag
-(``stop_tag``, where the chat would cut) or at ``--max-new-tokens`` (``stop_length``); ``forged_tags``, the share
+(``stop_tag``, where the chat would cut) or at ``--max_new_tokens`` (``stop_length``); ``forged_tags``, the share
 whose reply writes a role tag; the mean reply length in tokens; and the token-weighted dev loss of the whole dev
-split (``dev_loss``; ``--dev-rows N``: its first N rows, for quick looks), with the prompt_loss_weight the model's
+split (``dev_loss``; ``--dev_rows N``: its first N rows, for quick looks), with the prompt_loss_weight the model's
 stage trained with: the number the trainer's final evaluation prints. JSON under ``models.<label>.sources`` plus a
 markdown table.
 """
@@ -23,11 +24,13 @@ from pathlib import Path
 import h5py
 import numpy as np
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 
 from common.chat_format import BOT_TAG, HUMAN_TAG
 from common.cli import guard
-from common.errors import ConfigError, first_line
+from common.errors import ConfigError
 from common.files import atomic_write
+from common.settings import add_settings, parse_settings
 from tokenization_prep.provenance import has_provenance, name_tables, row_pieces
 from tokenization_prep.schema import TokenizedDir
 from training.config import ModelConfig, load_config
@@ -147,7 +150,7 @@ def dev_loss(model, dev: PackedDataset, batch: int, device, rows: int = 0) -> di
     return acc.result([float(x) for x in acc.sums()])
 
 
-def load_model(spec: str, data: TokenizedDir, seed_config: Path | None = None):
+def model_to_evaluate(spec: str, data: TokenizedDir, seed_config: Path | None = None):
     """(model, tokenizer dir, prompt_loss_weight) of a save_pretrained dir (checked to share the data's tokenizer;
     the weight its stage trained with, from its lineage), or of ``seed_config``'s untrained initialization."""
     rows, seq = data.embedding_rows, data.meta.max_seq_length
@@ -195,7 +198,7 @@ def evaluate(
         "models": {},
     }
     for label, spec, seed_config in models:
-        model, tok_dir, plw = load_model(spec, data, seed_config)
+        model, tok_dir, plw = model_to_evaluate(spec, data, seed_config)
         model.to(device).eval()
         tokenizer = AutoTokenizer.from_pretrained(str(tok_dir or data_dir / "tokenizer"))
         if tokenizer.eos_token_id is None:
@@ -231,46 +234,45 @@ def table(result: dict) -> list[str]:
     return out
 
 
+class EvaluateSettings(BaseModel):
+    """The evaluate command's settings (``--model`` and ``--untrained`` may be given several times)."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: list[str] = Field([], description="a save_pretrained dir (repeat for several)")
+    untrained: list[str] = Field(
+        [], description="a stage config: its model as initialized, before training (repeatable)"
+    )
+    data: str = Field(description="a tokenization_prep output dir with a dev split")
+    output_path: str | None = Field(None, description="write the results as JSON here")
+    prompts: int = Field(32, ge=1, description="dev prompts per source to reply to")
+    max_new_tokens: int = Field(256, ge=1, description="longest reply, in tokens")
+    batch_size: int = Field(8, ge=1, description="prompts (and dev rows) per forward pass")
+    dev_rows: int = Field(0, ge=0, description="dev loss over the first N dev rows only (0: all; quick looks)")
+
+
+REPEATABLE = ("model", "untrained")
+
+
+def make_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m training evaluate", description=__doc__.splitlines()[0])
+    add_settings(ap, EvaluateSettings, exclude=REPEATABLE)
+    for name in REPEATABLE:  # each --model adds to the list: --model A --model B (or --model A B)
+        help = EvaluateSettings.model_fields[name].description
+        ap.add_argument(f"--{name}", action="extend", nargs="+", default=argparse.SUPPRESS, help=help)
+    return ap
+
+
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.splitlines()[0])
-    ap.add_argument("--model", action="append", default=[], help="a save_pretrained dir (repeat for several)")
-    ap.add_argument(
-        "--untrained",
-        action="append",
-        default=[],
-        help="a stage config: its model as initialized, before training (repeatable)",
-    )
-    ap.add_argument("--data", required=True, help="a tokenization_prep output dir with a dev split")
-    ap.add_argument("--out", default=None, help="write the results as JSON here")
-    ap.add_argument("--prompts", type=int, default=32, help="dev prompts per source to reply to (default 32)")
-    ap.add_argument("--max-new-tokens", type=int, default=256)
-    ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument(
-        "--dev-rows", type=int, default=0, help="dev loss over the first N dev rows only (default 0: all; quick looks)"
-    )
-    args = ap.parse_args(argv)
-    try:
-        if not args.model and not args.untrained:
-            raise ConfigError("give at least one --model DIR (or --untrained STAGE_CONFIG)")
-        if min(args.prompts, args.max_new_tokens, args.batch_size) < 1:
-            raise ConfigError("--prompts, --max-new-tokens and --batch-size must be at least 1")
-        if args.dev_rows < 0:
-            raise ConfigError("--dev-rows must be 0 (all) or more")
-        models = [(f"untrained ({Path(c).stem})", c, Path(c)) for c in args.untrained] + [
-            (m, m, None) for m in args.model
-        ]
-        result = evaluate(models, Path(args.data), args.prompts, args.max_new_tokens, args.batch_size, args.dev_rows)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except (OSError, ValueError, RuntimeError) as exc:
-        print(f"error: {first_line(exc)}", file=sys.stderr)
-        return 2
+    args = parse_settings(make_parser(), EvaluateSettings, argv)
+    if not args.model and not args.untrained:
+        raise ConfigError("give at least one --model DIR (or --untrained STAGE_CONFIG)")
+    models = [(f"untrained ({Path(c).stem})", c, Path(c)) for c in args.untrained] + [(m, m, None) for m in args.model]
+    result = evaluate(models, Path(args.data), args.prompts, args.max_new_tokens, args.batch_size, args.dev_rows)
     print("\n".join(table(result)))
-    if args.out:
-        with atomic_write(Path(args.out), "w") as fh:
+    if args.output_path:
+        with atomic_write(Path(args.output_path), "w") as fh:
             json.dump(result, fh, indent=2)
-        print(f"wrote {args.out}")
+        print(f"wrote {args.output_path}")
     return 0
 
 

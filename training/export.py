@@ -10,12 +10,11 @@ from the engine, layer by layer, to rank 0's CPU: that path is meant for such sm
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from common.errors import ConfigError, first_line
 from training.config import StageConfig
 from training.distributed import rank
+from training.merge_lora import merge_from_disk, merge_in_memory, staged_dir
 
 
 def gathered_state(module, skip=lambda name: False) -> dict | None:
@@ -74,8 +73,6 @@ def base_names(peft_state: dict) -> dict:
 def save_model(engine, cfg: StageConfig, final: Path, adapter_dir: Path) -> None:
     """``final/`` as a plain save_pretrained model (merged when LoRA), ``adapter_dir`` with the adapter. Called on
     every rank: under ZeRO-3 the gathers are collective; rank 0 writes."""
-    from training.merge_lora import merge_from_disk, merge_in_memory, staged_dir
-
     module = engine.module
     zero3 = engine.zero_optimization_stage() == 3
     if not cfg.lora:
@@ -101,29 +98,3 @@ def save_model(engine, cfg: StageConfig, final: Path, adapter_dir: Path) -> None
             merge_in_memory(state, module.get_base_model().config, adapter_dir, tmp, dtype)
         else:
             merge_from_disk(source, adapter_dir, tmp, dtype)
-
-
-def read_adapter_config(path: str | Path, need_base: bool = True) -> dict:
-    """The ``adapter_config.json`` of a LoRA adapter dir (a stage's ``adapter/``), with the base model it names
-    (unless ``need_base`` is false); any problem is one ConfigError line. Shared by ``merge_lora`` and inference."""
-    cfg_path = Path(path).expanduser() / "adapter_config.json"
-    if not cfg_path.is_file():
-        raise ConfigError(f"{path}: no adapter_config.json; give a LoRA adapter directory (a stage's adapter/)")
-    try:
-        adapter = json.loads(cfg_path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"{path}: adapter_config.json is not readable JSON ({first_line(exc)})") from None
-    if not isinstance(adapter, dict):
-        raise ConfigError(f"{path}: adapter_config.json is not a JSON object; re-run the training stage")
-    if need_base and not isinstance(adapter.get("base_model_name_or_path"), str):
-        raise ConfigError(f"{path}: adapter_config.json names no base_model_name_or_path; re-run the training stage")
-    return adapter
-
-
-def merged_model(adapter_dir: str | Path, base: str, **load_kwargs):
-    """The base model (safetensors only, no remote code) with the adapter merged in by peft."""
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(base, use_safetensors=True, trust_remote_code=False, **load_kwargs)
-    return PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()

@@ -1,4 +1,4 @@
-"""``python -m training merge_lora --adapter DIR --output DIR [--base DIR_OR_HUB_ID] [--overwrite]``: merge LoRA.
+"""``python -m training merge_lora --adapter DIR --output_path DIR [--base DIR_OR_HUB_ID]``: merge a LoRA adapter.
 
 The adapter is folded into its base one safetensors shard at a time: each shard is read tensor by tensor, the
 adapter's delta added to its target weights in fp32 (peft's scaling: ``lora_alpha / r``, per-module
@@ -15,9 +15,7 @@ import argparse
 import contextlib
 import copy
 import json
-import math
 import os
-import re
 import shutil
 import sys
 from collections import defaultdict
@@ -25,83 +23,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from common.cli import guard
 from common.errors import ConfigError, first_line
-from training.export import read_adapter_config
+from common.settings import add_settings, parse_settings
+from training.lora_adapter import Factors, read_adapter, read_adapter_config
+from training.weights import safetensors_files
 
 INDEX = "model.safetensors.index.json"
-# peft's saved names: base_model.model.<module>.lora_A.weight, .lora_B.weight|bias, .lora_embedding_A|B
-FACTOR = re.compile(r"^base_model\.model\.(.+)\.(lora_A|lora_B|lora_embedding_A|lora_embedding_B)(?:\.(weight|bias))?$")
-KINDS = {  # (factor, parameter) pairs peft saves for Linear, Conv1D and Embedding targets
-    ("lora_A", "weight"),
-    ("lora_B", "weight"),
-    ("lora_B", "bias"),
-    ("lora_embedding_A", None),
-    ("lora_embedding_B", None),
-}
-UNSUPPORTED = ("use_dora", "modules_to_save", "layer_replication", "target_parameters", "trainable_token_indices")
-
-
-@dataclass
-class Factors:
-    """One LoRA target: ``a`` (r, in), ``b`` (out, r), peft's scale, and how the product lies in the weight."""
-
-    a: torch.Tensor | None = None
-    b: torch.Tensor | None = None
-    b_bias: torch.Tensor | None = None
-    scale: float = 1.0
-    transpose: bool = False  # fan_in_fan_out (Conv1D) and embeddings keep the weight as (in, out)
-
-    def delta(self) -> torch.Tensor:
-        d = self.b.float() @ self.a.float()
-        return (d.T if self.transpose else d) * self.scale
-
-
-def _pattern_value(patterns: dict, module: str, default):
-    """peft's ``get_pattern_key``: the first pattern matching the end of the module name (at a dot) wins."""
-    for key, value in (patterns or {}).items():
-        if re.match(rf"(.*\.)?({key})$", module):
-            return value
-    return default
-
-
-def read_adapter(adapter_dir: str | Path) -> dict[str, Factors]:
-    """The adapter's factors by target module name (as in the model, e.g. ``gpt_neox.layers.0.mlp.dense_h_to_4h``)."""
-    cfg = read_adapter_config(adapter_dir, need_base=False)  # the base is given separately
-    where = f"adapter {adapter_dir}"
-    if cfg.get("peft_type", "LORA") != "LORA":
-        raise ConfigError(f"{where}: peft_type {cfg['peft_type']} is not LoRA; merge it with peft's merge_and_unload")
-    if bad := [k for k in UNSUPPORTED if cfg.get(k)]:
-        raise ConfigError(f"{where}: {bad[0]} is set, which this shard merge does not handle; use peft's merge")
-    path = Path(adapter_dir).expanduser() / "adapter_model.safetensors"
-    if not path.is_file():
-        raise ConfigError(f"{where}: no adapter_model.safetensors (pickle adapters are not loaded)")
-    targets: dict[str, Factors] = defaultdict(Factors)
-    for key, t in load_file(str(path)).items():
-        m = FACTOR.match(key)
-        if not m or (m[2], m[3]) not in KINDS:
-            raise ConfigError(f"{where}: tensor {key} is not a LoRA factor this merge knows; use peft's merge")
-        f = targets[m[1]]
-        if m[2] == "lora_B" and m[3] == "bias":
-            f.b_bias = t
-        elif m[2].startswith("lora_embedding"):  # A: (r, num_embeddings), B: (dim, r); weight is (num, dim)
-            setattr(f, m[2][-1].lower(), t)
-            f.transpose = True
-        else:
-            setattr(f, m[2][-1].lower(), t)
-            f.transpose = bool(cfg.get("fan_in_fan_out"))
-    for module, f in targets.items():
-        if f.a is None or f.b is None or f.a.ndim != 2 or f.b.ndim != 2:
-            raise ConfigError(f"{where}: {module} lacks a 2-D lora_A or lora_B (conv LoRA is not handled here)")
-        r = _pattern_value(cfg.get("rank_pattern"), module, cfg.get("r", 8))
-        alpha = _pattern_value(cfg.get("alpha_pattern"), module, cfg.get("lora_alpha", 8))
-        if f.a.shape[0] != r:
-            raise ConfigError(f"{where}: {module} has rank {f.a.shape[0]} but adapter_config.json says r={r}")
-        f.scale = alpha / math.sqrt(r) if cfg.get("use_rslora") else alpha / r
-    return dict(targets)
 
 
 class SavedNames:
@@ -269,9 +201,7 @@ def merge_from_disk(base: str, adapter_dir, out_dir: Path, dtype=None) -> Merge:
     """Merge the adapter into the base's safetensors (a local dir or hub id) into the empty dir ``out_dir``."""
     from transformers import AutoConfig
 
-    from training.loading import _resolve_files
-
-    files = _resolve_files(base)
+    files = safetensors_files(base)
     base_dir = files[0].parent
     headers = []
     for f in files:
@@ -322,7 +252,7 @@ def merge(adapter: str, output: str, base: str | None = None, overwrite: bool = 
     base = base or read_adapter_config(adapter)["base_model_name_or_path"]
     out = Path(output).expanduser()
     if out.exists() and not overwrite:
-        raise ConfigError(f"--output {output} exists; pass --overwrite to replace it")
+        raise ConfigError(f"--output_path {output} exists; pass --overwrite_output_path to replace it")
     with staged_dir(out) as tmp:
         try:
             result = merge_from_disk(base, adapter, tmp)
@@ -337,18 +267,21 @@ def merge(adapter: str, output: str, base: str | None = None, overwrite: bool = 
     return out, result
 
 
+class MergeSettings(BaseModel):
+    """The merge_lora command's settings."""
+
+    model_config = ConfigDict(extra="forbid")
+    adapter: str = Field(description="a LoRA adapter dir (a stage's adapter/)")
+    output_path: str = Field(description="dir for the merged model (refused if it exists)")
+    base: str | None = Field(None, description="base model dir or hub id (default: the adapter config's)")
+    overwrite_output_path: bool = Field(False, description="replace an existing --output_path")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m training merge_lora", description=__doc__.splitlines()[0])
-    ap.add_argument("--adapter", required=True, help="a LoRA adapter dir (a stage's adapter/)")
-    ap.add_argument("--output", required=True, help="dir for the merged model (refused if it exists)")
-    ap.add_argument("--base", default=None, help="base model dir or hub id (default: the adapter config's)")
-    ap.add_argument("--overwrite", action="store_true", help="replace an existing --output")
-    args = ap.parse_args(argv)
-    try:
-        out, result = merge(args.adapter, args.output, args.base, args.overwrite)
-    except (ConfigError, OSError) as exc:
-        print(f"error: {first_line(exc)}", file=sys.stderr)
-        return 2
+    add_settings(ap, MergeSettings)
+    args = parse_settings(ap, MergeSettings, argv)
+    out, result = merge(args.adapter, args.output_path, args.base, args.overwrite_output_path)
     if result.skipped:
         print(f"skipped {len(result.skipped)} base tensor(s) the model does not use, e.g. {result.skipped[0]}")
     print(f"merged model written to {out} ({result.targets} LoRA targets, {len(result.files)} file(s))")

@@ -17,12 +17,13 @@ from transformers import BloomConfig, BloomForCausalLM, GPTNeoXConfig, GPTNeoXFo
 from transformers.modeling_outputs import CausalLMOutput
 from transformers.models.bloom.modeling_bloom import BloomPreTrainedModel
 
-from common.errors import ConfigError
+from common.errors import ConfigError, first_line
 from training.attention import PackedBloomModel, Varlen, check_attention
 from training.config import ModelConfig
-from training.loading import DsFacts, check_memory, load_model, model_config
 from training.loss import LinearCEHead, as_loss_head
 from training.plan import Workload
+from training.preflight import DsFacts, check_memory
+from training.weights import load_model
 
 LORA_TARGETS = {"pythia": ["query_key_value"], "bloom": ["query_key_value"]}
 
@@ -114,6 +115,16 @@ def tiny_config(mc: ModelConfig, vocab_size: int, max_len: int):
         bos_token_id=0,
         eos_token_id=0,
     )
+
+
+def model_config(mc: ModelConfig, source: str | None, vocab_size: int, max_len: int):
+    """The transformers config of the model to train (from the saved model, or the tiny shape)."""
+    if not source:
+        return tiny_config(mc, vocab_size, max_len)
+    try:
+        return MODEL_CLASSES[mc.kind].config_class.from_pretrained(source)
+    except Exception as exc:
+        raise ConfigError(f"model {source}: cannot load as {mc.kind} ({first_line(exc)})") from None
 
 
 def build_model(

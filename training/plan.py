@@ -32,7 +32,7 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from training.attention import IMPLEMENTATIONS
+from training.config import IMPLEMENTATIONS, ModelKind
 from training.loss import chunk_tokens
 
 GiB = 1024**3
@@ -45,7 +45,7 @@ class Shape(BaseModel):
     """What the plan needs of an architecture; BLOOM's MLP is always 4 x hidden."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    kind: Literal["pythia", "bloom"]
+    kind: ModelKind
     hidden: int = Field(ge=1)
     layers: int = Field(ge=1)
     heads: int = Field(ge=1)
@@ -275,7 +275,7 @@ class Plan:
     shape: Shape
     params: int
     largest: int
-    facts: object  # training.loading.DsFacts: stage, dtype, offload
+    facts: object  # training.preflight.DsFacts: stage, dtype, offload
     ds: dict
     work: Workload
     gpus_per_node: int = 1

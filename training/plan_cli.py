@@ -1,10 +1,10 @@
 """``python -m training plan``: will a stage fit its GPUs? A per-GPU memory plan, computed without any weights.
 
-    python -m training plan --config training/configs/stage1_oig.yaml --gpus 8 --gpu-memory 80
+    python -m training plan --config training/configs/stage1_oig.yaml --gpus 8 --gpu_memory 80
 
 Prints the line items (training/plan.py) with and without gradient checkpointing and a verdict that names the
 setting to change. Exit 0: fits; 1: does not fit; 2: bad input. The sequence length is the data_dir's
-(metadata.yaml) when it exists, else ``--seq-len``. Model shapes: ``init_from`` / ``name_or_path`` when a
+(metadata.yaml) when it exists, else ``--max_seq_length``. Model shapes: ``init_from`` / ``name_or_path`` when a
 local dir with config.json, the tiny shape, or the built-in table of public hub shapes (no network needed).
 """
 
@@ -14,16 +14,18 @@ import argparse
 import sys
 from pathlib import Path
 
+from pydantic import BaseModel, ConfigDict, Field
 from transformers import BloomConfig, GPTNeoXConfig
 
 from common.cli import guard
 from common.errors import ConfigError, DataError
+from common.settings import add_settings, build
 from tokenization_prep.schema import read_metadata
 from training.attention import SUPPORTED, resolve_attention
 from training.config import StageConfig, deepspeed_dict, load_config
-from training.loading import DsFacts, model_config
-from training.modeling import MODEL_CLASSES
+from training.modeling import MODEL_CLASSES, model_config
 from training.plan import CUDA_CONTEXT, FRAGMENTATION, GiB, Plan, Shape, Workload, count_params
+from training.preflight import DsFacts
 
 DEFAULT_SEQ_LEN = 2048
 
@@ -81,39 +83,49 @@ class OneLineParser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+class PlanSettings(BaseModel):
+    """The plan command's settings: the stage, and the hardware to plan it on."""
+
+    model_config = ConfigDict(extra="forbid")
+    config: str = Field(description="stage YAML (see training/configs/)", json_schema_extra={"metavar": "FILE.yaml"})
+    gpus: int = Field(gt=0, description="GPUs per node")
+    gpu_memory: float = Field(
+        gt=0,
+        description="one GPU's memory in GiB (nvidia-smi MiB / 1024): H100 79.6, A100-80GB 80, A10 22.5, V100 31.7 "
+        "or 15.8",
+    )
+    nodes: int = Field(1, gt=0, description="nodes of --gpus GPUs each")
+    max_seq_length: int | None = Field(
+        None, gt=0, description=f"tokens per row when data_dir has no metadata.yaml ({DEFAULT_SEQ_LEN})"
+    )
+    host_memory: float | None = Field(None, gt=0, description="host memory per node in GiB (checked if given)")
+
+
 def make_parser() -> argparse.ArgumentParser:
     ap = OneLineParser(prog="python -m training plan", description=__doc__.splitlines()[0])
-    ap.add_argument("--config", required=True, help="stage YAML (see training/configs/)")
-    ap.add_argument("--gpus", type=int, required=True, help="GPUs per node")
-    ap.add_argument(
-        "--gpu-memory",
-        type=float,
-        required=True,
-        help="one GPU's memory in GiB (nvidia-smi MiB / 1024): H100 79.6, A100-80GB 80, A10 22.5, V100 31.7 or 15.8",
-    )
-    ap.add_argument("--nodes", type=int, default=1, help="nodes of --gpus GPUs each")
-    ap.add_argument(
-        "--seq-len",
-        type=int,
-        default=None,
-        help=f"tokens per row when data_dir has no metadata.yaml ({DEFAULT_SEQ_LEN})",
-    )
-    ap.add_argument("--host-memory", type=float, default=None, help="host memory per node in GiB (checked if given)")
+    add_settings(ap, PlanSettings)
     return ap
+
+
+def parse(argv=None) -> PlanSettings:
+    """The settings, checked: a bad value is one ConfigError line naming the flag. (``--config`` is the stage's
+    YAML here, read by ``build_plan``, not settings of this command.)"""
+    return build(PlanSettings, vars(make_parser().parse_args(argv)))
 
 
 def data_facts(cfg: StageConfig, seq_len: int | None) -> tuple[int, int | None, str]:
     """(sequence length, embedding rows or None, where the length came from)."""
     data = cfg.resolve(cfg.data_dir)
     if not (data / "metadata.yaml").is_file():
-        return seq_len or DEFAULT_SEQ_LEN, None, "--seq-len" if seq_len else "default; no metadata.yaml yet"
+        return seq_len or DEFAULT_SEQ_LEN, None, "--max_seq_length" if seq_len else "default; no metadata.yaml yet"
     try:
         meta = read_metadata(data)
     except DataError as exc:
         raise ConfigError(str(exc)) from None
     if seq_len and seq_len != meta.max_seq_length:
         raise ConfigError(
-            f"--seq-len {seq_len} but data_dir {data} was tokenized at {meta.max_seq_length}; drop --seq-len"
+            f"--max_seq_length {seq_len} but data_dir {data} was tokenized at {meta.max_seq_length}; drop "
+            "--max_seq_length"
         )
     return meta.max_seq_length, max(meta.vocab_size, meta.total_vocab_size or 0), "data_dir metadata.yaml"
 
@@ -139,15 +151,10 @@ def model_shape(cfg: StageConfig, vocab: int | None, seq_len: int):
     return hf_config(shape), f"{mc.name_or_path}, built-in shape"
 
 
-def build_plan(args) -> tuple[Plan, str]:
+def build_plan(args: PlanSettings) -> tuple[Plan, str]:
     """The plan of ``args.config`` on the given hardware, and a two-line header saying what was planned."""
-    for flag, value in (("--gpus", args.gpus), ("--nodes", args.nodes), ("--gpu-memory", args.gpu_memory)):
-        if value <= 0:
-            raise ConfigError(f"{flag} must be positive (got {value:g})")
-    if (args.seq_len is not None and args.seq_len < 1) or (args.host_memory is not None and args.host_memory <= 0):
-        raise ConfigError("--seq-len and --host-memory must be positive")
     cfg = load_config(args.config)
-    seq_len, vocab, seq_from = data_facts(cfg, args.seq_len)
+    seq_len, vocab, seq_from = data_facts(cfg, args.max_seq_length)
     config, shape_from = model_shape(cfg, vocab, seq_len)
     world = args.gpus * args.nodes
     ds = deepspeed_dict(cfg, world)
@@ -199,12 +206,8 @@ def table(plan: Plan) -> str:
 
 
 def main(argv=None) -> int:
-    args = make_parser().parse_args(argv)
-    try:
-        plan, head = build_plan(args)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    args = parse(argv)
+    plan, head = build_plan(args)
     host_capacity = None if args.host_memory is None else int(args.host_memory * GiB)
     fits, verdict = plan.verdict(int(args.gpu_memory * GiB), host_capacity)
     given = f" of {args.host_memory:g} given" if args.host_memory else ""

@@ -1,13 +1,17 @@
-"""``python -m training.plot_losses OUT.png STAGE_DIR...``: loss curves of stages from their logs/metrics.jsonl."""
+"""``python -m training plot_losses --output_path OUT.png STAGE_DIR...``: stages' loss curves from metrics.jsonl."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from common.cli import guard
 from common.plots import pyplot, save_png
+from common.settings import add_settings, parse_settings
 
 
 def plot_losses(stage_dirs: list[Path], out_png: Path) -> Path:
@@ -29,12 +33,22 @@ def plot_losses(stage_dirs: list[Path], out_png: Path) -> Path:
     return save_png(fig, out_png)
 
 
+class PlotSettings(BaseModel):
+    """The plot_losses command's settings: the PNG, then the stage dirs (positional)."""
+
+    model_config = ConfigDict(extra="forbid")
+    output_path: str = Field(description="the PNG to write", json_schema_extra={"metavar": "OUT.png"})
+    stage_dirs: list[str] = Field(
+        description="stage output dirs (each with logs/metrics.jsonl), in order",
+        json_schema_extra={"positional": True, "metavar": "STAGE_DIR"},
+    )
+
+
 def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) < 2:
-        print("usage: python -m training plot_losses OUT.png STAGE_DIR [STAGE_DIR ...]", file=sys.stderr)
-        return 2
-    print(plot_losses([Path(p) for p in argv[1:]], Path(argv[0])))
+    ap = argparse.ArgumentParser(prog="python -m training plot_losses", description=__doc__.splitlines()[0])
+    add_settings(ap, PlotSettings)
+    args = parse_settings(ap, PlotSettings, argv)
+    print(plot_losses([Path(p) for p in args.stage_dirs], Path(args.output_path)))
     return 0
 
 

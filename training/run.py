@@ -1,4 +1,4 @@
-"""``python -m training.run --config training/configs/stage1_oig.yaml [--resume]``: run one stage.
+"""``python -m training run --config training/configs/stage1_oig.yaml [--resume]``: train one stage.
 
 Launch with plain ``python`` (one process), ``deepspeed`` or ``torchrun`` (several processes, or nodes), Open MPI's
 or MPICH's ``mpirun``, or Slurm's ``srun``: rank, world size and rendezvous come from the launcher's own variables.
@@ -10,14 +10,18 @@ import argparse
 import os
 import sys
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from common.cli import guard
+from common.errors import ConfigError
+from common.settings import add_settings, build
+from training.config import StageConfig, load_config
+from training.launch import export
 
 
 def launch_env() -> None:
     """Export RANK/WORLD_SIZE/LOCAL_RANK/MASTER_* from the launcher's own variables (torchrun, deepspeed, mpirun,
     srun) before DeepSpeed starts, so it takes the env:// path and needs no mpi4py (training.launch says how)."""
-    from training.launch import export
-
     placement = export()
     if placement.world_size > 1 and placement.rank == 0:
         local = f", {placement.local_world_size} per node" if placement.local_world_size else ""
@@ -28,46 +32,59 @@ def launch_env() -> None:
         )
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m training.run", description=__doc__.splitlines()[0])
-    ap.add_argument("--config", required=True, help="stage YAML (see training/configs/)")
-    ap.add_argument("--resume", action="store_true", help="continue from the stage's last checkpoint")
-    ap.add_argument(
-        "--overwrite", action="store_true", help="train again into an output_dir that holds a finished stage (final/)"
+class RunFlags(BaseModel):
+    """The run command's own flags. The stage's settings are its YAML (``StageConfig``); a flag named in
+    ``STAGE_FLAGS`` overrides one of them for this run, with the field's own help and bounds."""
+
+    model_config = ConfigDict(extra="forbid")
+    config: str = Field(description="stage YAML (see training/configs/)", json_schema_extra={"metavar": "FILE.yaml"})
+    resume: bool = Field(False, description="continue from the stage's last checkpoint")
+    overwrite_output_path: bool = Field(
+        False, description="train again into an output_path that holds a finished stage (final/)"
     )
-    ap.add_argument("--max-steps", type=int, default=None, help="override the config's max_steps (quick runs)")
-    ap.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by the deepspeed launcher
-    args = ap.parse_args(argv)
 
-    from common.errors import ConfigError
-    from training.config import load_config
 
+STAGE_FLAGS = ("max_steps",)
+
+
+def make_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m training run", description=__doc__.splitlines()[0])
+    add_settings(ap, RunFlags)
+    add_settings(ap, StageConfig, exclude=[name for name in StageConfig.model_fields if name not in STAGE_FLAGS])
+    ap.add_argument("--local_rank", type=int, default=argparse.SUPPRESS, help=argparse.SUPPRESS)  # deepspeed's
+    return ap
+
+
+def parse(argv=None) -> tuple[RunFlags, StageConfig]:
+    """The run's flags and its stage config (the YAML with the command line's overrides), checked."""
+    given = vars(make_parser().parse_args(argv))
+    given.pop("local_rank", None)  # the deepspeed launcher's; the rank comes from the environment (launch_env)
+    overrides = {name: given.pop(name) for name in STAGE_FLAGS if name in given}
+    flags = build(RunFlags, given)
+    return flags, load_config(flags.config, **overrides)
+
+
+def main(argv=None) -> int:
+    flags, cfg = parse(argv)
+    final = cfg.out_dir / "final"
+    if final.is_dir() and not (flags.resume or flags.overwrite_output_path):
+        raise ConfigError(
+            f"output_path {cfg.out_dir} already holds a finished stage ({final}); pass --overwrite_output_path to "
+            "train it again, or set another output_path"
+        )
     try:
-        cfg = load_config(args.config)
-        if args.max_steps is not None:
-            if args.max_steps < 1:
-                raise ConfigError("--max-steps must be at least 1")
-            cfg.max_steps = args.max_steps
-        final = cfg.out_dir / "final"
-        if final.is_dir() and not (args.resume or args.overwrite):
-            raise ConfigError(
-                f"output_dir {cfg.out_dir} already holds a finished stage ({final}); pass --overwrite to train it "
-                "again, or set another output_dir"
-            )
         launch_env()
         if not _has_cuda():
             os.environ.setdefault("DS_ACCELERATOR", "cpu")
+        # imported here: DeepSpeed (imported with the trainer) picks its accelerator from DS_ACCELERATOR once
         from training.trainer import StageRunner
 
-        runner = StageRunner(cfg, resume=args.resume)  # checks data, init_from and model before DeepSpeed starts
+        runner = StageRunner(cfg, resume=flags.resume)  # checks data, init_from and model before DeepSpeed starts
         final = runner.run()
         import deepspeed
 
         deepspeed.comm.barrier()
         deepspeed.comm.destroy_process_group()
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     finally:
         release_shm_buffer()
     if int(os.environ.get("RANK", "0")) == 0:

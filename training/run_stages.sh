@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run BLOOMChat's two stages in order: stage 1 (OIG), then stage 2 (Dolly+OASST) from stage 1's weights.
-# Usage: training/run_stages.sh [CONFIG_DIR] [extra args for training.run, e.g. --resume]
+# Usage: training/run_stages.sh [CONFIG_DIR] [extra flags of `python -m training run`, e.g. --resume]
 #   CONFIG_DIR: training/configs (real runs, GPUs) or training/configs/demo (CPU demo); default: the demo.
 #   LAUNCHER: how to start a stage; default one process with python. Several GPUs or nodes, e.g.
 #     LAUNCHER="deepspeed --num_gpus 8" or LAUNCHER="deepspeed --hostfile hostfile" training/run_stages.sh training/configs
@@ -14,6 +14,6 @@ for stage in stage1_oig stage2_oa_dolly; do
   if [ -n "${LAUNCHER:-}" ]; then
     $LAUNCHER "$ROOT/training/run.py" --config "$CONFIGS/$stage.yaml" "$@"
   else
-    "$PY" -m training.run --config "$CONFIGS/$stage.yaml" "$@"
+    "$PY" -m training run --config "$CONFIGS/$stage.yaml" "$@"
   fi
 done

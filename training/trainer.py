@@ -23,16 +23,16 @@ import torch
 from common.chat_format import GENERATION_DEFAULTS
 from common.errors import ConfigError, first_line
 from common.files import atomic_write, sha256_file
-from tokenization_prep.schema import TokenizedDir, tokenizer_fingerprint
 from training import checkpoint
 from training.attention import check_attention, resolve_attention
 from training.config import StageConfig, deepspeed_dict
 from training.data import (
     PackedDataset,
     StepSampler,
-    check_same_tokenizer,
+    check_inputs,
     collate,
-    load_data,
+    dev_shard,
+    load_data_tokenizer,
     read_lineage,
     step_loader,
 )
@@ -46,7 +46,7 @@ from training.distributed import (
     to_device,
     world_size,
 )
-from training.loading import DsFacts, check_hardware
+from training.export import save_model
 from training.modeling import (
     apply_lora,
     build_model,
@@ -56,44 +56,7 @@ from training.modeling import (
     param_groups,
 )
 from training.plan import Workload
-
-
-def check_inputs(cfg: StageConfig) -> tuple[TokenizedDir, Path | None]:
-    """Everything that can be wrong before training starts, as one ConfigError line: the data dir against
-    tokenization_prep's schema (finished, unaltered, file counts), its tokenizer against ``init_from``'s."""
-    data = load_data(cfg.resolve(cfg.data_dir), full=cfg.verify_data == "sha256")
-    load_data_tokenizer(data)
-    init = cfg.resolve(cfg.init_from)
-    if init is not None and not (init / "config.json").is_file():
-        raise ConfigError(f"init_from {init} is not a saved model (no config.json); run the earlier stage first")
-    if init is not None:
-        check_same_tokenizer(data, init)
-    return data, init
-
-
-def load_data_tokenizer(data: TokenizedDir):
-    """The tokenizer saved beside the data (the final model gets it), checked against the fingerprint in
-    metadata.yaml and against the embedding size, before training."""
-    from transformers import AutoTokenizer
-
-    path = data.path / "tokenizer"
-    try:
-        tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
-    except (OSError, ValueError) as exc:
-        raise ConfigError(
-            f"data_dir {path}: no readable tokenizer ({first_line(exc)}); re-run tokenization_prep"
-        ) from None
-    if data.meta.tokenizer_sha256 and tokenizer_fingerprint(tok) != data.meta.tokenizer_sha256:
-        raise ConfigError(
-            f"data_dir {path}: not the tokenizer metadata.yaml records (tokenizer_sha256 differs); "
-            "re-run tokenization_prep"
-        )
-    if len(tok) > data.embedding_rows:
-        raise ConfigError(
-            f"data_dir {path}: {len(tok)} tokens but metadata.yaml sizes the embedding for "
-            f"{data.embedding_rows}; re-run tokenization_prep"
-        )
-    return tok
+from training.preflight import DsFacts, check_hardware
 
 
 def make_scheduler(cfg: StageConfig, total_steps: int):
@@ -108,6 +71,19 @@ def make_scheduler(cfg: StageConfig, total_steps: int):
     return lambda optimizer: torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def supervised_weight(batches: list[dict]) -> float:
+    """The summed loss weight of micro-batches' targets (a row's last position predicts nothing)."""
+    return sum(float(b["weights"][:, :-1].sum()) for b in batches)
+
+
+def loss_scale(step_weight: float, world: int) -> float:
+    """The factor each micro-batch's summed weighted loss gets before backward, so that a step's gradient is the
+    gradient of the token-weighted mean loss over all its rows, however they are split into ranks and
+    micro-batches: 1 / the step's supervised weight summed over ranks, times the number of ranks, since DeepSpeed
+    averages gradients over ranks (and adds the micro-batches' gradients unscaled: ``scale_wrt_gas=False``)."""
+    return world / max(step_weight, 1e-8)
+
+
 def logged_step(line: str) -> float:
     """The step of a metrics.jsonl line; a line torn by a kill counts as after any checkpoint."""
     try:
@@ -117,49 +93,133 @@ def logged_step(line: str) -> float:
 
 
 class StageRunner:
-    """Owns the engine, the data and the bookkeeping of one stage."""
+    """One stage, set up in named steps as torchtune's recipes are, then ``run``.
+
+    The steps that need no process group run first, so that a refusal on any rank is said by every rank together
+    before DeepSpeed starts: ``setup_data`` (the data dir and the step counts), ``setup_deepspeed`` (the DeepSpeed
+    config, this machine's support for it, the attention), ``find_resume_state`` (the checkpoint a ``--resume``
+    continues). Then ``start_process_group``, ``prepare_resume`` (a checkpoint of another process count converted
+    once), ``setup_model`` (built, loaded and checked against the memory here), ``setup_engine`` (DeepSpeed) and
+    ``resume_from`` (the engine's state and every RNG). The stage config is read, never changed.
+    """
 
     def __init__(self, cfg: StageConfig, resume: bool = False):
         self.cfg, self.resume = cfg, resume
         self.rank, self.world = rank(), world_size()
-        refusal, saved = None, None
+        refusal = None
         try:
-            saved = self.check_before_start(cfg, resume)
+            self.setup_data()
+            self.setup_deepspeed()
+            self.saved = self.find_resume_state()
         except ConfigError as exc:
             if self.world == 1:
                 raise
             refusal = exc  # said by every rank together below, so no rank waits in a collective for the others
+        self.start_process_group(refusal)
+        load_tag = self.prepare_resume()
+        self.setup_engine(self.setup_model())
+        if load_tag:
+            self.resume_from(load_tag)
+
+    def setup_data(self) -> None:
+        """The data dir checked against tokenization_prep's schema and ``init_from``'s tokenizer, the train and dev
+        splits, and the run's length in optimizer steps."""
+        cfg = self.cfg
+        self.data, self.init = check_inputs(cfg)
+        self.data_dir = self.data.path
+        self.out = cfg.out_dir
+        self.ckpt = self.out / "checkpoints"
+        self.train = PackedDataset(self.data, "train", cfg.prompt_loss_weight)
+        self.dev = (
+            PackedDataset(self.data, "dev", cfg.prompt_loss_weight, groups=True) if self.data.splits["dev"] else None
+        )
+        self.rows_per_step = cfg.micro_batch_size * cfg.gradient_accumulation_steps * self.world
+        self.steps_per_epoch = len(self.train) // self.rows_per_step
+        if self.steps_per_epoch == 0:
+            raise ConfigError(
+                f"{len(self.train)} training rows cannot fill one step of {self.rows_per_step} rows; "
+                "lower micro_batch_size or gradient_accumulation_steps"
+            )
+        total = math.ceil(cfg.epochs * self.steps_per_epoch)
+        self.total_steps = min(total, cfg.max_steps) if cfg.max_steps else total
+
+    def setup_deepspeed(self) -> None:
+        """The DeepSpeed config of this stage and world, checked to run on this machine; the attention for packed
+        rows it resolves to; the topology a checkpoint records."""
+        cfg = self.cfg
+        self.ds_config = deepspeed_dict(cfg, self.world)
+        self.facts = DsFacts.of(self.ds_config)
+        check_hardware(self.facts, cfg.deepspeed)
+        self.attn = resolve_attention(cfg.attn_implementation, torch.cuda.is_available(), self.facts.dtype)
+        check_attention(cfg.model.kind, self.attn)
+        if self.attn == "flash_attention_2" and self.facts.dtype == torch.float32:
+            raise ConfigError(
+                f"attn_implementation flash_attention_2 runs in bf16 or fp16 only, and {cfg.deepspeed} "
+                "trains in fp32; use a bf16 DeepSpeed config (ds/zero2_bf16.json) or sdpa"
+            )
+        self.topology = checkpoint.topology(
+            self.world, cfg.micro_batch_size, cfg.gradient_accumulation_steps, self.facts.stage
+        )
+
+    def find_resume_state(self) -> dict | None:
+        """With ``--resume``: the saved trainer state, checked to continue at the exact sample position in this
+        topology (else one line); a checkpoint of another process count loads as DeepSpeed's universal one."""
+        if not self.resume:
+            return None
+        saved = checkpoint.check_resume(self.ckpt, self.topology)
+        if saved["universal"]:
+            self.ds_config = {**self.ds_config, "checkpoint": {"load_universal": True}}
+        return saved
+
+    def start_process_group(self, refusal: ConfigError | None) -> None:
+        """Start the process group, stop every rank if any refused, check that output_path and data_dir are the
+        same directories on every rank, and on a fresh run remove an older run's checkpoints and logs (a later
+        ``--resume`` must never pick up an older run's state)."""
         init_process_group()
         refuse_together(refusal)
-        check_shared_dir(self.out, "output_dir")
+        check_shared_dir(self.out, "output_path")
         check_shared_dir(self.data_dir, "data_dir", read_only=True)
-        if not resume and self.rank == 0:  # a fresh run: a later --resume must never pick up an older run's state
+        if not self.resume and self.rank == 0:
             for old in (self.ckpt, self.out / "logs"):
                 shutil.rmtree(old, ignore_errors=True)
-        load_tag = None
-        if saved:
-            load_tag = checkpoint.latest_tag(self.ckpt)
-            if saved["universal"]:
-                load_tag = checkpoint.to_universal(self.ckpt, load_tag)
-                self.ds_config["checkpoint"] = {"load_universal": True}
+
+    def prepare_resume(self) -> str | None:
+        """The checkpoint tag to resume from (None on a fresh run), converted to DeepSpeed's universal format
+        first when another number of processes wrote it (before any weights load: the conversion needs memory)."""
+        if not self.saved:
+            return None
+        tag = checkpoint.latest_tag(self.ckpt)
+        return checkpoint.to_universal(self.ckpt, tag) if self.saved["universal"] else tag
+
+    def setup_model(self):
+        """The model to train: checked against the data and the memory here, loaded as DeepSpeed will train it
+        (partitioned under ZeRO-3), with gradient checkpointing and the LoRA adapter when configured."""
+        cfg = self.cfg
+        seq_len = self.data.meta.max_seq_length
         model, self._keep_alive = build_model(
             cfg.model,
             self.data.embedding_rows,
-            self.data.meta.max_seq_length,
+            seq_len,
             self.init,
             cfg.seed,
             ds=self.ds_config,
             ds_name=cfg.deepspeed,
             lora=cfg.lora is not None,
             attn=self.attn,
-            work=Workload.of(cfg, self.data.meta.max_seq_length, self.attn),
+            work=Workload.of(cfg, seq_len, self.attn),
         )
         if cfg.gradient_checkpointing:
             enable_checkpointing(model)
         if cfg.lora:
             model = apply_lora(model, cfg.model.kind, cfg.lora)
+        return model
+
+    def setup_engine(self, model) -> None:
+        """DeepSpeed's engine with AdamW (no decay on biases and norms) and the stage's schedule; a setup that
+        runs out of memory or that DeepSpeed refuses is one line."""
         import deepspeed  # imported late: every data and model check above runs before DeepSpeed starts
 
+        cfg = self.cfg
         try:
             self.engine, _, _, self.scheduler = deepspeed.initialize(
                 model=model,
@@ -177,43 +237,10 @@ class StageRunner:
         self.device = self.engine.device
         if self.device.type == "cuda":  # the logged peak is training's, not the loading's transient peak
             torch.cuda.reset_peak_memory_stats(self.device)
-        if saved:
-            checkpoint.load(self.engine, self.ckpt, saved, load_tag)
 
-    def check_before_start(self, cfg: StageConfig, resume: bool) -> dict | None:
-        """Every check that needs no process group: data, init_from, DeepSpeed config, attention, batch shape,
-        resume topology. Returns the saved trainer state to resume from (or None)."""
-        self.data, self.init = check_inputs(cfg)
-        self.data_dir = self.data.path
-        self.out = cfg.out_dir
-        self.train = PackedDataset(self.data, "train", cfg.prompt_loss_weight)
-        self.dev = (
-            PackedDataset(self.data, "dev", cfg.prompt_loss_weight, groups=True) if self.data.splits["dev"] else None
-        )
-        self.ds_config = deepspeed_dict(cfg, self.world)
-        facts = DsFacts.of(self.ds_config)
-        check_hardware(facts, cfg.deepspeed)
-        self.attn = resolve_attention(cfg.attn_implementation, torch.cuda.is_available(), facts.dtype)
-        check_attention(cfg.model.kind, self.attn)
-        if self.attn == "flash_attention_2" and facts.dtype == torch.float32:
-            raise ConfigError(
-                f"attn_implementation flash_attention_2 runs in bf16 or fp16 only, and {cfg.deepspeed} "
-                "trains in fp32; use a bf16 DeepSpeed config (ds/zero2_bf16.json) or sdpa"
-            )
-        self.rows_per_step = cfg.micro_batch_size * cfg.gradient_accumulation_steps * self.world
-        self.steps_per_epoch = len(self.train) // self.rows_per_step
-        if self.steps_per_epoch == 0:
-            raise ConfigError(
-                f"{len(self.train)} training rows cannot fill one step of {self.rows_per_step} rows; "
-                "lower micro_batch_size or gradient_accumulation_steps"
-            )
-        total = math.ceil(cfg.epochs * self.steps_per_epoch)
-        self.total_steps = min(total, cfg.max_steps) if cfg.max_steps else total
-        self.topology = checkpoint.topology(
-            self.world, cfg.micro_batch_size, cfg.gradient_accumulation_steps, facts.stage
-        )
-        self.ckpt = self.out / "checkpoints"
-        return checkpoint.check_resume(self.ckpt, self.topology) if resume else None
+    def resume_from(self, tag: str) -> None:
+        """The engine's state (weights, optimizer, schedule, step) from checkpoint ``tag`` and this rank's RNGs."""
+        checkpoint.load(self.engine, self.ckpt, self.saved, tag)
 
     # ---- data ----
     def batches(self, start: int):
@@ -241,17 +268,13 @@ class StageRunner:
         sharded over ranks (equal counts; fill rows weigh 0), sums all-reduced: {"loss", "by_source", ...}."""
         if self.dev is None or not len(self.dev):
             return None
-        mb = self.cfg.micro_batch_size
-        mine = list(range(self.rank, len(self.dev), self.world))
-        per_rank = math.ceil(len(self.dev) / self.world)
-        fill = per_rank - len(mine) + (-per_rank) % mb  # every rank runs the same number of same-shape forwards
         acc = GroupedLoss(self.dev.groups.names, self.device)
         self.engine.eval()
         with torch.no_grad():
-            for lo in range(0, len(mine) + fill, mb):
-                rows = self.dev.__getitems__([mine[k] if k < len(mine) else 0 for k in range(lo, lo + mb)])
-                for k, row in zip(range(lo, lo + mb), rows):
-                    if k >= len(mine):  # a fill row: same shape, no weight
+            for part in dev_shard(len(self.dev), self.rank, self.world, self.cfg.micro_batch_size):
+                rows = self.dev.__getitems__([0 if k is None else k for k in part])
+                for k, row in zip(part, rows):
+                    if k is None:  # a fill row: same shape, no weight
                         row["weights"] = torch.zeros_like(row["weights"])
                 batch = to_device(collate(rows), self.device)
                 acc.add(batch, packed_token_losses(self.engine, batch))
@@ -262,11 +285,11 @@ class StageRunner:
     def train_step(self, loader) -> tuple[float, float, float]:
         """One optimizer step on the next micro-batches of ``loader``; returns global (loss, weight, real tokens)."""
         batches = [next(loader) for _ in range(self.cfg.gradient_accumulation_steps)]
-        local_w = sum(float(b["weights"][:, :-1].sum()) for b in batches)  # on the CPU: no device sync
+        local_w = supervised_weight(batches)  # on the CPU: no device sync
         local_real = sum(float(b["real_tokens"].sum()) for b in batches)
         batches = [to_device(b, self.device) for b in batches]
         (total_w,) = global_sum([local_w], self.device)
-        scale = self.world / max(total_w, 1e-8)  # DeepSpeed averages gradients over ranks: undo it
+        scale = loss_scale(total_w, self.world)
         loss_acc = torch.zeros((), dtype=torch.float64, device=self.device)
         for b in batches:
             loss_sum = packed_loss(self.engine, b)
@@ -277,6 +300,8 @@ class StageRunner:
         return loss / max(total_w, 1e-8), total_w, real
 
     def run(self) -> Path:
+        """Train from the current step to the end: metrics.jsonl and TensorBoard logs, evaluations, checkpoints,
+        then the final model; returns its dir."""
         from torch.utils.tensorboard import SummaryWriter
         from tqdm import tqdm
 
@@ -345,8 +370,6 @@ class StageRunner:
     def save_final(self, last_loss, final_eval) -> Path:
         """save_pretrained dir (merged if LoRA) + tokenizer + generation config + lineage.json, by rank 0."""
         from transformers import GenerationConfig
-
-        from training.export import save_model
 
         final, adapter = self.out / "final", self.out / "adapter"
         staged = {final: self.out / ".final.tmp", adapter: self.out / ".adapter.tmp"}  # renamed once complete

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from common.errors import DataError
-from data_prep.pipeline import prepare_oa_dolly
+from data_prep.jobs import prepare_oa_dolly
 from tests.conftest import OASST_ROWS, OASST_TREES, ROOT
 
 BAD = Path(__file__).parent / "bad_input" / "dolly_bad.jsonl"
@@ -60,13 +60,15 @@ def test_strict_cli_prints_one_line_and_exits_nonzero(tmp_path):
     proc = subprocess.run(
         [
             sys.executable,
-            "data_prep/prepare_oa_dolly.py",
+            "-m",
+            "data_prep",
+            "prepare_oa_dolly",
             "--dolly",
             str(BAD),
             "--oasst",
             "",
             "--strict",
-            "--output",
+            "--output_path",
             str(tmp_path / "o.jsonl"),
         ],
         cwd=ROOT,
@@ -78,7 +80,10 @@ def test_strict_cli_prints_one_line_and_exits_nonzero(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
-def test_bad_oasst_trees_are_counted_never_crash(tmp_path):
+@pytest.fixture(scope="module")
+def bad_oasst(tmp_path_factory):
+    """Real OASST rows plus a cycle, a same-role reply, a bot root, a duplicate id, a bad role, no text, not JSON."""
+    tmp = tmp_path_factory.mktemp("bad_oasst")
     rows = [json.loads(line) for line in OASST_ROWS.open()][:40]
     by_id = {r["message_id"]: r for r in rows}
     child = next(r for r in rows if r["parent_id"] in by_id and by_id[r["parent_id"]]["parent_id"] is None)
@@ -86,29 +91,49 @@ def test_bad_oasst_trees_are_counted_never_crash(tmp_path):
     same_role = dict(child, message_id="same-role", role=by_id[child["parent_id"]]["role"])
     bot_root = dict(rows[1], message_id="bot-root", parent_id=None, role="assistant")
     extra = [a, b, same_role, bot_root, dict(rows[3]), dict(rows[4], role="system"), dict(rows[7], text=None)]
-    path = tmp_path / "oasst_bad.jsonl"
+    path = tmp / "oasst_bad.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows + extra) + "\nnot json\n")
-    result = prepare_oa_dolly(tmp_path / "o.jsonl", None, str(path))
-    s = result.report.sources["oasst"]
+    s = prepare_oa_dolly(tmp / "o.jsonl", None, str(path)).report.sources["oasst"]
+    return s, rows
+
+
+def test_bad_oasst_rows_are_all_counted(bad_oasst):
+    s, _ = bad_oasst
     assert s.read == 48 and s.balanced()
-    assert s.rejected["cycle in parent links"] == 2
-    assert s.rejected["non-alternating roles"] == 1
-    assert s.rejected["root is not a prompter message"] == 1
-    assert s.rejected[f"duplicate message_id {rows[3]['message_id']}"] == 1
-    assert s.rejected["field 'role' is 'system', not 'prompter' or 'assistant'"] == 1
-    assert s.rejected["missing field 'text'"] == 1
     assert any(k.startswith("not JSON") for k in s.rejected)
+
+
+@pytest.mark.parametrize(
+    "reason,count",
+    [
+        ("cycle in parent links", 2),
+        ("non-alternating roles", 1),
+        ("root is not a prompter message", 1),
+        ("field 'role' is 'system', not 'prompter' or 'assistant'", 1),
+        ("missing field 'text'", 1),
+    ],
+)
+def test_each_bad_oasst_row_is_rejected_with_its_reason(bad_oasst, reason, count):
+    s, _ = bad_oasst
+    assert s.rejected[reason] == count
+
+
+def test_a_duplicate_oasst_id_is_rejected(bad_oasst):
+    s, rows = bad_oasst
+    assert s.rejected[f"duplicate message_id {rows[3]['message_id']}"] == 1
 
 
 def test_an_existing_output_is_refused_unless_overwrite(tmp_path):
     """The project's rule for every stage: a finished output is never silently replaced. Run as ``python -m``."""
     out = tmp_path / "o.jsonl"
     cmd = [sys.executable, "-m", "data_prep", "prepare_oa_dolly", "--dolly", "", "--oasst", str(OASST_TREES)]
-    first = subprocess.run([*cmd, "--output", str(out)], cwd=ROOT, capture_output=True, text=True)
+    first = subprocess.run([*cmd, "--output_path", str(out)], cwd=ROOT, capture_output=True, text=True)
     assert first.returncode == 0, first.stderr
     before = out.read_bytes()
-    again = subprocess.run([*cmd, "--output", str(out)], cwd=ROOT, capture_output=True, text=True)
+    again = subprocess.run([*cmd, "--output_path", str(out)], cwd=ROOT, capture_output=True, text=True)
     assert again.returncode == 2 and "exists; pass --overwrite" in again.stderr and again.stderr.count("\n") == 1
     assert out.read_bytes() == before
-    forced = subprocess.run([*cmd, "--output", str(out), "--overwrite"], cwd=ROOT, capture_output=True, text=True)
+    forced = subprocess.run(
+        [*cmd, "--output_path", str(out), "--overwrite_output_path"], cwd=ROOT, capture_output=True, text=True
+    )
     assert forced.returncode == 0 and out.read_bytes() == before  # same input, same bytes

@@ -9,7 +9,7 @@ import pytest
 
 from common.chat_format import HUMAN_TAG, join_pairs
 from common.errors import DataError
-from data_prep.pipeline import prepare_chat
+from data_prep.jobs import prepare_chat
 from tests.conftest import ROOT
 
 HERE = Path(__file__).parent / "chat_records"
@@ -33,28 +33,48 @@ def rows(path: Path) -> list:
     return [json.loads(x) for x in path.read_text().splitlines()]
 
 
-def test_both_forms_convert_with_every_reject_named(tmp_path):
-    out = tmp_path / "chat.jsonl"
+@pytest.fixture(scope="module")
+def both_forms(tmp_path_factory):
+    """(result, output lines, rejects) of the OpenAI and ShareGPT files converted under --system reject."""
+    out = tmp_path_factory.mktemp("chat") / "chat.jsonl"
     result = prepare_chat(out, [str(OPENAI), f"sg={SHAREGPT}"])
-    rejects = rows(tmp_path / "chat.jsonl.rejects.jsonl")
+    return result, rows(out), rows(out.with_name("chat.jsonl.rejects.jsonl"))
+
+
+def test_every_openai_reject_is_named(both_forms):
+    _, _, rejects = both_forms
     by_line = {r["line"]: r["reason"] for r in rejects if r["source"] == "openai_messages"}
     assert set(by_line) == set(EXPECTED_OPENAI)
     for line, reason in by_line.items():
         assert reason.startswith(EXPECTED_OPENAI[line]), (line, reason)
+
+
+def test_every_sharegpt_reject_is_named(both_forms):
+    _, _, rejects = both_forms
     sg = {r["line"]: r["reason"] for r in rejects if r["source"] == "sg"}
     assert sg[1].startswith("system message") and "function_call" in sg[9] and "neither 'role' nor 'from'" in sg[10]
+
+
+def test_each_input_is_a_counted_source(both_forms):
+    result, lines, _ = both_forms
     oa, s = result.report.sources["openai_messages"], result.report.sources["sg"]
     assert (oa.read, oa.written, s.read, s.written) == (22, 11, 10, 7) and oa.balanced() and s.balanced()
     assert oa.notes["trailing user message without a reply (left out)"] == 1
-    lines = rows(out)
     assert len(lines) == 18
+    assert all(p["source"] in ("openai_messages", "sg") for line in lines for p in line)
+
+
+def test_a_record_reads_back_as_its_messages(both_forms):
+    _, lines, _ = both_forms
     first_src = json.loads(OPENAI.read_text().splitlines()[0])["messages"]
-    text = join_pairs(lines[0])
-    assert text == "".join(
+    assert join_pairs(lines[0]) == "".join(
         f"{'' if i == 0 else chr(10)}{HUMAN_TAG} {m['content']}" if m["role"] == "user" else f"\n<bot>: {m['content']}"
         for i, m in enumerate(first_src)
     )
-    assert all(p["source"] in ("openai_messages", "sg") for line in lines for p in line)
+
+
+def test_a_rejected_system_record_writes_nothing(both_forms):
+    _, lines, _ = both_forms
     content_parts = json.loads(OPENAI.read_text().splitlines()[10])["messages"]  # the record with a system message
     assert not any(content_parts[1]["content"][0]["text"] in p["prompt"] for line in lines for p in line)
 
@@ -89,14 +109,24 @@ def test_role_tags_in_messages_are_escaped(tmp_path):
     assert "<bot> : hi" in pair["prompt"] and pair["completion"] == "ok\n<human> : forged"
 
 
-def test_strict_stops_with_one_line_and_cli_errors(tmp_path):
+def test_strict_stops_at_the_first_bad_record(tmp_path):
     with pytest.raises(DataError, match=r"openai_messages.jsonl:11: system message"):
         prepare_chat(tmp_path / "o.jsonl", [str(OPENAI)], strict=True)
     assert not (tmp_path / "o.jsonl").exists()
-    cli = [sys.executable, str(ROOT / "data_prep/prepare_chat.py"), "--output", str(tmp_path / "c.jsonl")]
-    bad = subprocess.run(cli + ["--input", str(tmp_path / "missing.jsonl")], capture_output=True, text=True)
+
+
+def cli(tmp_path, *flags):
+    cmd = [sys.executable, "-m", "data_prep", "prepare_chat", "--output_path", str(tmp_path / "c.jsonl"), *flags]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+
+
+def test_cli_missing_input_is_one_line(tmp_path):
+    bad = cli(tmp_path, "--input", str(tmp_path / "missing.jsonl"))
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "missing.jsonl: no such file" in bad.stderr
-    ok = subprocess.run(cli + ["--input", str(SHAREGPT), "--system", "fold"], capture_output=True, text=True)
+
+
+def test_cli_prints_the_summary(tmp_path):
+    ok = cli(tmp_path, "--input", str(SHAREGPT), "--system", "fold")
     assert ok.returncode == 0 and "sharegpt: read 10  written 8" in ok.stdout and "OK" in ok.stdout
 
 

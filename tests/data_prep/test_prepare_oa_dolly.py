@@ -6,8 +6,7 @@ import json
 import pytest
 
 from common.chat_format import join_pairs
-from data_prep.oasst import OasstFilters
-from data_prep.pipeline import prepare_oa_dolly
+from data_prep.jobs import prepare_oa_dolly
 from tests.conftest import DOLLY, OASST_ROWS, OASST_TREES
 
 
@@ -49,49 +48,78 @@ def real_rows():
     return oasst, dolly
 
 
-def test_bloomchat_format_is_byte_identical_to_bloomchat(tmp_path, real_rows):
-    out = tmp_path / "oasst1_dolly.jsonl"
-    result = prepare_oa_dolly(out, str(DOLLY), str(OASST_ROWS), fmt="bloomchat")
+@pytest.fixture(scope="module")
+def both_formats(tmp_path_factory):
+    """The real Dolly + OASST files in both formats: {format: (result, output path)}."""
+    base = tmp_path_factory.mktemp("oa_dolly")
+    return {
+        fmt: (prepare_oa_dolly(base / f"{fmt}.jsonl", str(DOLLY), str(OASST_ROWS), format=fmt), base / f"{fmt}.jsonl")
+        for fmt in ("bloomchat", "pairs")
+    }
+
+
+def test_bloomchat_format_is_byte_identical_to_bloomchat(both_formats, real_rows):
+    _, out = both_formats["bloomchat"]
     expected = bloomchat_reference(*real_rows)
     got = out.read_text(encoding="ascii").split("\n")
     assert got[-1] == "" and got[:-1] == expected
     assert len(expected) == 188 + 15_015
+
+
+def test_bloomchat_counts_every_record(both_formats):
+    result, _ = both_formats["bloomchat"]
     oasst, dolly = result.report.sources["oasst"], result.report.sources["dolly"]
     assert dolly.read == dolly.written == 15_015
     assert oasst.read == 2_022 and sum(oasst.rejected.values()) == 3 and oasst.balanced()
+    assert oasst.conversations == 188
 
 
-def test_pairs_format_reads_as_bloomchat_text(tmp_path):
-    out = tmp_path / "pairs.jsonl"
-    result = prepare_oa_dolly(out, str(DOLLY), str(OASST_ROWS), fmt="pairs")
-    lines = [json.loads(line) for line in out.open(encoding="utf-8")]
-    ref = prepare_oa_dolly(tmp_path / "ref.jsonl", str(DOLLY), str(OASST_ROWS), fmt="bloomchat")
-    ref_texts = [json.loads(line)["completion"] for line in (tmp_path / "ref.jsonl").open()]
-    # BLOOMChat keeps conversations that end with an unanswered prompt; pairs drop that last turn.
-    pair_texts = [join_pairs(p) for p in lines]
-    n_oasst = len(lines) - 15_015
-    assert pair_texts[n_oasst:] == ref_texts[188:]
+@pytest.fixture(scope="module")
+def pair_texts(both_formats):
+    """(pairs lines, each read back as text, the bloomchat texts of the same input)."""
+    pairs = [json.loads(line) for line in both_formats["pairs"][1].open(encoding="utf-8")]
+    ref_texts = [json.loads(line)["completion"] for line in both_formats["bloomchat"][1].open()]
+    return pairs, [join_pairs(p) for p in pairs], ref_texts
+
+
+def test_pairs_dolly_lines_read_as_bloomchat_text(pair_texts):
+    pairs, texts, ref_texts = pair_texts
+    n_oasst = len(pairs) - 15_015
+    assert texts[n_oasst:] == ref_texts[188:]
+
+
+def test_pairs_drop_only_an_unanswered_last_prompt(pair_texts, both_formats):
+    """BLOOMChat keeps conversations that end with an unanswered prompt; pairs drop that last turn."""
+    pairs, texts, ref_texts = pair_texts
+    n_oasst = len(pairs) - 15_015
     answered = [t for t in ref_texts[:188] if "\n<bot>: " in t]
     assert len(answered) == n_oasst
-    for text, ref_text in zip(pair_texts[:n_oasst], answered):
+    for text, ref_text in zip(texts[:n_oasst], answered):
         assert ref_text == text or ref_text.startswith(text + "\n<human>: ")
-    dolly_line = lines[-1][0]
+    oasst = both_formats["pairs"][0].report.sources["oasst"]
+    assert oasst.filtered["unanswered prompt (no reply)"] > 0 and oasst.balanced()
+
+
+def test_pairs_carry_source_and_category(pair_texts):
+    pairs, _, _ = pair_texts
+    dolly_line = pairs[-1][0]
     assert dolly_line["source"] == "dolly" and dolly_line["category"]
     assert dolly_line["prompt"].endswith("\n<bot>:")
-    oasst = result.report.sources["oasst"]
-    assert oasst.filtered["unanswered prompt (no reply)"] > 0 and oasst.balanced()
-    assert ref.report.sources["oasst"].conversations == 188
 
 
-def test_trees_export_and_modes(tmp_path):
-    best = prepare_oa_dolly(tmp_path / "a.jsonl", None, str(OASST_TREES))
-    s = best.report.sources["oasst"]
+def test_trees_export_best_mode(tmp_path):
+    s = prepare_oa_dolly(tmp_path / "a.jsonl", None, str(OASST_TREES)).report.sources["oasst"]
     assert s.read == 1_167 and s.balanced() and s.conversations == 100
-    leaves = prepare_oa_dolly(tmp_path / "b.jsonl", None, str(OASST_TREES), oasst_mode="all-leaves")
-    s2 = leaves.report.sources["oasst"]
+
+
+def test_all_leaves_mode_writes_every_answered_path(tmp_path):
+    s = prepare_oa_dolly(tmp_path / "b.jsonl", None, str(OASST_TREES), oasst_mode="all-leaves").report.sources["oasst"]
     # every message lies on some root-to-leaf path: written unless it is an unanswered leaf prompt
-    assert s2.written + s2.filtered["unanswered prompt (no reply)"] == 1_167
-    assert s2.conversations > 100 and s2.balanced()
+    assert s.written + s.filtered["unanswered prompt (no reply)"] == 1_167
+    assert s.conversations > 100 and s.balanced()
+
+
+def test_rank_mode_follows_the_best_rank(tmp_path):
     ranked = prepare_oa_dolly(tmp_path / "c.jsonl", None, str(OASST_TREES), oasst_mode="rank")
     assert ranked.report.sources["oasst"].conversations == 100
     trees = [json.loads(line) for line in OASST_TREES.open()]
@@ -101,14 +129,18 @@ def test_trees_export_and_modes(tmp_path):
     assert second_line[0]["completion"] == best_rank["text"]
 
 
-def test_filters_and_dedup(tmp_path):
-    result = prepare_oa_dolly(tmp_path / "f.jsonl", None, str(OASST_ROWS), oasst_filters=OasstFilters(langs=("de",)))
+def test_lang_filter(tmp_path):
+    result = prepare_oa_dolly(tmp_path / "f.jsonl", None, str(OASST_ROWS), oasst_lang=["de"])
     s = result.report.sources["oasst"]
     assert s.written == 0 and s.filtered["lang not in de"] == 188 and s.balanced()
-    kept = prepare_oa_dolly(
-        tmp_path / "g.jsonl", None, str(OASST_ROWS), oasst_filters=OasstFilters(drop_deleted=True)
-    ).report.sources["oasst"]
-    assert kept.filtered["deleted"] > 0 and kept.balanced()
+
+
+def test_drop_deleted_filter(tmp_path):
+    kept = prepare_oa_dolly(tmp_path / "g.jsonl", None, str(OASST_ROWS), oasst_drop_deleted=True)
+    assert kept.report.sources["oasst"].filtered["deleted"] > 0 and kept.report.sources["oasst"].balanced()
+
+
+def test_dedup_drops_exact_repeats(tmp_path):
     doubled = tmp_path / "doubled.jsonl"
     with gzip.open(DOLLY, "rb") as fh:
         head = [next(fh) for _ in range(100)]

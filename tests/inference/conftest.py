@@ -1,4 +1,9 @@
-"""A tiny model trained by the training stage on real short Dolly records, so that it replies and stops."""
+"""A tiny model trained by the training stage on real short Dolly records, so that it replies and stops.
+
+The server and chat processes these tests start run torch on one thread (``ONE_THREAD``): a tiny model gains nothing
+from more, and under a loaded CPU (tests beside other tests) spinning OpenMP threads make a 5-second reply take over
+a minute.
+"""
 
 import gzip
 import json
@@ -12,11 +17,13 @@ import urllib.request
 import pytest
 import yaml
 
-from data_prep.pipeline import prepare_oa_dolly
+from data_prep.jobs import prepare_oa_dolly
 from tests.conftest import DOLLY, PYTHIA_TOKENIZER, ROOT
-from tokenization_prep.pipeline import PipelineConfig, run_pipeline
+from tokenization_prep.pipeline import run_pipeline
+from tokenization_prep.settings import PipelineConfig
 
 N_RECORDS = 24
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
 def short_dolly_records():
@@ -54,7 +61,7 @@ def trained_model(tmp_path_factory):
     cfg = {
         "name": "chat",
         "data_dir": str(base / "tok"),
-        "output_dir": str(base / "ckpt"),
+        "output_path": str(base / "ckpt"),
         "model": {"kind": "pythia", "tiny": {"hidden_size": 64, "num_layers": 2, "num_heads": 4}},
         "deepspeed": "training/configs/ds/cpu.json",
         "epochs": 100,
@@ -91,7 +98,7 @@ def server(trained_model):
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env={**os.environ, "TRANSFORMERS_VERBOSITY": "error"},
+        env={**os.environ, "TRANSFORMERS_VERBOSITY": "error", **ONE_THREAD},
     )
     base = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120

@@ -10,6 +10,7 @@ import pytest
 
 from common.chat_format import join_pairs
 from tests.conftest import ROOT
+from tests.inference.conftest import ONE_THREAD
 
 pytestmark = pytest.mark.slow
 
@@ -18,19 +19,21 @@ def spawn(model_dir, *extra, history=""):
     child = pexpect.spawn(
         sys.executable,
         [
-            "inference/chat.py",
+            "-m",
+            "inference",
+            "chat",
             "--model",
             str(model_dir),
             "--greedy",
             "--verbose",
-            "--history-file",
+            "--history_file",
             str(history),
             *extra,
         ],
         cwd=str(ROOT),
         encoding="utf-8",
         timeout=120,
-        env={"TRANSFORMERS_VERBOSITY": "error", "PATH": "/usr/bin:/bin"},
+        env={"TRANSFORMERS_VERBOSITY": "error", "PATH": "/usr/bin:/bin", **ONE_THREAD},
         dimensions=(40, 200),
     )
     child.expect_exact(">>> ")
@@ -45,7 +48,7 @@ def ask(child, text):
     return stop
 
 
-def test_reply_streams_stops_and_commands_work(trained_model, tmp_path):
+def test_a_reply_streams_and_stops_at_the_trained_end(trained_model):
     model_dir, records = trained_model
     r = records[0]
     child = spawn(model_dir)
@@ -55,15 +58,24 @@ def test_reply_streams_stops_and_commands_work(trained_model, tmp_path):
     assert child.match.group(2) == "eos"  # stopped by itself at the trained end-of-turn token
     assert r["response"] in child.before
     child.expect_exact(">>> ")
+    child.sendline("/retry")  # greedy: the same reply again
+    child.expect_exact(r["response"])
+    child.expect_exact(">>> ")
+    child.sendline("/quit")
+    child.expect(pexpect.EOF)
+
+
+def test_commands_set_save_undo_and_reset(trained_model, tmp_path):
+    model_dir, records = trained_model
+    r = records[0]
+    child = spawn(model_dir)
+    assert ask(child, r["instruction"]) == "eos"
     child.sendline("")  # empty input: nothing happens
     child.expect_exact(">>> ")
     child.sendline("/set temperature 0.5")
     child.expect_exact("[temperature = 0.5]")
     child.sendline("/params")
     child.expect_exact("temperature=0.5")
-    child.expect_exact(">>> ")
-    child.sendline("/retry")  # greedy: the same reply again
-    child.expect_exact(r["response"])
     child.expect_exact(">>> ")
     save = tmp_path / "saved.jsonl"
     assert ask(child, records[1]["instruction"]) == "eos"
@@ -172,7 +184,7 @@ def test_bad_settings_and_saves_are_one_line_and_the_session_goes_on(trained_mod
 def test_long_multiline_and_pasted_messages_history_and_banner(trained_model, tmp_path):
     model_dir, records = trained_model
     hist = tmp_path / "hist"
-    child = spawn(model_dir, "--max-new-tokens", "4", history=hist)
+    child = spawn(model_dir, "--max_new_tokens", "4", history=hist)
     assert "device cpu | dtype fp32" in child.before and "max_new_tokens=4" in child.before  # the banner
     child.sendline("word " * 1200)  # 6,000 characters: a terminal without readline cuts at 4,095
     child.expect(r"prompt (\d+) tokens")
@@ -213,29 +225,12 @@ def test_long_multiline_and_pasted_messages_history_and_banner(trained_model, tm
 def test_start_up_problems_are_one_line_with_the_fix(trained_model, tmp_path, make, needle):
     model_dir, _ = trained_model
     r = subprocess.run(
-        [sys.executable, "inference/chat.py", "--model", str(make(model_dir, tmp_path)), "--message", "hi"],
+        [sys.executable, "-m", "inference", "chat", "--model", str(make(model_dir, tmp_path)), "--message", "hi"],
         cwd=ROOT,
         capture_output=True,
         text=True,
     )
     assert r.returncode == 2 and needle in r.stderr and r.stderr.count("\n") == 1, r.stderr[-2000:]
-
-
-def test_bad_flags_are_one_line(trained_model):
-    model_dir, _ = trained_model
-    for flags, needle in (
-        (["--max-new-tokens", "-3"], "max_new_tokens"),
-        (["--device", "cuda"], "CUDA GPU"),
-        (["--quantize", "8bit", "--device", "cpu"], "needs a CUDA GPU"),
-        (["--top-p", "2"], "top_p"),
-    ):
-        r = subprocess.run(
-            [sys.executable, "inference/chat.py", "--model", str(model_dir), "--message", "hi", *flags],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-        )
-        assert r.returncode == 2 and needle in r.stderr and r.stderr.count("\n") == 1, (flags, r.stderr[-2000:])
 
 
 def strip_tokenizer(model_dir, tmp):

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow
 
 
 def client(base):
-    return openai.OpenAI(base_url=base + "/v1", api_key="unused", timeout=60, max_retries=0)
+    return openai.OpenAI(base_url=base + "/v1", api_key="unused", timeout=300, max_retries=0)
 
 
 def ask(c, text, **kw):
@@ -23,18 +23,31 @@ def ask(c, text, **kw):
     )
 
 
-def test_models_plain_and_streamed_replies(server):
+def test_models_lists_the_stage_name(server):
+    base, _ = server
+    assert [m.id for m in client(base).models.list().data] == ["ckpt"]
+
+
+def test_a_plain_reply_is_the_trained_response(server):
     base, records = server
-    c = client(base)
-    assert [m.id for m in c.models.list().data] == ["ckpt"]
-    r = ask(c, records[0]["instruction"])
+    r = ask(client(base), records[0]["instruction"])
     assert r.choices[0].message.content == records[0]["response"] and r.choices[0].finish_reason == "stop"
     assert r.usage.prompt_tokens > 5 and r.usage.completion_tokens > 0
     assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
-    chunks = list(ask(c, records[0]["instruction"], stream=True))
+
+
+def test_a_streamed_reply_is_the_same_text(server):
+    base, records = server
+    chunks = list(ask(client(base), records[0]["instruction"], stream=True))
     text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
     assert text == records[0]["response"] and len(chunks) > 3
     assert chunks[-1].choices[0].finish_reason == "stop" and chunks[-1].usage.completion_tokens > 0
+
+
+def test_the_history_goes_into_the_prompt(server):
+    base, records = server
+    c = client(base)
+    single = ask(c, records[0]["instruction"])
     multi = c.chat.completions.create(
         model="ckpt",
         temperature=0,
@@ -44,16 +57,30 @@ def test_models_plain_and_streamed_replies(server):
             {"role": "user", "content": records[0]["instruction"]},
         ],
     )
-    assert multi.usage.prompt_tokens > r.usage.prompt_tokens  # the history went into the prompt
-    short = ask(c, records[0]["instruction"], max_tokens=2)
+    assert multi.usage.prompt_tokens > single.usage.prompt_tokens
+
+
+def test_max_tokens_cuts_the_reply(server):
+    base, records = server
+    short = ask(client(base), records[0]["instruction"], max_tokens=2)
     assert short.choices[0].finish_reason == "length" and short.usage.completion_tokens == 2
+
+
+def test_a_stop_string_ends_the_reply_before_it(server):
+    base, records = server
+    c = client(base)
     rec = next(x for x in records if len(x["response"].split()) >= 3)
     full = ask(c, rec["instruction"]).choices[0].message.content
     word = full.split()[1]
     cut = ask(c, rec["instruction"], stop=[word])
     assert cut.choices[0].message.content == full.split(word)[0].strip() and len(full.split(word)[0]) > 0
+
+
+def test_seeded_sampling_repeats(server):
+    base, _ = server
+    c = client(base)
     a, b = (ask(c, "Tell me something", temperature=1.0, seed=5).choices[0].message.content for _ in range(2))
-    assert a == b  # seeded sampling repeats
+    assert a == b
 
 
 def test_eight_concurrent_clients_are_all_answered(server):
@@ -125,58 +152,3 @@ def test_a_client_that_goes_away_frees_the_queue(server):
     waited = time.perf_counter() - t0
     assert r.choices[0].message.content == records[0]["response"]
     assert waited < full_s / 3, (waited, full_s)
-
-
-def test_system_messages_follow_data_preps_rule(tmp_path):
-    """Reject by default; with --system fold the first prompt is exactly what prepare_chat --system fold trains on."""
-    from common.chat_format import prompt_for_next_bot_turn
-    from data_prep.pipeline import prepare_chat
-    from inference.server import ApiError, ChatRequest, to_session_inputs
-
-    msgs = [
-        {"role": "system", "content": "Answer in one word."},
-        {"role": "user", "content": "Capital of France?"},
-        {"role": "assistant", "content": "Paris"},
-        {"role": "user", "content": "And of Italy?"},
-    ]
-    req = ChatRequest(model="ckpt", messages=msgs)
-    with pytest.raises(ApiError, match="--system fold") as err:
-        to_session_inputs(req)
-    assert err.value.param == "messages[0].role"
-    past, user = to_session_inputs(req, "fold")
-    assert [e.user for e in past] == ["Answer in one word.\n\nCapital of France?"] and user == "And of Italy?"
-    src = tmp_path / "m.jsonl"
-    src.write_text(json.dumps({"messages": msgs[:3]}) + "\n")
-    prepare_chat(tmp_path / "o.jsonl", [str(src)], system="fold")
-    pair = json.loads((tmp_path / "o.jsonl").read_text())[0]
-    assert prompt_for_next_bot_turn([], past[0].user, "</s>") == pair["prompt"]
-    late = ChatRequest(model="ckpt", messages=msgs[1:3] + [msgs[0], msgs[3]])
-    with pytest.raises(ApiError, match="only leading system messages"):
-        to_session_inputs(late, "fold")
-
-
-def test_a_taken_or_bad_port_is_one_line_before_loading(tmp_path):
-    import socket
-    import subprocess
-    import sys
-
-    from tests.conftest import ROOT
-
-    with socket.create_server(("127.0.0.1", 0)) as taken:  # the model path does not exist: the port is checked first
-        port = str(taken.getsockname()[1])
-        r = subprocess.run(
-            [sys.executable, "-m", "inference.serve", "--model", str(tmp_path / "none"), "--port", port],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-    assert r.returncode == 2 and "cannot listen on 127.0.0.1" in r.stderr and r.stderr.count("\n") == 1, r.stderr
-    r = subprocess.run(
-        [sys.executable, "-m", "inference.serve", "--model", "x", "--port", "70000"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert r.returncode == 2 and "is not a port" in r.stderr and "Traceback" not in r.stderr

@@ -2,9 +2,6 @@
 flags gdp's tests used: every HDF5 dataset element for element, every split/test line file byte for byte."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import h5py
@@ -12,7 +9,11 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.conftest import GPT2_TOKENIZER, ROOT
+from common.chat_format import CHAT_TEMPLATE
+from tests.conftest import GPT2_TOKENIZER, PYTHIA_TOKENIZER
+from tests.tokenization_prep.conftest import Result
+from tests.tokenization_prep.conftest import run as run_command
+from tokenization_prep.tokenizer_io import load_tokenizer
 
 EX = Path(__file__).parent / "gdp_examples"
 # gdp's tests/test_e2e.py::test_pipeline: gpt2, 1024, keep prompt-only, keep split jsonls, no shuffle
@@ -32,14 +33,9 @@ PIPELINE = {
 }
 
 
-def run(*args: str) -> subprocess.CompletedProcess:
-    r = subprocess.run(
-        [sys.executable, "-m", "tokenization_prep", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
-    )
+def run(*args: str) -> Result:
+    """The command in this process (as ``python -m tokenization_prep``), which must succeed."""
+    r = run_command(*args)
     assert r.returncode == 0, r.stderr[-2000:]
     return r
 
@@ -52,7 +48,12 @@ def same_hdf5(got: Path, want: Path) -> None:
             assert np.array_equal(g[key][:], w[key][:]), (got.name, key)
 
 
-@pytest.mark.parametrize("case", sorted(PIPELINE))
+SLOW = {"dialogue", "generative_tuning", "no_split_dir"}  # packings test_gdp_golden also checks, on data_prep
+
+
+@pytest.mark.parametrize(
+    "case", [pytest.param(c, marks=pytest.mark.slow) if c in SLOW else c for c in sorted(PIPELINE)]
+)
 def test_pipeline_files_equal_gdps(tmp_path, case):
     src = next((EX / case).glob(f"example_{case}_data.*"))
     gold, out = EX / case / f"pipelined_{case}", tmp_path / "out"
@@ -171,10 +172,6 @@ def test_data_prep_file_equals_gdps(tmp_path, case, packing):
 def test_apply_chat_template_cuts_pairs_as_gdp(tmp_path):
     """gdp's rule with the BLOOMChat template: each pair is the template text up to the next first-turn prefix
     ("<human>: "), so a completion carries the template's EOS and newline, then the pair's own EOS."""
-    from common.chat_format import CHAT_TEMPLATE
-    from tests.conftest import PYTHIA_TOKENIZER
-    from tokenization_prep.tokenizer_io import load_tokenizer
-
     tok_dir = tmp_path / "tok"
     tok_dir.mkdir()
     (tok_dir / "tokenizer.json").write_bytes((PYTHIA_TOKENIZER / "tokenizer.json").read_bytes())
@@ -220,22 +217,11 @@ def test_apply_chat_template_cuts_pairs_as_gdp(tmp_path):
             (1, pair["completion"] + "<|endoftext|>" + ("" if last else "\n<|endoftext|>")),
         ]
     assert texts == want
-    bare = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tokenization_prep",
-            "data_prep",
-            "--input_path",
-            str(src),
-            "--output_path",
-            str(tmp_path / "y.hdf5"),
-            "--pretrained_tokenizer",
-            str(GPT2_TOKENIZER),
-            "--apply_chat_template",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
+
+
+def test_apply_chat_template_needs_a_template(tmp_path):
+    r = run_command(
+        *("data_prep", "--input_path", EX / "dialogue" / "example_dialogue_data.jsonl"),
+        *("--output_path", tmp_path / "y.hdf5", "--pretrained_tokenizer", GPT2_TOKENIZER, "--apply_chat_template"),
     )
-    assert bare.returncode == 2 and "has no chat template" in bare.stderr and bare.stderr.count("\n") == 1
+    assert r.returncode == 2 and "has no chat template" in r.stderr and r.stderr.count("\n") == 1

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from tests.conftest import GDP_GOLDEN, GPT2_TOKENIZER
-from tokenization_prep.articles import ArticleSettings
 from tokenization_prep.packing import PackingConfig
-from tokenization_prep.prep import data_prep_file
+from tokenization_prep.settings import ArticleSettings
+from tokenization_prep.single_file import data_prep_file
 from tokenization_prep.tokenizer_io import load_tokenizer
 
 CASES = [("dialogue", "single::truncate_right"), ("generative_tuning", "single::drop"), ("pretraining", "full")]

@@ -4,6 +4,7 @@ import random
 
 import pytest
 
+from common.errors import ConfigError
 from tokenization_prep.packing import PackingConfig, plan
 
 
@@ -34,5 +35,5 @@ def test_bfd_is_tight_and_deterministic():
 
 
 def test_bad_packing_config_names_the_choices():
-    with pytest.raises(ValueError, match="greedy::drop"):
+    with pytest.raises(ConfigError, match="greedy::drop"):
         PackingConfig.parse("greedy")

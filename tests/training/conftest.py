@@ -1,15 +1,19 @@
 """Fixtures for training tests: real data_prep output tokenized by tokenization_prep at a short length."""
 
+import contextlib
+import io
 import os
-import shutil
 import socket
 import subprocess
 import sys
+from pathlib import Path
+from unittest import mock
 
 import pytest
 import yaml
 
-from data_prep.pipeline import prepare_oa_dolly, subsample_openchatkit
+from common.cli import guard
+from data_prep.jobs import prepare_oa_dolly, subsample_openchatkit
 from tests.conftest import OASST_TREES, OIG_JOKES, ROOT, tokenize
 
 SEQ = 128
@@ -30,33 +34,43 @@ def token_dirs(tmp_path_factory):
     return dirs
 
 
+def write_stage(directory: Path, name: str, data_dir, **over) -> Path:
+    """A tiny stage YAML ``directory/NAME.yaml`` whose output_path is ``directory/ckpt/NAME``."""
+    cfg = {
+        "name": name,
+        "data_dir": str(data_dir),
+        "output_path": str(directory / "ckpt" / name),
+        "model": {"kind": "pythia", "tiny": {"hidden_size": 32, "num_layers": 2, "num_heads": 4}},
+        "deepspeed": "training/configs/ds/cpu.json",
+        "epochs": 1,
+        "max_steps": 6,
+        "micro_batch_size": 2,
+        "gradient_accumulation_steps": 2,
+        "lr": 1e-3,
+        "save_every": 3,
+        "eval_every": 3,
+        "seed": 3,
+    }
+    cfg.update(over)
+    path = directory / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
 @pytest.fixture
 def stage_config(tmp_path):
     """Write a tiny stage YAML; returns a function(name, data_dir, **overrides) -> path."""
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    return lambda name, data_dir, **over: write_stage(tmp_path, name, data_dir, **over)
 
-    def make(name, data_dir, **over):
-        cfg = {
-            "name": name,
-            "data_dir": str(data_dir),
-            "output_dir": str(tmp_path / "ckpt" / name),
-            "model": {"kind": "pythia", "tiny": {"hidden_size": 32, "num_layers": 2, "num_heads": 4}},
-            "deepspeed": "training/configs/ds/cpu.json",
-            "epochs": 1,
-            "max_steps": 6,
-            "micro_batch_size": 2,
-            "gradient_accumulation_steps": 2,
-            "lr": 1e-3,
-            "save_every": 3,
-            "eval_every": 3,
-            "seed": 3,
-        }
-        cfg.update(over)
-        path = tmp_path / f"{name}.yaml"
-        path.write_text(yaml.safe_dump(cfg))
-        return path
 
-    return make
+def run_in_process(main, *argv) -> tuple[int, str, str]:
+    """A command's ``main`` under ``common.cli.guard`` in this process, as ``python -m training COMMAND`` runs it:
+    (exit status, stdout, stderr). Environment variables it sets (the rendezvous) are undone afterwards."""
+    out, err = io.StringIO(), io.StringIO()
+    with mock.patch.dict(os.environ), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = guard(main, [str(a) for a in argv])
+    return code, out.getvalue(), err.getvalue()
 
 
 LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "LOCAL_SIZE", "MASTER_ADDR", "MASTER_PORT")
@@ -70,40 +84,15 @@ def stage_env(procs: int = 1) -> dict:
     return {**env, "DS_ACCELERATOR": "cpu", **({"OMP_NUM_THREADS": "1"} if procs > 1 else {})}
 
 
-def stage_command(config, *extra, procs: int = 1) -> list[str]:
-    """``python -m training.run`` for one process, the deepspeed launcher (as the README shows) for several: the
-    one beside this interpreter (a venv's bin/), else the one on PATH."""
-    if procs == 1:
-        return [sys.executable, "-m", "training.run", "--config", str(config), *extra]
-    launcher = os.path.join(os.path.dirname(sys.executable), "deepspeed")
-    if not os.access(launcher, os.X_OK):
-        launcher = shutil.which("deepspeed")
-    if launcher is None:
-        pytest.fail(
-            f"no deepspeed launcher beside {sys.executable} nor on PATH; install deepspeed into this environment "
-            "(scripts/setup.sh)"
-        )
-    return [
-        launcher,
-        "--num_accelerators",
-        str(procs),
-        "--master_port",
-        str(free_port()),
-        "training/run.py",
-        "--config",
-        str(config),
-        *extra,
-    ]
+def stage_command(config, *extra) -> list[str]:
+    """``python -m training run`` for one process."""
+    return [sys.executable, "-m", "training", "run", "--config", str(config), *extra]
 
 
-def run_stage(config, *extra, procs: int = 1, timeout: int = 600) -> subprocess.CompletedProcess:
+def run_stage(config, *extra, timeout: int = 600) -> subprocess.CompletedProcess:
+    """A stage in a process of its own, as a user runs it."""
     return subprocess.run(
-        stage_command(config, *extra, procs=procs),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env=stage_env(procs),
-        timeout=timeout,
+        stage_command(config, *extra), cwd=ROOT, capture_output=True, text=True, env=stage_env(), timeout=timeout
     )
 
 

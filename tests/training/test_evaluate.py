@@ -1,21 +1,20 @@
 """Dev loss per source and category (the trainer's) and ``python -m training.evaluate`` on real tokenized data."""
 
 import json
-import os
-import subprocess
-import sys
 
 import h5py
 import pytest
 import torch
 import yaml
 
-from tests.conftest import PYTHIA_TOKENIZER, ROOT, chat_jsonl_file, tokenize
+from tests.conftest import PYTHIA_TOKENIZER, chat_jsonl_file, tokenize
+from tests.training.conftest import run_in_process
 from tokenization_prep.provenance import row_pieces
 from training.config import ModelConfig, TinyShape
 from training.data import PackedDataset, collate, load_data, row_features
 from training.dev_loss import GroupedLoss
 from training.evaluate import classify, dev_loss
+from training.evaluate import main as evaluate_main
 from training.modeling import build_model, packed_token_losses, weighted_loss
 
 SEQ, SHAPE, SEED = 128, {"hidden_size": 32, "num_layers": 2, "num_heads": 4}, 5
@@ -79,73 +78,101 @@ def test_classify_reply_stops():
     assert classify(enc(" Paris. <bot>: yes"), tok, eos) == ("stop_length", True, len(enc(" Paris. <bot>: yes")))
 
 
-def run_eval(*args):
-    return subprocess.run(
-        [sys.executable, "-m", "training.evaluate", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
-    )
+def run_eval(*args) -> tuple[int, str, str]:
+    """``python -m training evaluate ARGS`` in this process: (exit status, stdout, stderr)."""
+    return run_in_process(evaluate_main, *args)
 
 
-def test_evaluate_command_side_by_side(mixed_dir, tmp_path):
+@pytest.fixture(scope="module")
+def saved_model(mixed_dir, tmp_path_factory):
+    """The tiny model saved as a stage's final/ would be (weights and tokenizer)."""
     from transformers import AutoTokenizer
 
-    model_dir = tmp_path / "model"
+    model_dir = tmp_path_factory.mktemp("model")
     tiny(mixed_dir).save_pretrained(model_dir, safe_serialization=True)
     AutoTokenizer.from_pretrained(str(mixed_dir / "tokenizer")).save_pretrained(model_dir)
-    cfg = tmp_path / "stage.yaml"
+    return model_dir
+
+
+@pytest.fixture(scope="module")
+def side_by_side(mixed_dir, saved_model, tmp_path_factory):
+    """One evaluate run: the seed config's untrained model beside the saved one. (exit, stdout, JSON result)"""
+    work = tmp_path_factory.mktemp("eval")
+    cfg = work / "stage.yaml"
     cfg.write_text(
         yaml.safe_dump(
             {"name": "s", "data_dir": str(mixed_dir), "seed": SEED, "model": {"kind": "pythia", "tiny": SHAPE}}
         )
     )
-    out = tmp_path / "eval.json"
-    r = run_eval(
-        "--untrained",
-        str(cfg),
-        "--model",
-        str(model_dir),
-        "--data",
-        str(mixed_dir),
-        "--prompts",
-        "3",
-        "--max-new-tokens",
-        "6",
-        "--out",
-        str(out),
-    )
-    assert r.returncode == 0, r.stderr[-2000:]
-    result = json.loads(out.read_text())
-    untrained, saved = result["models"]["untrained (stage)"], result["models"][str(model_dir)]
-    assert set(saved["sources"]) == {"dolly", "oasst"}
-    for source, s in saved["sources"].items():
-        assert s["prompts"] == 3 and s["stop_eos"] + s["stop_tag"] + s["stop_length"] == pytest.approx(1)
-        assert s == untrained["sources"][source]  # the same seed builds the same weights: the same numbers
-    assert f"| {model_dir} | dolly |" in r.stdout
-    # --dev-rows N: the dev loss of the first N rows only, the supervised tokens of exactly those rows
+    out = work / "eval.json"
+    code, stdout, stderr = run_eval(
+        "--untrained", cfg, "--model", saved_model, "--data", mixed_dir, "--prompts", 3, "--max_new_tokens", 6,
+        "--output_path", out,
+    )  # fmt: skip
+    assert code == 0, stderr[-2000:]
+    return stdout, json.loads(out.read_text())
+
+
+def test_evaluate_scores_every_source_of_every_model(side_by_side, saved_model):
+    result = side_by_side[1]
+    assert list(result["models"]) == ["untrained (stage)", str(saved_model)]
+    for label, m in result["models"].items():
+        assert set(m["sources"]) == {"dolly", "oasst"}, label
+        for source, s in m["sources"].items():
+            assert s["prompts"] == 3 and s["stop_eos"] + s["stop_tag"] + s["stop_length"] == pytest.approx(1)
+            assert s["dev_loss"] > 0 and s["dev_tokens"] > 0, (label, source)
+
+
+def test_an_untrained_config_scores_like_the_same_weights_saved(side_by_side, saved_model):
+    """The same seed builds the same weights: the untrained config and the saved model get the same numbers."""
+    models = side_by_side[1]["models"]
+    assert models["untrained (stage)"]["sources"] == models[str(saved_model)]["sources"]
+    assert models["untrained (stage)"]["dev_loss"] == models[str(saved_model)]["dev_loss"]
+
+
+def test_evaluate_prints_a_table_row_per_model_and_source(side_by_side, saved_model):
+    stdout = side_by_side[0]
+    for label in ("untrained (stage)", str(saved_model)):
+        for source in ("dolly", "oasst"):
+            assert f"| {label} | {source} |" in stdout
+
+
+def test_dev_rows_limits_the_dev_loss_to_the_first_rows(mixed_dir):
+    """--dev_rows N: the dev loss of the first N rows only, the supervised tokens of exactly those rows."""
     dev = PackedDataset(load_data(mixed_dir), "dev", 0.0, groups=True)
     first2 = float(sum(dev[i]["weights"][:-1].sum() for i in range(2)))
-    part = dev_loss(tiny(mixed_dir).eval(), dev, 1, torch.device("cpu"), rows=2)
-    assert sum(part["tokens_by_source"].values()) == first2 < sum(s["dev_tokens"] for s in saved["sources"].values())
-    bad = [
-        (("--model", str(tmp_path), "--data", str(mixed_dir)), "not a model dir"),
-        (("--model", str(model_dir), "--data", str(tmp_path / "nope")), "no such directory"),
-        (("--data", str(mixed_dir)), "give at least one --model"),
-        (("--model", str(model_dir), "--data", str(mixed_dir), "--dev-rows", "-1"), "--dev-rows must be"),
-    ]
-    no_dev = tmp_path / "no_dev"
+    everything = float(sum(dev[i]["weights"][:-1].sum() for i in range(len(dev))))
+    part = dev_loss(tiny(mixed_dir), dev, 1, torch.device("cpu"), rows=2)
+    assert sum(part["tokens_by_source"].values()) == first2 < everything
+
+
+@pytest.fixture(scope="module")
+def no_dev_dir(mixed_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("no_dev") / "tok"
     tokenize(
         mixed_dir.parent / "chat.jsonl",
-        no_dev,
+        out,
         SEQ,
         "greedy::drop",
         num_training_splits=1,
         num_dev_splits=None,
         num_test_splits=None,
     )
-    bad.append((("--model", str(model_dir), "--data", str(no_dev)), "no dev split"))
-    for args, needle in bad:
-        r = run_eval(*args)
-        assert r.returncode == 2 and needle in r.stderr and r.stderr.count("\n") == 1, r.stderr[-999:]
+    return out
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (("--model", "{tmp}", "--data", "{data}"), "not a model dir"),
+        (("--model", "{model}", "--data", "{tmp}/nope"), "no such directory"),
+        (("--data", "{data}"), "give at least one --model"),
+        (("--model", "{model}", "--data", "{data}", "--dev_rows", "-1"), "--dev_rows: must be at least 0"),
+        (("--model", "{model}", "--data", "{no_dev}"), "no dev split"),
+    ],
+)
+def test_bad_input_is_one_line(args, needle, mixed_dir, saved_model, tmp_path, request):
+    no_dev = request.getfixturevalue("no_dev_dir") if "{no_dev}" in args else None
+    paths = {"tmp": tmp_path, "data": mixed_dir, "model": saved_model, "no_dev": no_dev}
+    code, _, stderr = run_eval(*(a.format(**paths) for a in args))
+    assert code == 2 and needle in stderr and stderr.count("\n") == 1, stderr[-999:]

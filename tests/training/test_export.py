@@ -13,6 +13,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from common.cli import guard
 from tests.conftest import ROOT
 from tests.training.conftest import free_port
 from training import merge_lora
@@ -304,15 +305,15 @@ def test_merge_lora_command_refusals_are_one_line(tmp_path, capsys):
 
     def run(*args) -> tuple[int, str]:
         capsys.readouterr()
-        code = merge_lora.main(["--adapter", str(adapter), "--output", str(out), *args])
+        code = guard(merge_lora.main, ["--adapter", str(adapter), "--output_path", str(out), *args])
         return code, capsys.readouterr().err
 
     for args, code_wanted, says in (
         (["--adapter", str(tmp_path)], 2, "no adapter_config.json"),
         (["--base", str(bloom)], 2, "which the base (BloomForCausalLM) lacks"),
         ([], 0, ""),
-        ([], 2, "exists; pass --overwrite"),
-        (["--overwrite"], 0, ""),
+        ([], 2, "exists; pass --overwrite_output_path"),
+        (["--overwrite_output_path"], 0, ""),
     ):
         code, err = run(*args)
         assert code == code_wanted and says in err and err.count("\n") == (code != 0), err

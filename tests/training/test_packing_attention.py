@@ -10,7 +10,9 @@ from common.errors import ConfigError
 from training.attention import SUPPORTED, check_attention
 from training.config import ModelConfig, TinyShape
 from training.data import row_features
-from training.modeling import build_model, packed_forward
+from training.modeling import MODEL_CLASSES, build_model, packed_forward, tiny_config
+from training.preflight import DsFacts
+from training.weights import load_model
 
 LENGTH, PROBE_AT = 2048, 1700
 
@@ -148,9 +150,6 @@ def test_auto_attention_is_the_fastest_isolating_kernel_here():
 
 def test_rotary_frequencies_stay_fp32_in_a_16_bit_model():
     """A model built from config in bf16 keeps RoPE's inv_freq in fp32, equal to the fp32 model's."""
-    from training.loading import DsFacts, load_model
-    from training.modeling import MODEL_CLASSES, tiny_config
-
     config = tiny_config(ModelConfig(kind="pythia", tiny=TinyShape()), 50277, 128)
     ref = load_model(MODEL_CLASSES["pythia"], config, None, DsFacts(0, torch.float32, False, False), {}, 0)[0]
     bf16 = load_model(MODEL_CLASSES["pythia"], config, None, DsFacts(0, torch.bfloat16, False, False), {}, 0)[0]

@@ -6,12 +6,13 @@ import torch
 import yaml
 from torch.profiler import ProfilerActivity, profile
 
+from common.cli import guard
 from common.errors import ConfigError
 from training.config import LoraConfig, ModelConfig, TinyShape
-from training.loading import DsFacts, check_memory, memory_refusal
 from training.modeling import MODEL_CLASSES, apply_lora, enable_checkpointing, packed_loss, tiny_config
 from training.plan import GiB, Plan, Shape, Workload, activations, count_params, layer_bytes
 from training.plan_cli import KNOWN_SHAPES, hf_config, main
+from training.preflight import DsFacts, check_memory, memory_refusal
 
 ZERO3 = "training/configs/ds/zero3_bf16.json"
 
@@ -126,7 +127,8 @@ def stage_yaml(tmp_path, name="plan", **over) -> str:
 
 
 def plan(path, *flags) -> int:
-    return main(["--config", path, "--gpus", "8", "--gpu-memory", "80", *flags])
+    """``python -m training plan`` in this process: its exit status (user errors one line on stderr, exit 2)."""
+    return guard(main, ["--config", path, "--gpus", "8", "--gpu_memory", "80", *flags])
 
 
 def test_pythia_12b_at_micro_4_needs_checkpointing_or_a_smaller_micro_batch(tmp_path, capsys):
@@ -160,15 +162,15 @@ def test_sequence_length_comes_from_the_data_when_tokenized(tmp_path, capsys):
     path = stage_yaml(tmp_path, data_dir=str(data), model=tiny)
     assert plan(path) == 0
     assert "x 512 tokens (data_dir metadata.yaml)" in capsys.readouterr().out
-    assert plan(path, "--seq-len", "2048") == 2  # the data says otherwise
+    assert plan(path, "--max_seq_length", "2048") == 2  # the data says otherwise
     assert "tokenized at 512" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
     "flags,over,message",
     [
-        (["--gpus", "0"], {}, "--gpus must be positive"),
-        (["--seq-len", "-1"], {}, "must be positive"),
+        (["--gpus", "0"], {}, "--gpus: must be above 0"),
+        (["--max_seq_length", "-1"], {}, "--max_seq_length: must be above 0"),
         ([], {"model": {"kind": "pythia", "name_or_path": "someone/unknown-7b"}}, "local dir with config.json"),
         ([], {"model": {"kind": "bloom", "name_or_path": "EleutherAI/pythia-12b"}}, "is a pythia model"),
         ([], {"micro_batch_size": 0}, "micro_batch_size"),
@@ -176,7 +178,7 @@ def test_sequence_length_comes_from_the_data_when_tokenized(tmp_path, capsys):
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, flags, over, message):
     path = stage_yaml(tmp_path, **over)
-    assert main(["--config", path, "--gpus", "8", "--gpu-memory", "80", *flags]) == 2
+    assert plan(path, *flags) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
 
@@ -187,7 +189,7 @@ def test_bad_yaml_and_unknown_flags_exit_2(tmp_path, capsys):
     assert plan(str(bad)) == 2
     assert "not valid YAML" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:
-        plan(stage_yaml(tmp_path), "--gpu-memroy", "80")
+        plan(stage_yaml(tmp_path), "--gpu_memroy", "80")
     assert exc.value.code == 2 and len(capsys.readouterr().err.strip().splitlines()) == 1
 
 
@@ -209,7 +211,7 @@ def test_shipped_recipes_fit_their_stated_hardware(tmp_path, capsys, recipe, ds,
     assert cfg["micro_batch_size"] * cfg["gradient_accumulation_steps"] * 8 == 128
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump({**cfg, "data_dir": str(tmp_path / "not_yet")}))
-    code = main(["--config", str(path), "--gpus", "8", "--gpu-memory", str(gib)])
+    code = guard(main, ["--config", str(path), "--gpus", "8", "--gpu_memory", str(gib)])
     assert code == 0, capsys.readouterr().out
 
 

@@ -1,8 +1,9 @@
-"""Tokenize one split: lines -> articles in a TokenStore -> packing plan -> HDF5 file(s), with metrics.
+"""The steps of tokenizing one split, shared by the pipeline's split jobs and gdp's one-file ``data_prep``: lines ->
+articles in a TokenStore (``tokenize_into``) -> packing plan (``pack_store``) -> what the rows hold and lost
+(``SplitMetrics``, ``record_sequences``, ``lost_articles``).
 
-This is gdp's ``data_prep`` step (one input, one or more HDF5 files) and the per-split worker of the
-pipeline. Bad lines stop the run with file, line and fix, or with ``--ignore_input_format_error``
-go to a skipped-lines log and are counted.
+Bad lines stop the run with file, line and fix, or with ``--ignore_input_format_error`` go to a skipped-lines log
+and are counted.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from array import array
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
@@ -20,20 +20,10 @@ import orjson
 from tqdm import tqdm
 
 from common.errors import DataError
-from common.files import atomic_write, clean_line
-from tokenization_prep.articles import (
-    COMPLETION,
-    PROMPT,
-    SEP,
-    ArticleSettings,
-    ArticleTokenizer,
-    InputFormatError,
-    LineParts,
-    parse_line,
-)
-from tokenization_prep.hdf5_io import TokenStore, has_completion, write_hdf5
+from tokenization_prep.articles import ArticleTokenizer, InputFormatError, LineParts, parse_line
+from tokenization_prep.hdf5_io import TokenStore, has_completion
 from tokenization_prep.packing import PackingConfig, Plan, plan
-from tokenization_prep.tokenizer_io import pad_id
+from tokenization_prep.schema import COMPLETION, PROMPT, SEP
 
 BATCH_LINES = 1024
 TYPE_NAMES = {PROMPT: "prompt", COMPLETION: "completion", SEP: "end_of_article"}
@@ -250,15 +240,6 @@ def record_sequences(store: TokenStore, seqs, max_len: int, metrics: SplitMetric
             metrics.trained[store.sources[a]] += int(counts[COMPLETION] + counts[SEP])
 
 
-def jsonl_lines(path: Path) -> Iterator[tuple[str, int, bytes]]:
-    """(file, line number, line) for every non-blank line, in file order."""
-    with open(path, "rb") as fh:
-        for lineno, raw in enumerate(fh, start=1):
-            raw = clean_line(raw, lineno == 1)
-            if raw.strip():
-                yield str(path), lineno, raw
-
-
 def category_table(store: TokenStore, categories: list[str] | None) -> dict[int, int] | None:
     """Store category code -> category id from ``--categories_path`` (None when not given)."""
     if categories is None:
@@ -268,40 +249,3 @@ def category_table(store: TokenStore, categories: list[str] | None) -> dict[int,
     if missing:
         raise DataError(f"categories {', '.join(missing)} are in the data but not in --categories_path; add them")
     return {code: index[name] for name, code in store.category_names.items()}
-
-
-def data_prep_file(
-    input_path: Path,
-    output_path: Path,
-    tokenizer,
-    max_len: int,
-    config: PackingConfig,
-    settings: ArticleSettings,
-    ignore_errors: bool = False,
-    categories: list[str] | None = None,
-) -> SplitMetrics:
-    """gdp's ``data_prep``: one JSONL/text file -> one HDF5 file (no shuffle, no splits)."""
-    metrics = SplitMetrics()
-    store = TokenStore(output_path.parent, output_path.stem)
-    skipped: list[bytes] = []
-    try:
-        tokenize_into(
-            jsonl_lines(input_path), ArticleTokenizer(tokenizer, settings), store, metrics, ignore_errors, skipped
-        )
-        seqs = pack_store(store, max_len, config, settings.keep_prompt_only_sequences, metrics)
-        record_sequences(store, seqs, max_len, metrics)
-        write_hdf5(
-            output_path,
-            store,
-            seqs,
-            max_len,
-            pad_id(tokenizer),
-            category_table(store, categories),
-            lost_articles(store, metrics),
-        )
-    finally:
-        store.cleanup()
-    if skipped:
-        with atomic_write(output_path.with_name(output_path.stem + ".skipped_lines.jsonl")) as fh:
-            fh.write(b"\n".join(skipped) + b"\n")
-    return metrics

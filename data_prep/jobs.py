@@ -1,5 +1,5 @@
-"""The data_prep jobs: BLOOMChat's Dolly+OASST (stage 2 data) and OIG subsample (stage 1 data), and any
-chat data users hold (OpenAI ``messages`` / ShareGPT records).
+"""The data_prep jobs, one function per command (callable from Python as well): BLOOMChat's Dolly+OASST (stage 2
+data) and OIG subsample (stage 1 data), and any chat data users hold (OpenAI ``messages`` / ShareGPT records).
 
 Each writes its JSONL atomically, quarantines rejects in ``<output>.rejects.jsonl`` and writes
 ``<output>.summary.json`` (counts per source, settings, line count).
@@ -15,18 +15,13 @@ import orjson
 
 from common.errors import DataError
 from common.files import atomic_write
+from common.settings import build
 from data_prep.accounting import Report
 from data_prep.chat_records import chat_record_conversations
 from data_prep.dolly import dolly_conversations
-from data_prep.oasst import OasstConverter, OasstFilters
-from data_prep.oig import (
-    BASIC_FILE,
-    BASIC_UPWEIGHT,
-    BLOOMCHAT_OIG_FILES,
-    DEFAULT_SAMPLE,
-    resolve_oig_inputs,
-    sample_oig_file,
-)
+from data_prep.oasst import OasstConverter
+from data_prep.oig import BASIC_FILE, BASIC_UPWEIGHT, resolve_oig_inputs, sample_oig_file
+from data_prep.settings import ChatRecordsSettings, OaDollySettings, OigSettings
 from data_prep.writer import ConversationWriter
 
 
@@ -72,26 +67,20 @@ def _finish(result: RunResult) -> RunResult:
     return result
 
 
-def prepare_oa_dolly(
-    output: str | Path,
-    dolly: str | None,
-    oasst: str | None,
-    fmt: str = "pairs",
-    strict: bool = False,
-    dedup: bool = False,
-    oasst_mode: str = "best",
-    oasst_filters: OasstFilters | None = None,
-    oasst_split: str = "train",
-) -> RunResult:
+def oa_dolly_job(s: OaDollySettings) -> RunResult:
     """OASST conversations first (input order of their roots), then Dolly records in input order."""
+    dolly, oasst = s.dolly or None, s.oasst or None
     if not dolly and not oasst:
         raise DataError("nothing to do: give --dolly and/or --oasst")
-    output = Path(output)
-    report = Report(strict=strict)
-    converter = OasstConverter(report, mode=oasst_mode, filters=oasst_filters, keep_trailing_human=(fmt == "bloomchat"))
+    output = Path(s.output_path)
+    report = Report(strict=s.strict)
+    filters = s.oasst_filters()
+    converter = OasstConverter(
+        report, mode=s.oasst_mode, filters=filters, keep_trailing_human=(s.format == "bloomchat")
+    )
     if oasst:
-        converter.load(oasst, split=oasst_split)
-    with ConversationWriter(output, fmt, report, dedup=dedup) as writer:
+        converter.load(oasst, split=s.oasst_split)
+    with ConversationWriter(output, s.format, report, dedup=s.dedup) as writer:
         if oasst:
             for conv in converter.conversations():
                 if writer.prepare(conv):
@@ -103,51 +92,40 @@ def prepare_oa_dolly(
     settings = {
         "dolly": dolly,
         "oasst": oasst,
-        "format": fmt,
-        "dedup": dedup,
-        "oasst_mode": oasst_mode,
-        "oasst_filters": vars(oasst_filters or OasstFilters()),
-        "oasst_split": oasst_split,
+        "format": s.format,
+        "dedup": s.dedup,
+        "oasst_mode": s.oasst_mode,
+        "oasst_filters": vars(filters),
+        "oasst_split": s.oasst_split,
     }
     return _finish(RunResult(output, writer.lines, report, settings))
 
 
-def subsample_openchatkit(
-    output: str | Path,
-    oig: str,
-    fmt: str = "pairs",
-    seed: int = 42,
-    sample_size: int = DEFAULT_SAMPLE,
-    strict: bool = False,
-    dedup: bool = False,
-    upweight_basic: bool = False,
-    drop_prosocial: bool = True,
-    files: tuple[str, ...] = BLOOMCHAT_OIG_FILES,
-) -> RunResult:
-    """Sample each OIG file, optionally upweight unified_basic, shuffle everything with ``seed``, write."""
-    output = Path(output)
-    report = Report(strict=strict)
+def oig_job(s: OigSettings) -> RunResult:
+    """Sample each OIG file, optionally upweight unified_basic, shuffle everything with the seed, write."""
+    output = Path(s.output_path)
+    report = Report(strict=s.strict)
     chosen: list[tuple[object, int]] = []
-    with ConversationWriter(output, fmt, report, dedup=dedup, bloomchat_newline=True) as writer:
-        for name, records in resolve_oig_inputs(oig, files, strict=strict):
-            copies = BASIC_UPWEIGHT if (upweight_basic and name == BASIC_FILE) else 1
-            for conv in sample_oig_file(name, records, report, sample_size, seed, drop_prosocial):
+    with ConversationWriter(output, s.format, report, dedup=s.dedup, bloomchat_newline=True) as writer:
+        for name, records in resolve_oig_inputs(s.oig, tuple(s.files), strict=s.strict):
+            copies = BASIC_UPWEIGHT if (s.upweight_basic and name == BASIC_FILE) else 1
+            for conv in sample_oig_file(name, records, report, s.sample_size, s.seed, not s.keep_prosocial):
                 if writer.prepare(conv):
                     chosen.append((conv, copies))
                     if copies > 1:
                         report.source(conv.source).notes[f"upweighted x{copies} (extra lines)"] += copies - 1
         order = [i for i, (_, copies) in enumerate(chosen) for _ in range(copies)]
-        random.Random(seed).shuffle(order)
+        random.Random(s.seed).shuffle(order)
         for i in order:
             writer.write(chosen[i][0])
     settings = {
-        "oig": oig,
-        "format": fmt,
-        "seed": seed,
-        "sample_size": sample_size,
-        "dedup": dedup,
-        "upweight_basic": upweight_basic,
-        "drop_prosocial": drop_prosocial,
+        "oig": s.oig,
+        "format": s.format,
+        "seed": s.seed,
+        "sample_size": s.sample_size,
+        "dedup": s.dedup,
+        "upweight_basic": s.upweight_basic,
+        "drop_prosocial": not s.keep_prosocial,
     }
     return _finish(RunResult(output, writer.lines, report, settings))
 
@@ -160,36 +138,46 @@ def source_name(spec: str) -> str:
     return name or "chat"
 
 
-def prepare_chat(
-    output: str | Path,
-    inputs: list[str],
-    system: str = "reject",
-    fmt: str = "pairs",
-    strict: bool = False,
-    dedup: bool = False,
-    split: str = "train",
-) -> RunResult:
+def chat_records_job(s: ChatRecordsSettings) -> RunResult:
     """Chat records (OpenAI ``messages`` or ShareGPT ``conversations``) from each input, in order, to one JSONL.
 
     Each input is counted as its own source (named after the file, or ``name=spec`` to choose)."""
-    if not inputs:
-        raise DataError("nothing to do: give at least one --input")
-    output = Path(output)
-    report = Report(strict=strict)
+    output = Path(s.output_path)
+    report = Report(strict=s.strict)
     named = []
-    for spec in inputs:
+    for spec in s.input:
         name, _, path = spec.partition("=") if "=" in spec and not Path(spec).exists() else ("", "", spec)
         named.append((name or source_name(path), path))
-    with ConversationWriter(output, fmt, report, dedup=dedup) as writer:
+    with ConversationWriter(output, s.format, report, dedup=s.dedup) as writer:
         for name, path in named:
-            for conv in chat_record_conversations(path, report, name, system, split):
+            for conv in chat_record_conversations(path, report, name, s.system, s.split):
                 if writer.prepare(conv):
                     writer.write(conv)
     settings = {
         "inputs": [f"{n}={p}" for n, p in named],
-        "system": system,
-        "format": fmt,
-        "dedup": dedup,
-        "split": split,
+        "system": s.system,
+        "format": s.format,
+        "dedup": s.dedup,
+        "split": s.split,
     }
     return _finish(RunResult(output, writer.lines, report, settings))
+
+
+# Python shorthands: the output and the inputs by position, any other setting by its field name (``format="bloomchat"``,
+# ``sample_size=200``), checked by the same settings models as the command line.
+
+
+def prepare_oa_dolly(output: str | Path, dolly: str | None, oasst: str | None, **settings) -> RunResult:
+    """``oa_dolly_job`` with ``OaDollySettings`` fields; ``None`` skips a source."""
+    values = {"output_path": str(output), "dolly": dolly or "", "oasst": oasst or "", **settings}
+    return oa_dolly_job(build(OaDollySettings, values))
+
+
+def subsample_openchatkit(output: str | Path, oig: str, **settings) -> RunResult:
+    """``oig_job`` with ``OigSettings`` fields."""
+    return oig_job(build(OigSettings, {"output_path": str(output), "oig": oig, **settings}))
+
+
+def prepare_chat(output: str | Path, inputs: list[str], **settings) -> RunResult:
+    """``chat_records_job`` with ``ChatRecordsSettings`` fields."""
+    return chat_records_job(build(ChatRecordsSettings, {"output_path": str(output), "input": inputs, **settings}))

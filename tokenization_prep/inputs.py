@@ -1,0 +1,117 @@
+"""The run's inputs: which files are read, every non-blank line indexed by byte offset, and the files a setting
+names (``--categories_path``, ``--log_file_path``), all checked before any work.
+
+Memory stays flat whatever the input size: the index holds 28 bytes a line, not the text, and a split reads its
+lines back by seeking to their offsets (the shuffle permutes offsets, so inputs larger than memory shuffle out of
+core).
+"""
+
+from __future__ import annotations
+
+from array import array
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import orjson
+
+from common.errors import DataError
+from common.files import atomic_write, clean_line
+
+
+def input_files(spec: str) -> list[Path]:
+    """The input file, or a directory's .jsonl files (its .txt files if it has none), sorted by name."""
+    path = Path(spec).expanduser()
+    if path.is_file():
+        if path.suffix not in (".jsonl", ".txt"):
+            raise DataError(f"--input_path {spec}: not a .jsonl or .txt file (gdp reads only those)")
+        return [path]
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix == ".jsonl")
+        files = files or sorted(p for p in path.iterdir() if p.is_file() and p.suffix == ".txt")
+        if files:
+            return files
+        raise DataError(f"--input_path {spec}: directory holds no .jsonl or .txt files")
+    raise DataError(f"--input_path {spec}: no such file or directory")
+
+
+class LineIndex:
+    """Every non-blank line of the input files: (file index, byte offset, line number), and its number among all
+    lines (blank ones too, files in order: what gdp's round-robin split counts). ``total``: all lines."""
+
+    def __init__(self, files: list[Path]):
+        self.files = files
+        fidx, offs, nums, glob = array("i"), array("q"), array("q"), array("q")
+        k = 0
+        for i, path in enumerate(files):
+            with open(path, "rb") as fh:
+                pos = 0
+                for lineno, raw in enumerate(fh, start=1):
+                    if clean_line(raw, pos == 0).strip():
+                        fidx.append(i)
+                        offs.append(pos)
+                        nums.append(lineno)
+                        glob.append(k)
+                    pos += len(raw)
+                    k += 1
+        self.file_index = np.frombuffer(fidx, np.int32)
+        self.offsets = np.frombuffer(offs, np.int64)
+        self.line_numbers = np.frombuffer(nums, np.int64)
+        self.global_numbers = np.frombuffer(glob, np.int64)
+        self.total = k
+
+    @property
+    def is_text(self) -> bool:
+        """Plain text input (gdp: each line is the completion)."""
+        return self.files[0].suffix == ".txt"
+
+    def read(self, positions) -> Iterator[tuple[str, int, bytes]]:
+        """(file, line number, line without its end of line) of the indexed lines ``positions``, in that order."""
+        handles = [open(p, "rb") for p in self.files]
+        try:
+            for k in positions:
+                fh = handles[self.file_index[k]]
+                fh.seek(self.offsets[k])
+                raw = clean_line(fh.readline(), self.offsets[k] == 0)
+                yield str(self.files[self.file_index[k]]), int(self.line_numbers[k]), raw
+        finally:
+            for fh in handles:
+                fh.close()
+
+    def write(self, path: Path, positions) -> None:
+        """The lines ``positions`` to ``path``, one a line (gdp's test and split line files)."""
+        with atomic_write(path) as fh:
+            for _, _, raw in self.read(positions):
+                fh.write(raw + b"\n")
+
+
+def file_lines(path: Path) -> Iterator[tuple[str, int, bytes]]:
+    """(file, line number, line) for every non-blank line of one file, in file order (gdp's ``data_prep``)."""
+    with open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            raw = clean_line(raw, lineno == 1)
+            if raw.strip():
+                yield str(path), lineno, raw
+
+
+def check_log_path(spec: str | None) -> Path | None:
+    """``--log_file_path`` checked before any work: a file (new or old) in an existing directory."""
+    if not spec:
+        return None
+    path = Path(spec)
+    if path.is_dir() or not path.parent.is_dir():
+        raise DataError(f"--log_file_path {spec}: not a file in an existing directory")
+    return path
+
+
+def read_categories(spec: str | None) -> list[str] | None:
+    """``--categories_path``: a JSON list of category names (None when not given)."""
+    if not spec:
+        return None
+    try:
+        categories = orjson.loads(Path(spec).read_bytes())
+    except (OSError, orjson.JSONDecodeError) as exc:
+        raise DataError(f"--categories_path {spec}: cannot read a JSON list ({exc})") from None
+    if not isinstance(categories, list) or not all(isinstance(c, str) for c in categories):
+        raise DataError(f"--categories_path {spec}: must hold a JSON list of category names")
+    return categories
