@@ -191,6 +191,22 @@ def build(model: type[BaseModel], values: dict, source: str = "") -> BaseModel:
         raise ConfigError(f"{source}{why}") from None
 
 
+def command_parser(
+    prog: str, doc: str, model: type[BaseModel] | None = None, config: bool = False, exclude: Sequence[str] = ()
+) -> argparse.ArgumentParser:
+    """The parser of one command (``prog``: ``python -m STAGE COMMAND``): ``doc``'s first line as its description,
+    no abbreviated flags (an old spelling is refused, not guessed), ``--config FILE.yaml`` when ``config``, and one
+    flag per setting of ``model``."""
+    parser = argparse.ArgumentParser(prog=prog, description=doc.strip().splitlines()[0], allow_abbrev=False)
+    if config:
+        parser.add_argument(
+            f"--{CONFIG}", metavar="FILE.yaml", help="settings from a YAML file; flags given override it"
+        )
+    if model is not None:
+        add_settings(parser, model, exclude)
+    return parser
+
+
 def parse_settings(
     parser: argparse.ArgumentParser, model: type[BaseModel], argv: Sequence[str] | None = None, **fixed
 ) -> BaseModel:

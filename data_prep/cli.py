@@ -3,12 +3,11 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import Callable, Sequence, TypeVar
 
 from common.errors import DataError
-from common.settings import CONFIG, add_settings, parse_settings
+from common.settings import command_parser, parse_settings
 from data_prep.jobs import RunResult
 from data_prep.settings import JobSettings
 
@@ -17,12 +16,7 @@ S = TypeVar("S", bound=JobSettings)
 
 def parse_command(command: str, doc: str, model: type[S], argv: Sequence[str] | None) -> S:
     """``model`` from ``argv`` (a YAML ``--config`` first, then the flags given); ``doc``'s first line is the help."""
-    parser = argparse.ArgumentParser(
-        prog=f"python -m data_prep {command}", description=doc.splitlines()[0], allow_abbrev=False
-    )
-    parser.add_argument(f"--{CONFIG}", metavar="FILE.yaml", help="settings from a YAML file; flags given override it")
-    add_settings(parser, model)
-    return parse_settings(parser, model, argv)
+    return parse_settings(command_parser(f"python -m data_prep {command}", doc, model, config=True), model, argv)
 
 
 def run_job(job: Callable[[S], RunResult], settings: S) -> int:

@@ -6,14 +6,13 @@ adds its own fields. The chat's sampling flags are generated from ``Sampling``'s
 
 from __future__ import annotations
 
-import argparse
 import typing
 from typing import Annotated, Literal, Sequence, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
 from common.chat_format import SYSTEM_RULES
-from common.settings import CONFIG, add_settings, parse_settings
+from common.settings import command_parser, parse_settings
 from inference.sampling import Sampling
 
 Dtype = Literal["auto", "bf16", "fp16", "fp32"]
@@ -94,9 +93,4 @@ S = TypeVar("S", bound=ModelSettings)
 
 def parse_command(command: str, doc: str, model: type[S], argv: Sequence[str] | None) -> S:
     """``model`` from ``argv`` (a YAML ``--config`` first, then the flags given); ``doc``'s first line is the help."""
-    parser = argparse.ArgumentParser(
-        prog=f"python -m inference {command}", description=doc.splitlines()[0], allow_abbrev=False
-    )
-    parser.add_argument(f"--{CONFIG}", metavar="FILE.yaml", help="settings from a YAML file; flags given override it")
-    add_settings(parser, model)
-    return parse_settings(parser, model, argv)
+    return parse_settings(command_parser(f"python -m inference {command}", doc, model, config=True), model, argv)

@@ -28,7 +28,7 @@ import yaml
 from common.cli import guard
 from common.errors import DataError
 from common.files import atomic_write
-from common.settings import CONFIG, add_settings, parse_settings
+from common.settings import command_parser, parse_settings
 from tokenization_prep.inputs import LineIndex, check_log_path, input_files, read_categories
 from tokenization_prep.metadata import dataset_metadata, write_manifest
 from tokenization_prep.report import write_report
@@ -149,10 +149,7 @@ def write_line_files(out: Path, lines: LineIndex, parts, names, counts, keep_spl
 
 
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m tokenization_prep pipeline", description=__doc__.splitlines()[0])
-    parser.add_argument(f"--{CONFIG}", metavar="FILE.yaml", help="settings from a YAML recipe; flags given override it")
-    add_settings(parser, PipelineConfig)
-    return parser
+    return command_parser("python -m tokenization_prep pipeline", __doc__, PipelineConfig, config=True)
 
 
 def main(argv: list[str] | None = None) -> int:

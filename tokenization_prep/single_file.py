@@ -17,7 +17,7 @@ from pydantic import Field
 from common.cli import guard
 from common.errors import DataError
 from common.files import atomic_write
-from common.settings import CONFIG, add_settings, parse_settings
+from common.settings import command_parser, parse_settings
 from tokenization_prep.articles import ArticleTokenizer
 from tokenization_prep.hdf5_io import TokenStore, write_hdf5
 from tokenization_prep.inputs import check_log_path, file_lines, read_categories
@@ -78,10 +78,9 @@ def data_prep_file(
 
 
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m tokenization_prep data_prep", description=__doc__.splitlines()[0])
-    parser.add_argument(f"--{CONFIG}", metavar="FILE.yaml", help="settings from a YAML recipe; flags given override it")
-    add_settings(parser, DataPrepConfig, exclude=PIPELINE_ONLY)
-    return parser
+    return command_parser(
+        "python -m tokenization_prep data_prep", __doc__, DataPrepConfig, config=True, exclude=PIPELINE_ONLY
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

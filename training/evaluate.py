@@ -30,7 +30,7 @@ from common.chat_format import BOT_TAG, HUMAN_TAG
 from common.cli import guard
 from common.errors import ConfigError
 from common.files import atomic_write
-from common.settings import add_settings, parse_settings
+from common.settings import command_parser, parse_settings
 from tokenization_prep.provenance import has_provenance, name_tables, row_pieces
 from tokenization_prep.schema import TokenizedDir
 from training.config import ModelConfig, load_config
@@ -250,16 +250,9 @@ class EvaluateSettings(BaseModel):
     dev_rows: int = Field(0, ge=0, description="dev loss over the first N dev rows only (0: all; quick looks)")
 
 
-REPEATABLE = ("model", "untrained")
-
-
 def make_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m training evaluate", description=__doc__.splitlines()[0])
-    add_settings(ap, EvaluateSettings, exclude=REPEATABLE)
-    for name in REPEATABLE:  # each --model adds to the list: --model A --model B (or --model A B)
-        help = EvaluateSettings.model_fields[name].description
-        ap.add_argument(f"--{name}", action="extend", nargs="+", default=argparse.SUPPRESS, help=help)
-    return ap
+    """Each --model adds to the list: --model A --model B (or --model A B)."""
+    return command_parser("python -m training evaluate", __doc__, EvaluateSettings)
 
 
 def main(argv=None) -> int:

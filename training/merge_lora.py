@@ -11,7 +11,6 @@ A stage's LoRA export (``training.export``) uses the same merge.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import copy
 import json
@@ -29,7 +28,7 @@ from safetensors.torch import save_file
 
 from common.cli import guard
 from common.errors import ConfigError, first_line
-from common.settings import add_settings, parse_settings
+from common.settings import command_parser, parse_settings
 from training.lora_adapter import Factors, read_adapter, read_adapter_config
 from training.weights import safetensors_files
 
@@ -278,9 +277,7 @@ class MergeSettings(BaseModel):
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m training merge_lora", description=__doc__.splitlines()[0])
-    add_settings(ap, MergeSettings)
-    args = parse_settings(ap, MergeSettings, argv)
+    args = parse_settings(command_parser("python -m training merge_lora", __doc__, MergeSettings), MergeSettings, argv)
     out, result = merge(args.adapter, args.output_path, args.base, args.overwrite_output_path)
     if result.skipped:
         print(f"skipped {len(result.skipped)} base tensor(s) the model does not use, e.g. {result.skipped[0]}")

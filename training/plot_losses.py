@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -11,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from common.cli import guard
 from common.plots import pyplot, save_png
-from common.settings import add_settings, parse_settings
+from common.settings import command_parser, parse_settings
 
 
 def plot_losses(stage_dirs: list[Path], out_png: Path) -> Path:
@@ -45,9 +44,7 @@ class PlotSettings(BaseModel):
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m training plot_losses", description=__doc__.splitlines()[0])
-    add_settings(ap, PlotSettings)
-    args = parse_settings(ap, PlotSettings, argv)
+    args = parse_settings(command_parser("python -m training plot_losses", __doc__, PlotSettings), PlotSettings, argv)
     print(plot_losses([Path(p) for p in args.stage_dirs], Path(args.output_path)))
     return 0
 

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from common.cli import guard
 from common.errors import ConfigError
-from common.settings import add_settings, build
+from common.settings import add_settings, build, command_parser
 from training.config import StageConfig, load_config
 from training.launch import export
 
@@ -48,8 +48,7 @@ STAGE_FLAGS = ("max_steps",)
 
 
 def make_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m training run", description=__doc__.splitlines()[0])
-    add_settings(ap, RunFlags)
+    ap = command_parser("python -m training run", __doc__, RunFlags)
     add_settings(ap, StageConfig, exclude=[name for name in StageConfig.model_fields if name not in STAGE_FLAGS])
     ap.add_argument("--local_rank", type=int, default=argparse.SUPPRESS, help=argparse.SUPPRESS)  # deepspeed's
     return ap
