@@ -13,6 +13,7 @@ from pathlib import Path
 import orjson
 
 from common.errors import DataError
+from common.files import atomic_write
 
 
 @dataclass
@@ -67,8 +68,6 @@ class Report:
         self.rejects.append(orjson.dumps(entry))
 
     def write_rejects(self, path: Path) -> None:
-        from common.files import atomic_write
-
         with atomic_write(path) as fh:
             for row in self.rejects:
                 fh.write(row + b"\n")

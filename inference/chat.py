@@ -4,6 +4,7 @@ python -m inference chat --model training/ckpt/stage2_oa_dolly/final --greedy --
 python -m inference chat --model sambanovasystems/BLOOMChat-176B-v1 --device auto --dtype bf16
 """
 
+import signal
 import sys
 
 from common.cli import guard
@@ -25,6 +26,9 @@ def main(argv=None) -> int:
     if settings.message is not None:
         app.reply(settings.message)
         return 0
+    # Ctrl-C stops a reply even when the chat was started with SIGINT ignored (nohup, a background job of a script:
+    # Python then installs no KeyboardInterrupt handler of its own, and the interrupt would be lost)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     history = default_history_file() if settings.history_file is None else settings.history_file
     save_history = setup_readline(history)
     try:

@@ -257,7 +257,7 @@ def summary(t0: float, tok_dirs: list[str], curves: str, evaluation: str) -> Non
         )
         print(report.split("Dropped and truncated articles:")[0].rstrip())
         print(f"{lost} dropped or truncated articles, each with its input line, in data_report.md / .json")
-    from training.evaluate import table
+    from training.evaluate import table  # torch loads only here, at the end (the steps run as their own processes)
 
     result = json.loads((ROOT / evaluation).read_text())
     print(
