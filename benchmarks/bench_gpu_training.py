@@ -3,7 +3,7 @@ ZeRO-3 + LoRA, packed 2048-token rows of the bundled Dolly+OASST data, per atten
 packed-equals-alone check on the GPU for each attention implementation (fp32 gap within --check_tol, else failure).
 
 Each (kind, config, attention) run is a stage YAML (random init from config, ``model.tiny`` at the real shape)
-trained in a subprocess: ``python -m training.run`` (one GPU needs no launcher; ``--launcher deepspeed`` uses the
+trained in a subprocess: ``python -m training run`` (one GPU needs no launcher; ``--launcher deepspeed`` uses the
 ``deepspeed`` beside this Python or on PATH). Its ``logs/metrics.jsonl`` gives, after the warm-up steps, the median
 step time, mean tokens/s (real, non-padding tokens), peak GPU memory (allocated) and MFU. MFU counts model FLOPs
 per trained row from its own articles (``benchmarks/train_flops.py``: 6 x non-embedding parameters x real tokens
@@ -164,7 +164,7 @@ def free_port() -> int:
 
 def train_command(cfg: Path, args) -> list[str]:
     """``deepspeed`` beside this Python, else on PATH (``--launcher deepspeed``/``auto`` on a GPU), else one
-    process of ``python -m training.run`` (it sets the rendezvous variables itself)."""
+    process of ``python -m training run`` (it sets the rendezvous variables itself)."""
     if args.launcher != "python" and not args.tiny:
         beside = Path(sys.executable).with_name("deepspeed")
         found = str(beside) if beside.is_file() else shutil.which("deepspeed")
@@ -173,7 +173,7 @@ def train_command(cfg: Path, args) -> list[str]:
             return [found, "--num_gpus", "1", "--master_port", port, "training/run.py", "--config", str(cfg)]
         if args.launcher == "deepspeed":
             raise SystemExit("--launcher deepspeed: no deepspeed launcher beside sys.executable or on PATH")
-    return [sys.executable, "-m", "training.run", "--config", str(cfg)]
+    return [sys.executable, "-m", "training", "run", "--config", str(cfg)]
 
 
 def run_one(name: str, kind: str, shape: dict, ds: str, lora: bool, attn: str, data: Path, args) -> tuple[dict, list]:

@@ -7,7 +7,7 @@ packed HDF5 rows; TRL gets the very same articles (ids and completion masks cut 
 pre-tokenized dataset and packs them itself (``packing_strategy="bfd"``, which makes it padding-free), with
 ``completion_only_loss=True``, so both supervise the same tokens. Rows (8,192 token slots per optimizer step):
 
-    ours         python -m training.run (DeepSpeed, CPU), 1 row x 4 accumulation, restarting position ids (SDPA,
+    ours         python -m training run (DeepSpeed, CPU), 1 row x 4 accumulation, restarting position ids (SDPA,
                  no mask built by us), fused chunked loss
     trl          SFTTrainer, 1 packed row x 4 accumulation, gradient checkpointing off (our batch shape)
     trl-default  SFTTrainer with SFTConfig(packing=True) defaults (gradient checkpointing on, padding-free
@@ -206,7 +206,7 @@ def run_ours(work: Path, data_dir: Path, steps: int, warmup: int, env: dict) -> 
     py = ROOT / ".venv" / "bin" / "python"
     before = ds_ops()
     run = spawn(
-        [str(py if py.exists() else sys.executable), "-m", "training.run", "--config", str(work / "ours.yaml")],
+        [str(py if py.exists() else sys.executable), "-m", "training", "run", "--config", str(work / "ours.yaml")],
         work / "ours.log",
         {**env, "DS_ACCELERATOR": "cpu"},
         first_line=metrics,

@@ -75,7 +75,7 @@ def trained_model(tmp_path_factory):
     (base / "chat.yaml").write_text(yaml.safe_dump(cfg))
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     r = subprocess.run(
-        [sys.executable, "-m", "training.run", "--config", str(base / "chat.yaml")],
+        [sys.executable, "-m", "training", "run", "--config", str(base / "chat.yaml")],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -136,7 +136,7 @@ def test_training_refuses_before_deepspeed(tok_dir, tmp_path):
         )
     )
     r = subprocess.run(
-        [sys.executable, "-m", "training.run", "--config", str(cfg)],
+        [sys.executable, "-m", "training", "run", "--config", str(cfg)],
         cwd=ROOT,
         capture_output=True,
         text=True,
