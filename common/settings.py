@@ -138,18 +138,20 @@ def nest(model: type[BaseModel], values: dict) -> dict:
     return out
 
 
-def read_config(path: str | Path) -> dict:
-    """A YAML mapping of settings; one ``ConfigError`` line when the file cannot be read or is not a mapping."""
+def read_config(path: str | Path, label: str | None = None) -> dict:
+    """A YAML mapping of settings; one ``ConfigError`` line, starting with ``label`` (default ``--config PATH``),
+    when the file cannot be read or is not a mapping."""
     import yaml
 
+    label = label or f"--config {path}"
     try:
         data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except OSError as exc:
-        raise ConfigError(f"--config {path}: {exc.strerror or exc}") from None
+        raise ConfigError(f"{label}: cannot read ({exc.strerror or exc})") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"--config {path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        raise ConfigError(f"{label}: not valid YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"--config {path}: must be a mapping of setting: value")
+        raise ConfigError(f"{label}: must be a mapping of setting: value")
     return data
 
 

@@ -10,10 +10,10 @@ import json
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from common.errors import ConfigError, first_line
+from common.settings import read_config
 
 ROOT = Path(__file__).resolve().parents[1]
 # attention over packed rows, isolated per article (training/attention.py)
@@ -118,14 +118,7 @@ def load_config(path: str | Path, **overrides) -> StageConfig:
     """Read and validate a stage YAML, with ``overrides`` (a command line's) over its settings; any problem is one
     ConfigError line naming file and field."""
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({first_line(exc)})") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: must be a YAML mapping of stage settings")
+    raw = read_config(path, label=str(path))
     try:
         cfg = StageConfig(**{**raw, **overrides})
     except ValidationError as exc:
