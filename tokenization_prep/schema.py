@@ -21,6 +21,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import orjson
 import yaml
@@ -31,6 +32,9 @@ from common.files import sha256_file
 from tokenization_prep.tokenizer_io import load_tokenizer
 
 PROMPT, COMPLETION, PADDING, SEP = 0, 1, 2, 3  # token_type_ids
+# a preference row (``kind: preference``): the prompt once, the chosen reply, the rejected reply, padding
+CHOSEN, REJECTED = COMPLETION, 4
+KINDS = ("sft", "preference")
 MANIFEST = "manifest.sha256"
 MARKER = ".tokenization_prep"
 FILES_METADATA = Path("sha256") / "files_metadata.json"
@@ -60,6 +64,7 @@ class TokenizedMetadata(DatasetMetadata):
     pad_token_id: int | None = None
     tokenizer_sha256: str | None = None
     provenance: bool = False
+    kind: Literal["sft", "preference"] = "sft"  # missing in gdp's and older outputs: SFT rows
 
 
 @dataclass
