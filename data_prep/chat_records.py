@@ -39,7 +39,7 @@ def _text(content, where: str) -> tuple[str | None, str | None]:
     return None, f"{where}: content is a {type(content).__name__}, not a string"
 
 
-def _message(item, i: int) -> tuple[str | None, str | None, str | None]:
+def read_message(item, i: int) -> tuple[str | None, str | None, str | None]:
     """(role, text, None) of one message, or (None, None, reason)."""
     where = f"message {i + 1}"
     if not isinstance(item, dict):
@@ -81,7 +81,7 @@ def chat_record_conversation(
             system_texts.append(obj["system"])
     turns: list[Turn] = []
     for i, item in enumerate(items):
-        role, text, reason = _message(item, i)
+        role, text, reason = read_message(item, i)
         if reason:
             return None, reason, False
         if role in SYSTEM_ROLES:

@@ -237,8 +237,9 @@ class OasstConverter:
                 path.append(min(kids, key=lambda k: (k.rank is None, k.rank or 0)))
         yield path
 
-    def conversations(self) -> Iterator[Conversation]:
-        """Yield one conversation per selected path, roots in input order, counting every message."""
+    def trees(self) -> Iterator[Message]:
+        """The usable roots in input order, children linked in input order and pruned (filters, non-alternating
+        roles); orphans, cycles, filtered roots and non-prompter roots are counted here, with their subtrees."""
         for root in self._link():
             why = self.filters.reason(root)
             if why:
@@ -250,6 +251,11 @@ class OasstConverter:
                 self._drop_subtree(root, "root is not a prompter message")
                 continue
             self._prune(root)
+            yield root
+
+    def conversations(self) -> Iterator[Conversation]:
+        """Yield one conversation per selected path, roots in input order, counting every message."""
+        for root in self.trees():
             used: set[str] = set()
             for path in self._paths(root):
                 truncated = path[-1].role == HUMAN and not self.keep_trailing_human

@@ -15,6 +15,7 @@ from common.chat_format import SYSTEM_RULES
 from data_prep.dolly import DOLLY_HUB_ID
 from data_prep.oasst import MODES, OASST_HUB_ID, OasstFilters
 from data_prep.oig import BLOOMCHAT_OIG_FILES, DEFAULT_SAMPLE, OIG_HUB_ID
+from data_prep.preferences import PAIR_MODES
 from data_prep.writer import FORMATS
 
 
@@ -102,3 +103,30 @@ class ChatRecordsSettings(JobSettings):
         "reject", description="system messages: reject the record, or fold the text into the first user message"
     )
     split: str = Field("train", description="hub split to read")
+
+
+class PreferenceSettings(BaseModel):
+    """``prepare_preferences``: OASST1 ranked sibling replies and held preference records -> preference pairs JSONL.
+
+    Not a ``JobSettings``: ``--format`` and ``--dedup`` do not apply (one output form; exact duplicate pairs are
+    always dropped) and nothing is sampled."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    output_path: str = Field("data_prep/preferences.jsonl", description="output JSONL path")
+    overwrite_output_path: bool = Field(False, description="replace an existing --output_path (refused otherwise)")
+    oasst: str = Field(OASST_HUB_ID, description="OASST1 hub id, file or directory ('' to skip)")
+    oasst_split: str = Field("train", description="hub split to read")
+    input: list[str] = Field(
+        [],
+        description="files, directories or hub ids of preference records (prompt or messages, chosen, rejected), "
+        "one source each (NAME= sets its source name)",
+        json_schema_extra={"metavar": "[NAME=]SPEC"},
+    )
+    input_split: str = Field("train", description="hub split to read for --input hub ids")
+    pairs: Literal[PAIR_MODES] = Field(
+        "best-vs-rest",
+        description="which ranked siblings to pair: best-vs-rest (the best against each other), all (every better "
+        "against every worse), adjacent (each against the next rank)",
+    )
+    strict: bool = Field(False, description="stop at the first bad record instead of quarantining it")
