@@ -16,14 +16,17 @@ from common.cli import guard
 from common.errors import DataError
 from common.settings import add_settings, parse_settings
 from tokenization_prep.provenance import has_provenance, name_tables, row_pieces
-from tokenization_prep.schema import COMPLETION, PADDING, PROMPT, SEP
+from tokenization_prep.schema import CHOSEN, COMPLETION, PADDING, PROMPT, REJECTED, SEP
 from tokenization_prep.tokenizer_io import load_tokenizer
 
 MARKS = {PROMPT: ("[PROMPT]", "[/PROMPT]"), COMPLETION: ("[COMPLETION]", "[/COMPLETION]")}
+# a preference row (it holds rejected tokens): the completion is the chosen reply
+PREFERENCE_MARKS = {**MARKS, CHOSEN: ("[CHOSEN]", "[/CHOSEN]"), REJECTED: ("[REJECTED]", "[/REJECTED]")}
 
 
 def decode_sequence(tokenizer, ids: np.ndarray, types: np.ndarray) -> str:
     """Group runs of equal token type; SEP tokens print as <|SEP|>, trailing padding as a count."""
+    marks = PREFERENCE_MARKS if (types == REJECTED).any() else MARKS
     out, i, n = [], 0, len(ids)
     while i < n:
         t = int(types[i])
@@ -35,7 +38,7 @@ def decode_sequence(tokenizer, ids: np.ndarray, types: np.ndarray) -> str:
         elif t == SEP:
             out.append("<|SEP|>" * (j - i))
         else:
-            start, end = MARKS.get(t, (f"[TYPE {t}]", f"[/TYPE {t}]"))
+            start, end = marks.get(t, (f"[TYPE {t}]", f"[/TYPE {t}]"))
             out.append(start + tokenizer.decode(ids[i:j].tolist()) + end)
         i = j
     return "".join(out)

@@ -26,11 +26,13 @@ import orjson
 import yaml
 
 from common.cli import guard
-from common.errors import DataError
+from common.errors import ConfigError, DataError
 from common.files import atomic_write
 from common.settings import command_parser, parse_settings
 from tokenization_prep.inputs import LineIndex, check_log_path, input_files, read_categories
 from tokenization_prep.metadata import dataset_metadata, write_manifest
+from tokenization_prep.preference import input_kind
+from tokenization_prep.preference_run import run_preference
 from tokenization_prep.report import write_report
 from tokenization_prep.schema import MANIFEST, MARKER
 from tokenization_prep.settings import PipelineConfig
@@ -76,6 +78,13 @@ def run_pipeline(cfg: PipelineConfig, log=print) -> dict:
         log(line)
 
     files = input_files(cfg.input_path)
+    if input_kind(files) == "preference":  # pairs: one padded row each (preference_run.py)
+        return run_preference(cfg, files, logged, warn, prepare_output_dir)
+    if cfg.dev_trees_from:
+        raise ConfigError(
+            f"--dev_trees_from {cfg.dev_trees_from}: for preference input only ({files[0]} holds SFT records); "
+            "leave it out"
+        )
     counts = split_counts(
         sum(p.stat().st_size for p in files),
         cfg.num_training_splits,

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import orjson
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -246,6 +247,8 @@ def _hdf5_problems(meta: TokenizedMetadata, splits: dict[str, list[Path]]) -> li
                     shape = f["input_ids"].shape
                     if shape[1] != meta.max_seq_length or f["token_type_ids"].shape != shape:
                         problems.append(f"{path.name}: rows of shape {shape}, metadata says {meta.max_seq_length}")
+                    elif meta.kind == "preference":
+                        problems += _preference_row_problems(path.name, f["token_type_ids"])
                     rows.append(shape[0])
             except (OSError, KeyError) as exc:
                 problems.append(f"{path.name}: not a readable HDF5 split ({first_line(exc)})")
@@ -253,6 +256,29 @@ def _hdf5_problems(meta: TokenizedMetadata, splits: dict[str, list[Path]]) -> li
         if rows and limit is not None and min(rows) != limit:
             problems.append(f"max_batch_size_{split} is {limit} but the smallest {split} file holds {min(rows)} rows")
     return problems
+
+
+# a preference row's token types in their order: prompt, chosen, rejected, padding
+_PAIR_ORDER = {PROMPT: 0, CHOSEN: 1, REJECTED: 2, PADDING: 3}
+
+
+def _preference_row_problems(name: str, types, block: int = 4096) -> list[str]:
+    """The first row of a ``kind: preference`` file that is not prompt, chosen, rejected, padding in this order,
+    each of the first three at least one token (read in blocks of rows)."""
+    rank = np.full(max(_PAIR_ORDER) + 1, -1, dtype=np.int8)
+    rank[list(_PAIR_ORDER)] = list(_PAIR_ORDER.values())
+    for lo in range(0, types.shape[0], block):
+        t = types[lo : lo + block]
+        r = np.where((t >= 0) & (t < len(rank)), rank[np.clip(t, 0, len(rank) - 1)], -1)
+        bad = (r < 0).any(axis=1) | (np.diff(r, axis=1) < 0).any(axis=1)
+        for kind in (PROMPT, CHOSEN, REJECTED):
+            bad |= ~(t == kind).any(axis=1)
+        if bad.any():
+            return [
+                f"{name}: row {lo + int(np.argmax(bad))} is not a preference row (prompt, chosen, rejected tokens, "
+                "each at least one, then padding)"
+            ]
+    return []
 
 
 class TokenizedDirError(DataError):

@@ -32,6 +32,8 @@ PIPELINE_ONLY = (  # pipeline fields that gdp's one-file data_prep command does 
     "model_config_path",
     "mix",
     "mix_tokens",
+    "dev_trees_from",
+    "preference_overflow",
 )
 
 
@@ -189,6 +191,16 @@ class PipelineConfig(BaseModel):
         "input",
         description="ours: the supervised-token budget of share weights: input (the split's own), upsample (no "
         "named source loses data) or a number",
+    )
+    dev_trees_from: str | None = Field(
+        None,
+        description="preference input: dev = the pairs whose tree_id is a record id of this stage-2 tokenized dir's "
+        "dev rows (default: the seeded tree rule with --dev_ratio)",
+    )
+    preference_overflow: Literal["truncate_prompt", "drop"] = Field(
+        "truncate_prompt",
+        description="preference input: a pair longer than max_seq_length loses tokens from the prompt's start "
+        "(dropped when the replies leave no prompt token), or is dropped",
     )
     num_workers: int | None = Field(None, exclude=True, description="tokenizer threads (output is identical)")
 

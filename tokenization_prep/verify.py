@@ -30,10 +30,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tokenization_prep verify", description=__doc__.splitlines()[0])
     add_settings(parser, VerifySettings)
     s = parse_settings(parser, VerifySettings, argv)
-    load_tokenized_dir(Path(s.output_path), full=True, max_seq_length=s.max_seq_length)
+    tdir = load_tokenized_dir(Path(s.output_path), full=True, max_seq_length=s.max_seq_length)
+    rows = "; every row is prompt, chosen, rejected, padding" if tdir.meta.kind == "preference" else ""
     print(
         f"{s.output_path}: metadata.yaml is gdp's DatasetMetadata; every file matches {FILES_METADATA} and "
-        f"{MANIFEST}; HDF5 shapes match"
+        f"{MANIFEST}; HDF5 shapes match{rows}"
     )
     return 0
 
