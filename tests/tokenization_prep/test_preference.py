@@ -100,6 +100,12 @@ def test_metadata_says_preference_and_the_dir_verifies(out):
     assert run("verify", out).returncode == 0
 
 
+def test_decode_marks_the_chosen_and_the_rejected_reply(out):
+    text = run("decode", out / "train_1_of_1.hdf5", "--index", "0").stdout
+    assert text.index("[PROMPT]") < text.index("[CHOSEN]") < text.index("[REJECTED]") < text.index("[PADDING")
+    assert "[COMPLETION]" not in text and "[TYPE 4]" not in text
+
+
 def test_rows_are_prompt_chosen_rejected_padding(out):
     tok = load_tokenizer(str(PYTHIA_TOKENIZER))
     n = 0
