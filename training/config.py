@@ -63,6 +63,19 @@ class LoraConfig(Strict):
     target_modules: list[str] | None = None  # default per model kind
 
 
+class DpoConfig(Strict):
+    """Preference tuning (``objective: dpo``): the pair loss and where the reference log-probs come from."""
+
+    beta: float = Field(0.1, gt=0, description="the KL strength (sigmoid, ipo) or reward scale (simpo)")
+    loss: Literal["sigmoid", "ipo", "simpo"] = Field("sigmoid", description="DPO (sigmoid), IPO or SimPO")
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="conservative DPO's label noise (sigmoid, simpo)")
+    simpo_gamma: float = Field(0.5, ge=0, description="SimPO's target reward margin")
+    reference: Literal["precomputed", "live"] = Field(
+        "precomputed", description="reference log-probs from a first pass (stored) or a frozen model in each step"
+    )
+    reference_model: str | None = Field(None, description="the reference model dir (default: init_from)")
+
+
 class StageConfig(Strict):
     """One training stage (BLOOMChat values for real runs are in training/configs/*.yaml)."""
 
@@ -89,6 +102,8 @@ class StageConfig(Strict):
     log_every: int = Field(1, ge=1, description="throughput window in steps")
     seed: int = Field(42, description="model init, data order and dropout")
     lora: LoraConfig | None = None
+    objective: Literal["sft", "dpo"] = Field("sft", description="next-token loss (sft) or preference pairs (dpo)")
+    dpo: DpoConfig | None = Field(None, description="the dpo objective's settings (default: DpoConfig())")
     gradient_checkpointing: bool = Field(
         False, description="recompute each layer's activations in backward (non-reentrant)"
     )
@@ -103,6 +118,14 @@ class StageConfig(Strict):
         "size",
         description="data_dir check before training: file sizes (and a re-hash of changed files), or every sha256",
     )
+
+    @model_validator(mode="after")
+    def _dpo_block(self):
+        if self.objective == "sft" and self.dpo is not None:
+            raise ValueError("a dpo block is set but objective is sft; set objective: dpo or remove the dpo block")
+        if self.objective == "dpo" and self.dpo is None:
+            self.dpo = DpoConfig()
+        return self
 
     def resolve(self, path: str | None) -> Path | None:
         if path is None:

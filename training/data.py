@@ -61,14 +61,14 @@ def read_lineage(model_dir: Path) -> dict | None:
     return lineage
 
 
-def check_same_tokenizer(data: TokenizedDir, init: Path) -> None:
+def check_same_tokenizer(data: TokenizedDir, init: Path, name: str = "init_from") -> None:
     """Refuse data tokenized with another tokenizer than the one ``init``'s model was trained with (its lineage's
-    record, else the tokenizer saved beside it)."""
+    record, else the tokenizer saved beside it); ``name``: the setting that names the model."""
     theirs = (read_lineage(init) or {}).get("tokenizer_sha256") or dir_tokenizer_sha256(init)
     if theirs and data.tokenizer_sha256 and theirs != data.tokenizer_sha256:
         raise ConfigError(
             f"data_dir {data.path} was tokenized with another tokenizer (sha256 "
-            f"{data.tokenizer_sha256[:12]}) than init_from {init}'s model ({theirs[:12]}); re-tokenize "
+            f"{data.tokenizer_sha256[:12]}) than {name} {init}'s model ({theirs[:12]}); re-tokenize "
             f"with --pretrained_tokenizer {init}"
         )
 
@@ -83,7 +83,27 @@ def check_inputs(cfg: StageConfig) -> tuple[TokenizedDir, Path | None]:
         raise ConfigError(f"init_from {init} is not a saved model (no config.json); run the earlier stage first")
     if init is not None:
         check_same_tokenizer(data, init)
+    check_kind(cfg, data)
+    ref = cfg.resolve(cfg.dpo.reference_model) if cfg.dpo else None
+    if ref is not None:
+        if not (ref / "config.json").is_file():
+            raise ConfigError(f"dpo.reference_model {ref} is not a saved model (no config.json); give a final/ dir")
+        check_same_tokenizer(data, ref, "dpo.reference_model")
     return data, init
+
+
+def check_kind(cfg: StageConfig, data: TokenizedDir) -> None:
+    """A preference dir trains only ``objective: dpo``, an SFT dir only ``objective: sft`` (metadata.yaml ``kind``)."""
+    if data.meta.kind == "preference" and cfg.objective != "dpo":
+        raise ConfigError(
+            f"data_dir {data.path} holds preference pairs (metadata.yaml kind: preference) but the stage's objective "
+            "is sft; set objective: dpo, or give an SFT tokenized dir"
+        )
+    if data.meta.kind != "preference" and cfg.objective == "dpo":
+        raise ConfigError(
+            f"data_dir {data.path} holds SFT rows (metadata.yaml kind: {data.meta.kind}) but the stage's objective "
+            "is dpo; give a preference dir (python -m data_prep prepare_preferences, then tokenization_prep)"
+        )
 
 
 def load_data_tokenizer(data: TokenizedDir):
@@ -235,14 +255,14 @@ def collate(rows: list[dict]) -> dict:
     return {k: torch.stack([r[k] for r in rows]) for k in rows[0]}
 
 
-def step_loader(dataset: PackedDataset, sampler: StepSampler, workers: int, prefetch: int, pin: bool):
+def step_loader(dataset, sampler: StepSampler, workers: int, prefetch: int, pin: bool, collate_fn=None):
     """Micro-batches in ``sampler``'s order, read and collated by ``workers`` processes (0: this one), ``prefetch``
     batches ahead per worker, in pinned memory for asynchronous copies to the GPU. The loader draws its worker seed
     from a generator of its own: from the global one it would shift the RNG stream (dropout) of a resumed run."""
     return torch.utils.data.DataLoader(
         dataset,
         batch_sampler=sampler,
-        collate_fn=collate,
+        collate_fn=collate_fn or collate,
         num_workers=workers,
         prefetch_factor=prefetch if workers else None,
         pin_memory=pin,

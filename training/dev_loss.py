@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import torch
 
+PAIR_METRICS = ("loss", "reward_accuracy", "reward_margin", "logps_chosen", "logps_rejected")  # preference.METRICS
+
 
 class GroupedLoss:
     """Sums of per-token weighted losses and weights, in all and per group code (code -1, none, kept as ``-``)."""
@@ -45,9 +47,13 @@ class GroupedLoss:
 
 
 def eval_record(result: dict | None, prefix: str = "eval_loss") -> dict:
-    """metrics.jsonl / lineage keys of an evaluation: ``eval_loss``, ``eval_loss_by_source``, ...by_category."""
+    """metrics.jsonl / lineage keys of an evaluation: ``eval_loss``, ``eval_loss_by_source``, ...by_category (a
+    preference evaluation: ``eval_loss``, ``eval_reward_accuracy``, ... and ``eval_by_source``)."""
     if result is None:
         return {prefix: None}
+    if result.get("kind") == "preference":
+        base = prefix.removesuffix("_loss")
+        return {**{f"{base}_{k}": result[k] for k in PAIR_METRICS}, f"{base}_by_source": result["by_source"]}
     return {
         prefix: result["loss"],
         f"{prefix}_by_source": result["by_source"],
@@ -59,6 +65,12 @@ def log_eval(writer, record: dict, step: int) -> None:
     """TensorBoard scalars eval/loss, eval/loss_by_source/NAME and eval/loss_by_category/NAME."""
     if record.get("eval_loss") is None:
         return
+    if "eval_reward_accuracy" in record:
+        for k in PAIR_METRICS:
+            writer.add_scalar(f"eval/{k}", record[f"eval_{k}"], step)
+            for name, values in record["eval_by_source"].items():
+                writer.add_scalar(f"eval/{k}_by_source/{name}", values[k], step)
+        return
     writer.add_scalar("eval/loss", record["eval_loss"], step)
     for table in ("source", "category"):
         for name, value in record[f"eval_loss_by_{table}"].items():
@@ -66,7 +78,14 @@ def log_eval(writer, record: dict, step: int) -> None:
 
 
 def eval_table(stage: str, result: dict) -> list[str]:
-    """The end-of-stage table: dev loss in all, per source and per category, with supervised tokens."""
+    """The end-of-stage table: dev loss in all, per source and per category, with supervised tokens (preference
+    pairs: every pair metric in all and per source)."""
+    if result.get("kind") == "preference":
+        head = " | ".join(PAIR_METRICS)
+        out = [f"dev pairs of {stage} (- means no source):", f"| source | pairs | {head} |", "|---|---:|" + "---:|" * 5]
+        for name, m in [("all", result), *sorted(result["by_source"].items())]:
+            out.append(f"| {name} | {m['pairs']:,} | " + " | ".join(f"{m[k]:.4f}" for k in PAIR_METRICS) + " |")
+        return out
     out = [
         f"dev loss of {stage} (token-weighted; - means no source or category):",
         "| group | name | supervised tokens | dev loss |",

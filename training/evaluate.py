@@ -12,6 +12,14 @@ whose reply writes a role tag; the mean reply length in tokens; and the token-we
 split (``dev_loss``; ``--dev_rows N``: its first N rows, for quick looks), with the prompt_loss_weight the model's
 stage trained with: the number the trainer's final evaluation prints. JSON under ``models.<label>.sources`` plus a
 markdown table.
+
+``--preference_data DIR`` (a ``kind: preference`` tokenized dir, stage 3's data) adds, per model and source, over
+its dev pairs: ``reward_accuracy`` (share of pairs whose chosen reply gains more log-prob over the reference
+model than the rejected one: beta*(logp - ref_logp) compared, the DPO reward), ``reward_margin`` (the mean reward
+difference, at ``--beta``) and the reference-free ``logp_accuracy`` (share with logp(chosen) > logp(rejected),
+summed over the reply's tokens). The reference is ``--reference DIR``, by default the first model given (whose own
+rewards are then 0: accuracy 0). JSON under ``models.<label>.preference`` plus a second table; so stage 2 and
+stage 3 stand side by side on the same pairs.
 """
 
 from __future__ import annotations
@@ -174,6 +182,52 @@ def model_to_evaluate(spec: str, data: TokenizedDir, seed_config: Path | None = 
     return build_model(ModelConfig(kind=kind, name_or_path=str(path)), rows, seq, None)[0], path, plw
 
 
+def preference_dev(spec: str):
+    """``--preference_data``: the checked tokenized dir (kind preference, with a dev split) and its dev pairs."""
+    from training.dpo import PreferenceDataset
+
+    data = load_data(Path(spec), name="--preference_data")
+    if data.meta.kind != "preference":
+        raise ConfigError(
+            f"--preference_data {spec}: holds SFT rows (metadata.yaml kind: {data.meta.kind}); give a preference "
+            "tokenized dir (python -m data_prep prepare_preferences, then tokenization_prep)"
+        )
+    if not data.splits["dev"]:
+        raise ConfigError(f"--preference_data {spec}: no dev split; tokenize with --dev_ratio or --dev_trees_from")
+    return data, PreferenceDataset(data, "dev")
+
+
+def pair_logps(model, dev, batch: int, device) -> tuple[torch.Tensor, list[int]]:
+    """(pairs, 2) chosen / rejected summed log-probs of every dev pair, and each pair's source code."""
+    from training.preference import preference_batch, sequence_logps
+
+    out, sources = [], []
+    for lo in range(0, len(dev), batch):
+        b = preference_batch(dev.__getitems__(list(range(lo, min(len(dev), lo + batch)))))
+        logps, _ = sequence_logps(model, {k: v.to(device) for k, v in b.items()})
+        n = len(b["pair_index"])
+        out.append(torch.stack([logps[:n], logps[n:]], dim=1).cpu())
+        sources += b["source_ids"].tolist()
+    return torch.cat(out), sources
+
+
+def preference_figures(logps: torch.Tensor, ref: torch.Tensor, sources: list[int], names: list[str], beta: float):
+    """Per source: pairs, reward_accuracy, reward_margin (relative to ``ref``), logp_accuracy."""
+    rewards = beta * (logps - ref)
+    margin = rewards[:, 0] - rewards[:, 1]
+    codes = torch.tensor(sources)
+    out = {}
+    for code in sorted(set(sources)):
+        m = codes == code
+        out[names[code] if code >= 0 else "-"] = {
+            "pairs": int(m.sum()),
+            "reward_accuracy": float((margin[m] > 0).double().mean()),
+            "reward_margin": float(margin[m].mean()),
+            "logp_accuracy": float((logps[m, 0] > logps[m, 1]).double().mean()),
+        }
+    return out
+
+
 def evaluate(
     models: list[tuple[str, str, Path | None]],
     data_dir: Path,
@@ -181,8 +235,12 @@ def evaluate(
     max_new: int,
     batch: int,
     dev_rows: int = 0,
+    preference: str | None = None,
+    reference: str | None = None,
+    beta: float = 0.1,
 ) -> dict:
-    """The evaluation of every (label, model dir, untrained config) on ``data_dir``'s dev split."""
+    """The evaluation of every (label, model dir, untrained config) on ``data_dir``'s dev split (and, with
+    ``preference``, on that preference dir's dev pairs relative to ``reference`` or the first model)."""
     from transformers import AutoTokenizer
 
     data = load_data(data_dir, name="--data")
@@ -197,9 +255,22 @@ def evaluate(
         "dev_rows": dev_rows or None,  # None: the whole dev split
         "models": {},
     }
+    pref, ref_logps = None, None
+    if preference:
+        pref_data, pref = preference_dev(preference)
+        ref_spec, ref_config = (reference, None) if reference else models[0][1:]
+        ref_model = model_to_evaluate(ref_spec, pref_data, ref_config)[0].to(device).eval()
+        ref_logps = pair_logps(ref_model, pref, batch, device)[0]
+        del ref_model
+        result.update(preference_data=preference, reference=ref_spec, beta=beta)
     for label, spec, seed_config in models:
         model, tok_dir, plw = model_to_evaluate(spec, data, seed_config)
         model.to(device).eval()
+        if pref is not None:
+            if seed_config is None:
+                check_same_tokenizer(pref_data, Path(spec))
+            logps, sources = pair_logps(model, pref, batch, device)
+            figures = preference_figures(logps, ref_logps, sources, pref.sources, beta)
         tokenizer = AutoTokenizer.from_pretrained(str(tok_dir or data_dir / "tokenizer"))
         if tokenizer.eos_token_id is None:
             raise ConfigError(f"{tok_dir or data_dir / 'tokenizer'}: the tokenizer has no EOS token")
@@ -213,6 +284,8 @@ def evaluate(
                 "dev_tokens": losses["tokens_by_source"].get(source, 0),
             }
         result["models"][label] = {"path": spec, "dev_loss": losses["loss"], "sources": sources}
+        if pref is not None:
+            result["models"][label]["preference"] = figures
         del model
     return result
 
@@ -231,6 +304,20 @@ def table(result: dict) -> list[str]:
                 f"{100 * s['stop_length']:.0f}% | {100 * s['forged_tags']:.0f}% | "
                 f"{s['mean_reply_tokens']:.1f} | {s['prompts']} |"
             )
+    if "reference" in result:
+        out += [
+            "",
+            f"dev pairs of {result['preference_data']}, rewards relative to {result['reference']} (beta "
+            f"{result['beta']}):",
+            "| model | source | pairs | reward accuracy | reward margin | logp accuracy |",
+            "|---|---|---:|---:|---:|---:|",
+        ]
+        for label, m in result["models"].items():
+            for source, p in m["preference"].items():
+                out.append(
+                    f"| {label} | {source} | {p['pairs']} | {100 * p['reward_accuracy']:.0f}% | "
+                    f"{p['reward_margin']:.4f} | {100 * p['logp_accuracy']:.0f}% |"
+                )
     return out
 
 
@@ -248,6 +335,13 @@ class EvaluateSettings(BaseModel):
     max_new_tokens: int = Field(256, ge=1, description="longest reply, in tokens")
     batch_size: int = Field(8, ge=1, description="prompts (and dev rows) per forward pass")
     dev_rows: int = Field(0, ge=0, description="dev loss over the first N dev rows only (0: all; quick looks)")
+    preference_data: str | None = Field(
+        None, description="a preference tokenized dir: also score its dev pairs (reward and logp accuracy)"
+    )
+    reference: str | None = Field(
+        None, description="the reference model of the pair rewards (default: the first model given)"
+    )
+    beta: float = Field(0.1, gt=0, description="the reward scale of the pair rewards (stage 3's dpo.beta)")
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -260,7 +354,17 @@ def main(argv=None) -> int:
     if not args.model and not args.untrained:
         raise ConfigError("give at least one --model DIR (or --untrained STAGE_CONFIG)")
     models = [(f"untrained ({Path(c).stem})", c, Path(c)) for c in args.untrained] + [(m, m, None) for m in args.model]
-    result = evaluate(models, Path(args.data), args.prompts, args.max_new_tokens, args.batch_size, args.dev_rows)
+    result = evaluate(
+        models,
+        Path(args.data),
+        args.prompts,
+        args.max_new_tokens,
+        args.batch_size,
+        args.dev_rows,
+        args.preference_data,
+        args.reference,
+        args.beta,
+    )
     print("\n".join(table(result)))
     if args.output_path:
         with atomic_write(Path(args.output_path), "w") as fh:

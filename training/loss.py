@@ -118,11 +118,14 @@ class LinearCEHead(nn.Linear):
         targets: torch.Tensor | None = None,
         weights: torch.Tensor | None = None,
         per_token: bool = False,
+        preference=None,
     ):
         if targets is None:
             return super().forward(hidden)
         if self.bias is not None:
             raise ValueError("LinearCEHead: heads with a bias are not supported")
+        if preference is not None:  # objective dpo: training.preference.PairLoss, with the gathered weight
+            return preference(hidden, self.weight, targets, weights)
         return linear_cross_entropy(hidden, self.weight, targets, weights, per_token)
 
 

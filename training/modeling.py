@@ -30,9 +30,19 @@ LORA_TARGETS = {"pythia": ["query_key_value"], "bloom": ["query_key_value"]}
 
 class PackedLM:
     """Mixin: ``forward(input_ids, position_ids, loss_weights=...)`` returns the summed weighted loss (``.loss``),
-    ``packed=True`` the logits; any other call is the stock forward (generation)."""
+    ``packed=True`` the logits; any other call is the stock forward (generation). ``preference`` (a
+    ``training.preference.PairLoss``): the DPO surrogate of 2B preference sequences, run inside the head."""
 
-    def forward(self, input_ids=None, position_ids=None, loss_weights=None, packed=False, per_token=False, **kwargs):
+    def forward(
+        self,
+        input_ids=None,
+        position_ids=None,
+        loss_weights=None,
+        packed=False,
+        per_token=False,
+        preference=None,
+        **kwargs,
+    ):
         if loss_weights is None and not packed:
             if position_ids is not None:
                 kwargs["position_ids"] = position_ids
@@ -41,7 +51,7 @@ class PackedLM:
         head = self.get_output_embeddings()
         if loss_weights is None:
             return CausalLMOutput(logits=head(hidden))
-        return CausalLMOutput(loss=head(hidden, input_ids, loss_weights, per_token))
+        return CausalLMOutput(loss=head(hidden, input_ids, loss_weights, per_token, preference=preference))
 
 
 class PackedGPTNeoXForCausalLM(PackedLM, GPTNeoXForCausalLM):
@@ -138,6 +148,7 @@ def build_model(
     lora: bool = False,
     attn: str = "sdpa",
     work: Workload | None = None,
+    check: bool = True,
 ):
     """The model to train, checked against the data and the memory here, loaded as ``ds`` will train it.
 
@@ -145,7 +156,8 @@ def build_model(
     built from config. Returns (model, keepalive): keep the second alive while training (ZeRO-3's
     ``HfDeepSpeedConfig``). Without ``ds`` the model is built in fp32 for one process (tests, tools).
     ``attn`` is the attention implementation for packed rows (``training/attention.py``); ``work`` what one
-    micro-step runs, for the memory plan (default: one row of ``max_len``).
+    micro-step runs, for the memory plan (default: one row of ``max_len``); ``check=False`` skips that plan (the
+    frozen reference model of ``dpo.reference: live``, which holds weights only).
     """
     check_attention(mc.kind, attn, training=False)  # the trainer checks training support before
     cls = MODEL_CLASSES[mc.kind]
@@ -165,7 +177,7 @@ def build_model(
             f"{config.attention_dropout}; use sdpa"
         )
     facts = DsFacts.of(ds or {})
-    if ds is not None:
+    if ds is not None and check:
         check_memory(
             cls, config, facts, ds, ds_name, work or Workload(micro_batch=1, seq_len=max_len, attn=attn, lora=lora)
         )

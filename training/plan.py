@@ -80,8 +80,8 @@ class Workload(BaseModel):
     @classmethod
     def of(cls, cfg, seq_len: int, attn: str) -> Workload:
         """The workload of a StageConfig at the data's max_seq_length, with the attention ``auto`` resolved to."""
-        return cls(
-            micro_batch=cfg.micro_batch_size,
+        return cls(  # objective dpo: a micro-batch of B pairs runs 2B sequences (chosen and rejected)
+            micro_batch=cfg.micro_batch_size * (2 if getattr(cfg, "objective", "sft") == "dpo" else 1),
             seq_len=seq_len,
             gradient_checkpointing=cfg.gradient_checkpointing,
             attn=attn,

@@ -7,7 +7,8 @@ divided by the step's supervised weight all-reduced over ranks, so micro 1 x acc
 two processes give the same gradients. Checkpoints record the step, every RNG of every rank and the topology
 (``training/checkpoint.py``): a stage killed with -9 and resumed ends with the same weights. Every stage ends
 in ``<output>/final``: a save_pretrained dir (safetensors, tokenizer with chat template, generation config)
-plus ``lineage.json``, written in ``.final.tmp`` and renamed when complete.
+plus ``lineage.json``, written in ``.final.tmp`` and renamed when complete. ``objective: dpo`` swaps in its own
+rows, step and evaluation (``training/dpo.py``'s hooks); everything else here is shared.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ from training.modeling import (
     param_groups,
 )
 from training.plan import Workload
+from training.preference import METRICS
 from training.preflight import DsFacts, check_hardware
 
 
@@ -118,6 +120,8 @@ class StageRunner:
         self.start_process_group(refusal)
         load_tag = self.prepare_resume()
         self.setup_engine(self.setup_model())
+        if self.objective:  # the reference log-probs, from the initial weights (before a resume loads others)
+            self.objective.prepare()
         if load_tag:
             self.resume_from(load_tag)
 
@@ -129,10 +133,19 @@ class StageRunner:
         self.data_dir = self.data.path
         self.out = cfg.out_dir
         self.ckpt = self.out / "checkpoints"
-        self.train = PackedDataset(self.data, "train", cfg.prompt_loss_weight)
-        self.dev = (
-            PackedDataset(self.data, "dev", cfg.prompt_loss_weight, groups=True) if self.data.splits["dev"] else None
-        )
+        self.objective = None  # objective dpo: its hooks (training/dpo.py); sft: the code here
+        if cfg.objective == "dpo":
+            from training.dpo import PreferenceObjective
+
+            self.objective = PreferenceObjective(self)
+            self.train, self.dev = self.objective.train, self.objective.dev
+        else:
+            self.train = PackedDataset(self.data, "train", cfg.prompt_loss_weight)
+            self.dev = (
+                PackedDataset(self.data, "dev", cfg.prompt_loss_weight, groups=True)
+                if self.data.splits["dev"]
+                else None
+            )
         self.rows_per_step = cfg.micro_batch_size * cfg.gradient_accumulation_steps * self.world
         self.steps_per_epoch = len(self.train) // self.rows_per_step
         if self.steps_per_epoch == 0:
@@ -257,15 +270,14 @@ class StageRunner:
             start,
             self.total_steps,
         )
-        return iter(
-            step_loader(
-                self.train, sampler, cfg.dataloader_workers, cfg.dataloader_prefetch, pin=self.device.type == "cuda"
-            )
-        )
+        pin, fn = self.device.type == "cuda", self.objective.collate if self.objective else collate
+        return iter(step_loader(self.train, sampler, cfg.dataloader_workers, cfg.dataloader_prefetch, pin, fn))
 
     def evaluate(self) -> dict | None:
         """Token-weighted dev loss, in all and per source and category of the articles (their provenance), rows
         sharded over ranks (equal counts; fill rows weigh 0), sums all-reduced: {"loss", "by_source", ...}."""
+        if self.objective:
+            return self.objective.evaluate()
         if self.dev is None or not len(self.dev):
             return None
         acc = GroupedLoss(self.dev.groups.names, self.device)
@@ -284,6 +296,8 @@ class StageRunner:
     # ---- loop ----
     def train_step(self, loader) -> tuple[float, float, float]:
         """One optimizer step on the next micro-batches of ``loader``; returns global (loss, weight, real tokens)."""
+        if self.objective:
+            return self.objective.train_step(loader)
         batches = [next(loader) for _ in range(self.cfg.gradient_accumulation_steps)]
         local_w = supervised_weight(batches)  # on the CPU: no device sync
         local_real = sum(float(b["real_tokens"].sum()) for b in batches)
@@ -334,6 +348,7 @@ class StageRunner:
                 "epoch": step0 // self.steps_per_epoch,
                 "loss": last_loss,
                 "lr": self.scheduler.get_last_lr()[0],
+                **(self.objective.record if self.objective else {}),
             }
             if step % cfg.log_every == 0:
                 secs = time.perf_counter() - t0
@@ -346,7 +361,7 @@ class StageRunner:
                 record.update(eval_record(result))
                 final_eval = result if step == self.total_steps else None
             if main:
-                for key in ("loss", "lr", "tokens_per_s", "supervised_tokens"):
+                for key in ("loss", "lr", "tokens_per_s", "supervised_tokens", *METRICS[1:]):
                     if record.get(key) is not None:
                         writer.add_scalar(f"train/{key}", record[key], step)
                 log_eval(writer, record, step)
@@ -401,6 +416,7 @@ class StageRunner:
             "steps": self.engine.global_steps,
             "final_train_loss": last_loss,
             **eval_record(final_eval, prefix="final_eval_loss"),
+            **(self.objective.lineage() if self.objective else {"objective": "sft"}),
         }
         with atomic_write(staged[final] / "lineage.json", "w") as fh:
             json.dump(lineage, fh, indent=2)

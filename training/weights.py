@@ -142,7 +142,11 @@ def fp32_rotary_buffers(model) -> None:
 
 
 def load_model(cls, config, source: str | None, facts: DsFacts, ds: dict, seed: int):
-    """The model in the training dtype; under ZeRO-3 partitioned from the start. Returns (model, keepalive)."""
+    """The model in the training dtype; under ZeRO-3 partitioned from the start. Returns (model, keepalive).
+
+    The torch RNG is seeded first on every path: what draws from it next (a LoRA adapter's initialization, dropout)
+    is then the same on every run of a stage, from a saved model too."""
+    torch.manual_seed(seed)
     if facts.stage == 3:
         from transformers.integrations import HfDeepSpeedConfig
 
