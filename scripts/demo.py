@@ -1,8 +1,10 @@
 """The main job on the bundled real data, end to end, with finished steps skipped on rerun.
 
 data_prep (Dolly+OASST, OIG) -> tokenization of both (Dolly+OASST with a dev split) -> stage 1 on OIG -> stage 2
-on Dolly+OASST (tiny Pythia-shaped model, real Pythia tokenizer) -> evaluation of the untrained model, stage 1 and
-stage 2 on the dev split (dev loss and stop rates per source) -> one chat reply from the final model. A step is
+on Dolly+OASST (tiny Pythia-shaped model, real Pythia tokenizer) -> preference pairs from OASST1's ranked replies,
+tokenized with stage 2's dev trees as their dev split -> stage 3 (DPO) from stage 2 -> evaluation of the untrained
+model and the three stages on the dev splits (dev loss, stop rates, dev-pair reward accuracy and margin per source)
+-> one chat reply from the final model. A step is
 skipped only when its stamp file records the sha256 of its inputs (the pipeline's code among them) and outputs and
 they all match; a changed input or a damaged output reruns it (and the steps after it, whose inputs then change).
 
@@ -172,6 +174,37 @@ def main() -> int:
         [tok_oa, s1, "training/configs/demo/stage2_oa_dolly.yaml"],
         [s2],
     )
+    prefs, tok_prefs = "data_prep/oasst1_preferences.jsonl", "tokenization_prep/oasst1_preferences_out"
+    step(
+        "data_prep_preferences",
+        [
+            *(PY, "-m", "data_prep", "prepare_preferences", "--overwrite_output_path"),
+            *("--oasst", "data/samples/oasst1/oasst1_validation_en.jsonl", "--output_path", prefs),
+        ],
+        ["data/samples/oasst1/oasst1_validation_en.jsonl"],
+        [prefs],
+    )
+    step(  # a tree is wholly in train or dev: the dev pairs are the OASST trees of stage 2's dev split
+        "tokenize_preferences",
+        [
+            *(PY, "-m", "tokenization_prep", "pipeline", "--pretrained_tokenizer", TOKENIZER),
+            *("--max_seq_length", "2048"),
+            *("--input_path", prefs, "--output_path", tok_prefs, "--overwrite_output_path"),
+            *("--dev_trees_from", tok_oa),
+        ],
+        [prefs, tok_oa, f"{TOKENIZER}/tokenizer.json"],
+        [tok_prefs],
+    )
+    s3 = "training/ckpt/stage3_dpo/final"
+    step(
+        "train_stage3_dpo",
+        [
+            *(PY, "-m", "training", "run", "--overwrite_output_path"),
+            *("--config", "training/configs/demo/stage3_dpo.yaml", *steps),
+        ],
+        [tok_prefs, s2, "training/configs/demo/stage3_dpo.yaml"],
+        [s3],
+    )
     evaluation = "training/ckpt/evaluation.json"
     step(
         "evaluate",
@@ -186,8 +219,12 @@ def main() -> int:
             s1,
             "--model",
             s2,
+            "--model",
+            s3,
             "--data",
             tok_oa,
+            # stage 3's dev pairs (the OASST trees of stage 2's dev split), rewards relative to stage 2, its reference
+            *("--preference_data", tok_prefs, "--reference", s2),
             "--prompts",
             "8",
             "--max_new_tokens",
@@ -196,20 +233,20 @@ def main() -> int:
             evaluation,
             *(["--dev_rows", "16"] if args.quick else []),
         ],
-        [tok_oa, s1, s2, "training/configs/demo/stage1_oig.yaml"],
+        [tok_oa, tok_prefs, s1, s2, s3, "training/configs/demo/stage1_oig.yaml"],
         [evaluation],
     )
     curves = "training/ckpt/loss_curves.png"
     subprocess.run(
         [
             *(PY, "-m", "training", "plot_losses", "--output_path", curves),
-            *("training/ckpt/stage1_oig", "training/ckpt/stage2_oa_dolly"),
+            *("training/ckpt/stage1_oig", "training/ckpt/stage2_oa_dolly", "training/ckpt/stage3_dpo"),
         ],
         cwd=ROOT,
         check=True,
         stdout=subprocess.DEVNULL,
     )
-    print(f"== chat: one reply from {s2}", flush=True)
+    print(f"== chat: one reply from {s3}", flush=True)
     subprocess.run(
         [
             PY,
@@ -217,7 +254,7 @@ def main() -> int:
             "inference",
             "chat",
             "--model",
-            s2,
+            s3,
             "--greedy",
             "--verbose",
             "--max_new_tokens",
@@ -229,7 +266,7 @@ def main() -> int:
         check=True,
         env={**os.environ, "TRANSFORMERS_VERBOSITY": "error"},
     )
-    summary(t0, [tok_oa, tok_ock], curves, evaluation)
+    summary(t0, [tok_oa, tok_ock, tok_prefs], curves, evaluation)
     return 0
 
 
@@ -241,22 +278,29 @@ def summary(t0: float, tok_dirs: list[str], curves: str, evaluation: str) -> Non
         ("record counts", "data_prep/*.summary.json, rejects in data_prep/*.rejects.jsonl"),
         ("Dolly+OASST HDF5 splits", tok_dirs[0]),
         ("OIG HDF5 splits", tok_dirs[1]),
+        ("preference pairs JSONL", "data_prep/oasst1_preferences.jsonl"),
+        ("preference HDF5 splits", tok_dirs[2]),
         ("stage 1 model", "training/ckpt/stage1_oig/final"),
         ("stage 2 model", "training/ckpt/stage2_oa_dolly/final"),
+        ("stage 3 model (DPO)", "training/ckpt/stage3_dpo/final"),
         ("TensorBoard logs", "training/ckpt/*/logs"),
         ("loss curves", curves),
         ("evaluation", evaluation),
     ):
         print(f"  {label:<24} {path}")
     for d in tok_dirs:
-        print(f"\ndata report of {d} (also data_report.md, article_lengths.png, sequence_fill.png there):")
+        pairs = (ROOT / d / "pair_lengths.png").is_file()  # a preference dir: rows are pairs
+        pngs = "pair_lengths.png" if pairs else "article_lengths.png, sequence_fill.png"
+        print(f"\ndata report of {d} (also data_report.md, {pngs} there):")
         report = (ROOT / d / "data_report.md").read_text().split("\n", 2)[2]
         lost = sum(
-            len(m.get("lost_articles", []))
+            len(m.get("lost_pairs" if pairs else "lost_articles", []))
             for m in json.loads((ROOT / d / "data_report.json").read_text())["splits"].values()
         )
-        print(report.split("Dropped and truncated articles:")[0].rstrip())
-        print(f"{lost} dropped or truncated articles, each with its input line, in data_report.md / .json")
+        marker = "Truncated and dropped pairs:" if pairs else "Dropped and truncated articles:"
+        print(report.split(marker)[0].rstrip())
+        what = "pairs" if pairs else "articles"
+        print(f"{lost} dropped or truncated {what}, each with its input line, in data_report.md / .json")
     from training.evaluate import table  # torch loads only here, at the end (the steps run as their own processes)
 
     result = json.loads((ROOT / evaluation).read_text())

@@ -52,10 +52,12 @@ fi
 # lane has its own pytest temp dir, and the second lane's output is printed when it ends.
 INTERACTIVE=(tests/inference/test_chat_cli.py tests/inference/test_serve.py tests/inference/test_web_page.py)
 IGNORE=(--ignore=tests/training "${INTERACTIVE[@]/#/--ignore=}")  # timed by their clients: run alone at the end
-.venv/bin/python -m pytest tests "${IGNORE[@]}" --basetemp="$LANES/rest" >"$LANES/rest.log" 2>&1 &
+# the DPO stage runs (3-4 min) go to this lane, which is otherwise the shorter one
+.venv/bin/python -m pytest tests tests/training/test_preference_stage.py "${IGNORE[@]}" --basetemp="$LANES/rest" \
+  >"$LANES/rest.log" 2>&1 &
 REST=$!
 set +e
-.venv/bin/python -m pytest tests/training --basetemp="$LANES/training"
+.venv/bin/python -m pytest tests/training --ignore=tests/training/test_preference_stage.py --basetemp="$LANES/training"
 TRAINING=$?
 LOWEST=0
 if [ "$TRAINING" -eq 0 ]; then
@@ -67,13 +69,15 @@ if [ "$TRAINING" -eq 0 ]; then
       --basetemp="$LANES/lowest" tests/training/test_packing_attention.py tests/training/test_memory.py \
       tests/training/test_loss.py tests/training/test_data.py tests/training/test_plan.py \
       tests/training/test_export.py tests/training/test_stages.py tests/training/test_run.py \
-      tests/training/test_topology.py tests/training/test_evaluate.py tests/inference/test_generate_api.py \
+      tests/training/test_topology.py tests/training/test_evaluate.py tests/training/test_preference.py \
+      tests/inference/test_generate_api.py \
       tests/inference/test_kv_cache.py tests/inference/test_sampling_and_loading.py
   LOWEST=$?
 fi
 wait "$REST"
 OTHERS=$?
-echo "---- the other tests (data_prep, tokenization_prep, inference, demo, benchmarks), run beside the training tests"
+echo "---- the other tests (data_prep, tokenization_prep, inference, demo, benchmarks, the DPO stage runs), run beside"\
+  "the training tests"
 cat "$LANES/rest.log"
 echo "---- the chat CLI, the server and the web page, alone (their clients time them)"
 .venv/bin/python -m pytest "${INTERACTIVE[@]}" --basetemp="$LANES/interactive"

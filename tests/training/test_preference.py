@@ -16,30 +16,33 @@ from training.modeling import apply_lora, build_model
 from training.preference import PairLoss, preference_batch, preference_loss, sequence_logps
 
 PREF_SEQ = 256
+TREES, HELD = 40, 40  # OASST trees read, user-held pairs made from the shortest of their pairs
 
 
 @pytest.fixture(scope="session")
 def preference_dirs(tmp_path_factory):
     """Real stage-3 data, made by the real commands: ``python -m data_prep prepare_preferences`` on the bundled
-    OASST trees plus a user-held file (source ``held``: the 40 shortest pairs, prompts reworded), then
+    OASST trees plus a user-held file (source ``held``: the HELD shortest pairs, prompts reworded), then
     tokenization_prep at length 256 with a dev split by the seeded tree rule. {"pairs": dir, "jsonl": file}."""
     from data_prep.prepare_preferences import prepare_preferences
     from tokenization_prep.pipeline import run_pipeline
     from tokenization_prep.settings import PipelineConfig
 
     base = tmp_path_factory.mktemp("pref")
-    oasst = base / "oasst_pairs.jsonl"
+    trees = base / "trees.jsonl"  # the first trees: enough pairs of both sources, and each stage run stays short
+    trees.write_text("".join(OASST_TREES.read_text().splitlines(keepends=True)[:TREES]))
+    oasst = base / "oasst_pairs.jsonl"  # the held pairs are reworded from the shortest of all the trees' pairs
     prepare_preferences(oasst, str(OASST_TREES))
     held = base / "held.jsonl"
     with open(held, "w") as fh:
         records = [json.loads(line) for line in oasst.read_text().splitlines()]
         size = lambda r: len(json.dumps(r["prompt"])) + len(r["chosen"]) + len(r["rejected"])  # noqa: E731
-        for i, rec in enumerate(sorted(records, key=size)[:40]):  # short pairs: they fit in 256 tokens
+        for i, rec in enumerate(sorted(records, key=size)[:HELD]):  # short pairs: they fit in 256 tokens
             prompt = [{**turn, "content": "Briefly: " + turn["content"]} for turn in rec["prompt"]]
             rec = {"id": f"h{i}", "prompt": prompt, "chosen": rec["chosen"], "rejected": rec["rejected"]}
             fh.write(json.dumps(rec) + "\n")
     pairs = base / "pairs.jsonl"
-    prepare_preferences(pairs, str(OASST_TREES), [f"held={held}"])
+    prepare_preferences(pairs, str(trees), [f"held={held}"])
     out = base / "pairs_out"
     cfg = PipelineConfig(
         input_path=str(pairs),
