@@ -43,6 +43,8 @@ def test_demo_command_on_a_fresh_clone(tmp_path):
         "tokenization_prep/bloom_ock_100k_out/train_8_of_8.hdf5",
         "training/ckpt/stage1_oig/final/model.safetensors",
         "training/ckpt/stage2_oa_dolly/final/lineage.json",
+        "tokenization_prep/oasst1_preferences_out/manifest.sha256",
+        "training/ckpt/stage3_dpo/final/lineage.json",
         "training/ckpt/loss_curves.png",
         "training/ckpt/evaluation.json",
     ):
@@ -52,4 +54,4 @@ def test_demo_command_on_a_fresh_clone(tmp_path):
     rerun = subprocess.run(
         ["bash", "scripts/demo.sh", "--quick"], cwd=clone, env=env, capture_output=True, text=True, timeout=600
     )
-    assert rerun.returncode == 0 and rerun.stdout.count("up to date (inputs and outputs match their hashes)") == 7
+    assert rerun.returncode == 0 and rerun.stdout.count("up to date (inputs and outputs match their hashes)") == 10
