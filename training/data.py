@@ -131,7 +131,25 @@ def load_data_tokenizer(data: TokenizedDir):
     return tok
 
 
-class PackedDataset(torch.utils.data.Dataset):
+class SplitRows(torch.utils.data.Dataset):
+    """Rows ``index[k] = (file, row)`` of a split's HDF5 ``files``, read through per-process handles; subclasses set
+    ``files``, ``index``, ``_handles``, ``_pid`` and read micro-batches in ``__getitems__``."""
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def _file(self, i: int) -> h5py.File:
+        if self._pid != os.getpid():  # a DataLoader worker: never share the parent's HDF5 handles across fork
+            self._handles, self._pid = {}, os.getpid()
+        if i not in self._handles:
+            self._handles[i] = h5py.File(self.files[i], "r")
+        return self._handles[i]
+
+    def __getitem__(self, k: int) -> dict:
+        return self.__getitems__([k])[0]
+
+
+class PackedDataset(SplitRows):
     """All rows of a split's HDF5 files; each file checked against metadata.yaml's sequence length. With ``groups``
     each row also carries ``source_ids`` / ``category_ids`` per token, from the files' provenance (-1: none)."""
 
@@ -162,19 +180,6 @@ class PackedDataset(torch.utils.data.Dataset):
                     f.close()
         self._handles: dict[int, h5py.File] = {}
         self._pid = os.getpid()
-
-    def __len__(self) -> int:
-        return len(self.index)
-
-    def _file(self, i: int) -> h5py.File:
-        if self._pid != os.getpid():  # a DataLoader worker: never share the parent's HDF5 handles across fork
-            self._handles, self._pid = {}, os.getpid()
-        if i not in self._handles:
-            self._handles[i] = h5py.File(self.files[i], "r")
-        return self._handles[i]
-
-    def __getitem__(self, k: int) -> dict:
-        return self.__getitems__([k])[0]
 
     def __getitems__(self, ks: list[int]) -> list[dict]:
         """A micro-batch of rows, read with one sorted selection per file (what the DataLoader calls)."""

@@ -17,13 +17,13 @@ import torch
 
 from common.errors import ConfigError
 from tokenization_prep.provenance import TokenGroups
-from training.data import dev_shard
+from training.data import SplitRows, dev_shard
 from training.distributed import global_sum, to_device
 from training.preference import METRICS, PairLoss, PairMetrics, preference_batch, preference_loss, stats_of
 from training.reference import ReferenceLogps
 
 
-class PreferenceDataset(torch.utils.data.Dataset):
+class PreferenceDataset(SplitRows):
     """The rows of a preference split (one pair per row), each with its index and its source code (from the rows'
     provenance; -1: none). ``sources``: the code -> name list shared by the split's files."""
 
@@ -49,19 +49,6 @@ class PreferenceDataset(torch.utils.data.Dataset):
             )
         self._handles: dict[int, h5py.File] = {}
         self._pid = os.getpid()
-
-    def __len__(self) -> int:
-        return len(self.index)
-
-    def _file(self, i: int) -> h5py.File:
-        if self._pid != os.getpid():  # a DataLoader worker: never share the parent's HDF5 handles across fork
-            self._handles, self._pid = {}, os.getpid()
-        if i not in self._handles:
-            self._handles[i] = h5py.File(self.files[i], "r")
-        return self._handles[i]
-
-    def __getitem__(self, k: int) -> dict:
-        return self.__getitems__([k])[0]
 
     def __getitems__(self, ks: list[int]) -> list[dict]:
         out = []
