@@ -1,11 +1,15 @@
-"""Benchmark the OpenAI-compatible server: requests/s and latency at 1 and 8 concurrent clients.
+"""Benchmark batched serving: requests/s, tokens/s, latency and time to first token at 1, 4, 8 and 16 clients.
 
-The demo-sized model (Pythia-shaped, hidden 64, 2 layers, 4 heads, random init, the Pythia tokenizer with
-the chat template) is saved and served by ``python -m inference.serve`` on a loopback port; clients are the
-official ``openai`` client, each request a real Dolly instruction, greedy, 32 new tokens (a random model
-rarely stops earlier), non-streamed; streamed requests also report time to first token.
+The demo-sized model (Pythia-shaped, hidden 64, 2 layers, 4 heads, random init, the Pythia tokenizer with the chat
+template) answers real Dolly instructions, greedy, 64 new tokens (a random model rarely stops earlier), streamed.
 
-    .venv/bin/python benchmarks/bench_serve.py [--requests 32] [--work /tmp/bench_serve]
+- server mode (the default): ``python -m inference.serve`` on a loopback port, once with ``--max_batch 1`` (one
+  request at a time, as before continuous batching) and once with the default; clients are the official ``openai``
+  client, time to first token is the first streamed content.
+- ``--direct``: the same load on ``inference.engine.Engine`` in this process (no HTTP), ``max_batch`` 1 and 16;
+  time to first token is the engine's (submit to first token).
+
+    .venv/bin/python benchmarks/bench_serve.py [--direct] [--clients 1 4 8 16] [--requests 32] [--work DIR]
 """
 
 from __future__ import annotations
@@ -64,19 +68,29 @@ def instructions(n: int) -> list[str]:
     return out
 
 
-def start(model: Path) -> tuple[subprocess.Popen, str]:
+NEW_TOKENS = 64
+
+
+def threads_env(threads: int) -> dict:
+    return {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+
+
+def start(model: Path, max_batch: int | None, threads: int) -> tuple[subprocess.Popen, str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    extra = ["--max_batch", str(max_batch)] if max_batch else []
     proc = subprocess.Popen(
-        [sys.executable, "-m", "inference.serve", "--model", str(model), "--port", str(port), "--name", "demo"],
+        [sys.executable, "-m", "inference.serve", "--model", str(model), "--port", str(port), "--name", "demo", *extra],
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        env={**os.environ, "TRANSFORMERS_VERBOSITY": "error"},
+        env={**os.environ, "TRANSFORMERS_VERBOSITY": "error", **threads_env(threads)},
     )
     base = f"http://127.0.0.1:{port}"
     for _ in range(600):
+        if proc.poll() is not None:
+            raise SystemExit(f"the server exited with {proc.returncode} (flags {' '.join(extra) or 'none'})")
         try:
             urllib.request.urlopen(base + "/v1/models", timeout=2).read()
             return proc, base
@@ -86,65 +100,129 @@ def start(model: Path) -> tuple[subprocess.Popen, str]:
     raise SystemExit("server did not start")
 
 
-def one(base: str, text: str, stream: bool) -> tuple[float, float | None, int]:
+def over_http(base: str):
+    """One streamed request to the server: (latency, time to first content, completion tokens)."""
     import openai
 
-    c = openai.OpenAI(base_url=base + "/v1", api_key="unused", timeout=120, max_retries=0)
-    t0 = time.perf_counter()
-    args = {"model": "demo", "messages": [{"role": "user", "content": text}], "temperature": 0, "max_tokens": 32}
-    if not stream:
-        r = c.chat.completions.create(**args)
-        return time.perf_counter() - t0, None, r.usage.completion_tokens
-    ttft, tokens = None, 0
-    for ch in c.chat.completions.create(stream=True, **args):
-        if ttft is None and ch.choices and ch.choices[0].delta.content:
-            ttft = time.perf_counter() - t0
-        if ch.usage:
-            tokens = ch.usage.completion_tokens
-    return time.perf_counter() - t0, ttft, tokens
+    c = openai.OpenAI(base_url=base + "/v1", api_key="unused", timeout=300, max_retries=0)
+
+    def one(text: str) -> tuple[float, float | None, int]:
+        t0 = time.perf_counter()
+        ttft, tokens = None, 0
+        stream = c.chat.completions.create(
+            model="demo",
+            messages=[{"role": "user", "content": text}],
+            temperature=0,
+            max_tokens=NEW_TOKENS,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        for ch in stream:
+            if ttft is None and ch.choices and ch.choices[0].delta.content:
+                ttft = time.perf_counter() - t0
+            if ch.usage:
+                tokens = ch.usage.completion_tokens
+        return time.perf_counter() - t0, ttft, tokens
+
+    return one
 
 
-def run(base: str, texts: list[str], clients: int, stream: bool) -> dict:
+def direct(engine, tokenizer):
+    """One request straight to the engine, its events read as they come: (latency, time to first token, tokens)."""
+    from common.chat_format import prompt_for_next_bot_turn
+    from inference.engine import GenRequest
+    from inference.generate import STOP_STRINGS
+    from inference.sampling import Sampling
+
+    sampling = Sampling(temperature=0, max_new_tokens=NEW_TOKENS)
+
+    def one(text: str) -> tuple[float, float | None, int]:
+        t0 = time.perf_counter()
+        ids = tokenizer(prompt_for_next_bot_turn([], text, tokenizer.eos_token), add_special_tokens=False)["input_ids"]
+        h = engine.submit(GenRequest(ids, sampling, STOP_STRINGS))
+        for _ in h.events():
+            pass
+        return time.perf_counter() - t0, h.reply.ttft, h.reply.new_tokens
+
+    return one
+
+
+def run(one, texts: list[str], clients: int) -> dict:
     t0 = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
-        res = list(pool.map(lambda t: one(base, t, stream), texts))
+        res = list(pool.map(one, texts))
     wall = time.perf_counter() - t0
     lat = sorted(r[0] for r in res)
     ttfts = [r[1] for r in res if r[1] is not None]
     return {
         "req_s": len(texts) / wall,
-        "p50": statistics.median(lat),
-        "p95": lat[int(0.95 * (len(lat) - 1))],
         "tokens_s": sum(r[2] for r in res) / wall,
+        "p50": statistics.median(lat),
+        "p90": lat[int(0.9 * (len(lat) - 1))],
         "ttft_p50": statistics.median(ttfts) if ttfts else None,
     }
+
+
+def table(label: str, one, texts: list[str], clients: list[int]) -> list[dict]:
+    """Warm up, then one row per client count (each client count gets ``len(texts)`` requests)."""
+    run(one, texts[:4], 1)
+    out = []
+    for n in clients:
+        r = run(one, texts, n)
+        ttft = f"{r['ttft_p50']:.3f}" if r["ttft_p50"] is not None else "-"
+        print(
+            f"{label:>14}{n:>8}{r['req_s']:>9.2f}{r['tokens_s']:>10.0f}{r['p50']:>8.3f}{r['p90']:>8.3f}{ttft:>12}",
+            flush=True,
+        )
+        out.append({"mode": label, "clients": n, **r})
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, default=32)
+    ap.add_argument("--clients", type=int, nargs="+", default=[1, 4, 8, 16])
+    ap.add_argument("--direct", action="store_true", help="measure the engine in this process, not the server")
     ap.add_argument("--work", type=Path, default=Path("/tmp/bench_serve"))
+    ap.add_argument("--json", type=Path, help="also write the rows here")
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads of the model (default 1)")
     args = ap.parse_args()
-    proc, base = start(build(args.work))
-    try:
-        texts = instructions(args.requests)
-        run(base, texts[:4], 1, False)  # warm-up
-        print(
-            f"demo-sized model (6.5M parameters), CPU fp32, {args.requests} Dolly instructions, greedy, "
-            "32 new tokens, openai client over loopback"
-        )
-        print(f"{'clients':>8}{'mode':>8}{'req/s':>9}{'tokens/s':>10}{'p50 s':>8}{'p95 s':>8}{'TTFT p50 s':>12}")
-        for clients in (1, 8):
-            for stream in (False, True):
-                r = run(base, texts, clients, stream)
-                ttft = f"{r['ttft_p50']:.3f}" if r["ttft_p50"] is not None else "-"
-                print(
-                    f"{clients:>8}{'stream' if stream else 'plain':>8}{r['req_s']:>9.2f}{r['tokens_s']:>10.0f}"
-                    f"{r['p50']:>8.3f}{r['p95']:>8.3f}{ttft:>12}"
-                )
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    model_dir = build(args.work)
+    texts = instructions(args.requests)
+    where = "Engine in-process" if args.direct else "openai client over loopback, streamed"
+    print(
+        f"demo-sized model (6.5M parameters), CPU fp32, {args.requests} Dolly instructions per row, greedy, "
+        f"{NEW_TOKENS} new tokens, {args.threads} torch thread(s), {where}"
+    )
+    print(f"{'max_batch':>14}{'clients':>8}{'req/s':>9}{'tokens/s':>10}{'p50 s':>8}{'p90 s':>8}{'TTFT p50 s':>12}")
+    rows = []
+    for max_batch in (1, None):
+        label = str(max_batch or "default")
+        if args.direct:
+            import torch
+            from transformers import AutoModelForCausalLM
+
+            from inference.engine import Engine
+            from tokenization_prep.tokenizer_io import load_tokenizer
+
+            torch.set_num_threads(args.threads)
+            model = AutoModelForCausalLM.from_pretrained(str(model_dir)).eval()
+            tok = load_tokenizer(str(model_dir))
+            engine = Engine(model, tok, "cpu", 2048, max_batch or 16)
+            engine.start()
+            try:
+                rows += table(label, direct(engine, tok), texts, args.clients)
+            finally:
+                engine.shutdown(5)
+            continue
+        proc, base = start(model_dir, max_batch, args.threads)
+        try:
+            rows += table(label, over_http(base), texts, args.clients)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=60)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
 
 
 if __name__ == "__main__":

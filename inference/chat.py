@@ -16,12 +16,19 @@ def main(argv=None) -> int:
     settings = parse_command("chat", __doc__, ChatSettings, argv)
     # torch and transformers load here, after the flags are checked (--help and a bad flag stay fast)
     from inference.generate import ChatSession
-    from inference.loading import load_for_chat
+    from inference.loading import configured_context, load_for_chat, resolve_source
     from inference.repl import ChatApp, banner, default_history_file, setup_readline
 
+    # the path, the model's generation_config.json and the settings against its context: all checked before loading
+    source, adapter = resolve_source(settings.model)
+    base = adapter["base_model_name_or_path"] if adapter else source
+    sampling = Sampling.from_model_dir(base).updated(**settings.sampling_overrides())
+    context = configured_context(base)
+    if context:
+        sampling.check_context(context)
     loaded = load_for_chat(settings.model, settings.device, settings.dtype, settings.quantize)
     session = ChatSession(loaded.model, loaded.tokenizer, device=loaded.device)
-    session.set_sampling(Sampling.from_model_dir(loaded.source).updated(**settings.sampling_overrides()))
+    session.set_sampling(sampling)
     app = ChatApp(session, verbose=settings.verbose)
     if settings.message is not None:
         app.reply(settings.message)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -30,7 +31,7 @@ from common.chat_format import (
 )
 from inference.kv_cache import growing_cache
 from inference.loading import load_for_chat
-from inference.sampling import Sampling
+from inference.sampling import Sampling, SettingError
 
 STOP_STRINGS = ("\n" + HUMAN_TAG, HUMAN_TAG)
 COMPLETE = ("eos", "stop-string")  # replies that ended by themselves: the only ones /save writes
@@ -158,7 +159,9 @@ class ChatSession:
     sampling: Sampling = field(default_factory=Sampling)
     exchanges: list[Exchange] = field(default_factory=list)
     trimmed_turns: int = 0
+    cut_tokens: int = 0  # tokens cut from the start of the last message (it alone did not fit the context)
     device: str | None = None
+    last_replies: list[Reply] = field(default_factory=list)  # every sequence of the last generate (num_return_...)
     _cache: object = None  # the previous generate()'s KV cache
     _cache_ids: list[int] = field(default_factory=list)  # the tokens it holds
 
@@ -184,20 +187,35 @@ class ChatSession:
         self._cache, self._cache_ids = None, []
 
     def prompt_ids(self, user_text: str) -> list[int]:
-        """Prompt tokens, dropping the oldest exchanges (then the start of the message) to fit the context."""
+        """Prompt tokens, dropping the oldest exchanges (then the start of the message) to fit the context.
+
+        Sets ``trimmed_turns`` (old turns left out) and ``cut_tokens`` (tokens cut from the message's start)."""
         limit = max(1, self.context - self.sampling.max_new_tokens)
         history = self.history
-        self.trimmed_turns = 0
+        self.trimmed_turns = self.cut_tokens = 0
         while True:
-            text = prompt_for_next_bot_turn(history, user_text, self.tokenizer.eos_token)
-            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            ids = self._render(history, user_text)
             if len(ids) <= limit:
                 return ids
-            if history:
-                history = history[2:]
-                self.trimmed_turns += 2
-            else:  # the message alone is too long: keep its end
+            if not history:  # the message alone is too long: keep its end
+                return self._cut_message(user_text, len(ids) - limit, limit)
+            history = history[2:]
+            self.trimmed_turns += 2
+
+    def _render(self, history: list[Turn], user_text: str) -> list[int]:
+        text = prompt_for_next_bot_turn(history, user_text, self.tokenizer.eos_token)
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def _cut_message(self, user_text: str, over: int, limit: int) -> list[int]:
+        """The prompt for the end of ``user_text`` that fits ``limit`` tokens (its role tags kept)."""
+        words = self.tokenizer(user_text, add_special_tokens=False)["input_ids"]
+        drop = min(over, len(words))
+        while True:
+            ids = self._render([], self.tokenizer.decode(words[drop:]).lstrip())
+            if len(ids) <= limit or drop >= len(words):
+                self.cut_tokens = drop
                 return ids[-limit:]
+            drop = min(len(words), drop + len(ids) - limit)
 
     def _reusable_cache(self, ids: list[int]):
         """The previous turn's cache cut to the prompt's common token prefix (at least one token left to run)."""
@@ -225,7 +243,9 @@ class ChatSession:
         """Generate the bot reply to ``user_text``; the exchange joins the history (also when interrupted).
 
         ``stops`` are stop strings besides ``<human>:``; ``should_stop`` ends generation early when it turns
-        true (a server client that went away); ``generate_kwargs`` go to ``model.generate`` as given."""
+        true (a server client that went away); ``generate_kwargs`` go to ``model.generate`` as given, but
+        ``max_length`` (prompt + reply tokens, as in transformers) becomes the reply's ``max_new_tokens``. With
+        ``num_return_sequences`` N, ``last_replies`` holds the N replies (the first one is returned)."""
         stops = STOP_STRINGS + tuple(x for x in stops if x)
         ids = self.prompt_ids(user_text)
         s = self.sampling
@@ -236,8 +256,9 @@ class ChatSession:
             "eos_token_id": self.tokenizer.eos_token_id,
             "pad_token_id": self.tokenizer.eos_token_id,
         }
-        if "max_length" in generate_kwargs:
-            kwargs.pop("max_new_tokens")
+        if generate_kwargs.get("max_length") is not None:
+            generate_kwargs = dict(generate_kwargs)
+            kwargs["max_new_tokens"] = reply_room(generate_kwargs.pop("max_length"), len(ids))
         kwargs.update(generate_kwargs)
         streaming = int(kwargs.get("num_beams", 1)) == 1 and int(kwargs.get("num_return_sequences", 1)) == 1
         streamer = ChatStreamer(self.tokenizer, trimmed(emit), stops)
@@ -248,7 +269,7 @@ class ChatSession:
             cache = growing_cache(self.model, self.context)
         self._cache, self._cache_ids = None, []  # dropped unless generation completes
         start = time.perf_counter()
-        stop, out = "length", None
+        interrupted, out = False, None
         try:
             with torch.no_grad():
                 out = self.model.generate(
@@ -259,46 +280,92 @@ class ChatSession:
                     **kwargs,
                 )
         except KeyboardInterrupt:
-            stop = "interrupted"
+            interrupted = True
         elapsed = time.perf_counter() - start
         if out is not None and streaming and out.past_key_values is not None:
             seq = out.sequences[0].tolist()
             self._cache, self._cache_ids = out.past_key_values, seq[: out.past_key_values.get_seq_length()]
         if streaming:
-            text, n_new = streamer.text, len(streamer.ids)
+            eos = out is not None and out.sequences.shape[1] > len(ids) and int(out.sequences[0, -1]) == self.eos
+            stop = "interrupted" if interrupted else "stop-string" if streamer.stopped else "eos" if eos else "length"
             first = streamer.first_token_at
-        else:  # beam search: no streamer; cut at a stop string afterwards
-            new = out.sequences[0, len(ids) :].tolist() if out is not None else []
-            text, n_new, first = self.tokenizer.decode(new, skip_special_tokens=True), len(new), None
-            cut = min((i for i in (text.find(x) for x in stops) if i >= 0), default=-1)
-            if cut >= 0:
-                text, streamer.stopped = text[:cut], True
-        if stop != "interrupted":
-            if streamer.stopped:
-                stop = "stop-string"
-            elif (
-                out is not None
-                and out.sequences.shape[1] > len(ids)
-                and int(out.sequences[0, -1]) == self.tokenizer.eos_token_id
-            ):
-                stop = "eos"
-        ttft = first - start if first else None
-        reply = Reply(
-            text.strip(), n_new, stop, ttft, n_new / elapsed if elapsed > 0 and n_new else None, reused, len(ids)
+            ttft = first - start if first else None
+            found = [(streamer.text, len(streamer.ids), stop, ttft)]
+        elif out is None:  # beam search or several sequences, interrupted
+            found = [("", 0, "interrupted", None)]
+        else:  # beam search or several sequences: no streamer; cut at a stop string afterwards
+            found = [self._ended(row[len(ids) :].tolist(), stops) for row in out.sequences]
+        self.last_replies = [
+            Reply(text.strip(), n, stop, ttft, n / elapsed if elapsed > 0 and n else None, reused, len(ids))
+            for text, n, stop, ttft in found
+        ]
+        self.exchanges.append(Exchange(user_text, self.last_replies[0]))
+        return self.last_replies[0]
+
+    @property
+    def eos(self) -> int:
+        return self.tokenizer.eos_token_id
+
+    def _ended(self, new: list[int], stops: tuple[str, ...]) -> tuple[str, int, str, None]:
+        """(text, tokens, stop, ttft) of one finished sequence: up to its end of turn or first stop string."""
+        stop = "length"
+        if self.eos in new:
+            new, stop = new[: new.index(self.eos) + 1], "eos"
+        text = self.tokenizer.decode(new, skip_special_tokens=True)
+        cut = min((i for i in (text.find(x) for x in stops) if i >= 0), default=-1)
+        if cut >= 0:
+            text, stop = text[:cut], "stop-string"
+        return text, len(new), stop, None
+
+
+def reply_room(max_length, prompt_tokens: int) -> int:
+    """transformers' ``max_length`` (prompt + reply) as the reply's token budget; too small is a SettingError."""
+    if isinstance(max_length, bool) or not isinstance(max_length, int):
+        raise SettingError(f"max_length: must be an integer (got {max_length!r})", "max_length")
+    if max_length <= prompt_tokens:
+        raise SettingError(
+            f"max_length {max_length} leaves no room for a reply after the prompt's {prompt_tokens} tokens; "
+            f"use more than {prompt_tokens}, or max_new_tokens for the reply alone",
+            "max_length",
         )
-        self.exchanges.append(Exchange(user_text, reply))
-        return reply
+    return max_length - prompt_tokens
 
 
-def generate_response(instruction: str, model, tokenizer, **kwargs) -> str:
+def model_defaults(model) -> Sampling:
+    """The model's own sampling defaults: its dir's ``generation_config.json`` (what the CLI and server read), else
+    the settings its in-memory ``generation_config`` changes from transformers' defaults, else ours."""
+    source = getattr(model, "name_or_path", "") or ""
+    if source and (Path(source) / "generation_config.json").is_file():
+        return Sampling.from_model_dir(source)
+    config = getattr(model, "generation_config", None)
+    raw = config.to_diff_dict() if config is not None else {}
+    values = {k: raw[k] for k in Sampling.model_fields if raw.get(k) is not None}
+    return Sampling.make(where="the model's generation_config: ", **values)
+
+
+def generate_response(instruction: str, model, tokenizer, **kwargs) -> str | list[str]:
     """Dolly's API: one instruction in, the bot's reply out (our chat format, stops at end of turn).
 
-    Sampling settings (temperature, top_p, top_k, repetition_penalty, max_new_tokens, do_sample, seed) are
-    validated; every other argument goes to ``model.generate`` unchanged."""
+    Defaults come from the model's generation config (``model_defaults``); sampling settings (temperature, top_p,
+    top_k, min_p, repetition_penalty, presence_penalty, frequency_penalty, max_new_tokens, do_sample, seed) are
+    validated. ``max_length`` counts prompt and reply tokens, as in transformers; ``stop_strings`` (a string or a
+    list) end the reply as ``<human>:`` does. With ``num_return_sequences=N`` > 1 the result is a list of N replies
+    (sampled, or the N best beams). Every other argument goes to ``model.generate`` unchanged."""
+    if not isinstance(instruction, str):
+        raise TypeError(f"generate_response: instruction must be a str, got {type(instruction).__name__}")
     names = set(Sampling.names())
+    stops = kwargs.pop("stop_strings", None) or ()
+    if isinstance(stops, str):
+        stops = (stops,)
+    if not isinstance(stops, (list, tuple)) or not all(isinstance(x, str) for x in stops):
+        raise TypeError(f"generate_response: stop_strings must be a str or a list of str, got {stops!r}")
     session = ChatSession(model, tokenizer)
-    session.set_sampling(Sampling.make(**{k: v for k, v in kwargs.items() if k in names}))  # checked vs context
-    return session.respond(instruction, **{k: v for k, v in kwargs.items() if k not in names}).text
+    sampling = model_defaults(model).updated(**{k: v for k, v in kwargs.items() if k in names})
+    session.set_sampling(sampling)  # checked against the context
+    reply = session.respond(instruction, stops=tuple(stops), **{k: v for k, v in kwargs.items() if k not in names})
+    if int(kwargs.get("num_return_sequences") or 1) > 1:
+        return [r.text for r in session.last_replies]
+    return reply.text
 
 
 def as_data_prep_line(history: list[Turn], conv_id: str) -> list[dict]:

@@ -91,6 +91,12 @@ def resolve_source(path: str) -> tuple[str, dict | None]:
             f"--model {path}: no config.json here; give a save_pretrained dir (a stage's final/), a "
             "LoRA adapter dir or a hub id"
         )
+    if p.is_file():
+        parent = p.parent if (p.parent / "config.json").is_file() else "training/ckpt/<stage>/final"
+        raise LoadError(
+            f"--model {path}: this is a file; give the directory that holds the model (--model {parent}), "
+            "a LoRA adapter dir or a hub id"
+        )
     looks_local = path.startswith(("/", ".", "~")) or path.count("/") != 1 or p.exists()
     if looks_local:
         raise LoadError(
@@ -98,6 +104,16 @@ def resolve_source(path: str) -> tuple[str, dict | None]:
             "or give a hub id such as sambanovasystems/BLOOMChat-176B-v1"
         )
     return path, None  # a hub id
+
+
+def configured_context(source: str) -> int | None:
+    """The context a local model dir's ``config.json`` declares (``max_position_embeddings``), read before loading
+    so that settings can be checked against it first; None when unknown (a hub id, an adapter, no such key)."""
+    try:
+        n = json.loads((Path(source) / "config.json").read_text()).get("max_position_embeddings")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else None
 
 
 def tokenizer_source(source: str, adapter: dict | None) -> str:

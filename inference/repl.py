@@ -18,6 +18,7 @@ import orjson
 from common.errors import first_line
 from inference.generate import ChatSession, Reply, as_data_prep_line, turns
 from inference.sampling import Sampling, SettingError
+from inference.saved import SavedChatError, next_id, read_saved
 
 HELP = f"""commands:
   /reset              forget the conversation
@@ -26,6 +27,7 @@ HELP = f"""commands:
   /undo               drop the last exchange
   /retry              regenerate the last reply
   /save FILE          append the conversation to FILE as a data_prep JSONL line (complete replies only)
+  /load FILE [ID]     resume a conversation /save wrote (the file's last one, or the one with this id)
   /quit               exit (Ctrl-D works too)
   /help               this list
   \"\"\"                 start a multi-line message; end it with a line ending in \"\"\""""
@@ -93,6 +95,11 @@ class ChatApp:
         self.out.write("\n")
         if self.session.trimmed_turns:
             self.say(f"[history trimmed: {self.session.trimmed_turns} oldest turns left out to fit the context]")
+        if self.session.cut_tokens:
+            self.say(
+                f"[message too long: its first {self.session.cut_tokens} tokens left out to fit the context; "
+                "a smaller max_new_tokens leaves more room]"
+            )
         if not self.last.complete:
             self.say(MARKS.get(self.last.stop) or MARKS["empty"])
         if self.verbose:
@@ -133,17 +140,33 @@ class ChatApp:
         if not keep:
             self.say("[nothing to save" + (f": {left} replies were interrupted, cut or empty]" if left else "]"))
             return
-        line = orjson.dumps(as_data_prep_line(turns(keep), f"chat-{self.saved + 1}"))
         try:
-            with open(Path(arg).expanduser(), "ab") as fh:
-                fh.write(line + b"\n")
+            path = Path(arg).expanduser()
+            conv_id = next_id(path)  # unique in the file, whichever session wrote the others
+            with open(path, "ab") as fh:
+                fh.write(orjson.dumps(as_data_prep_line(turns(keep), conv_id)) + b"\n")
         except (OSError, ValueError, RuntimeError) as exc:
             why = getattr(exc, "strerror", None) or str(exc)
             self.say(f"[cannot write {arg}: {why}; the conversation is kept, try another path]")
             return
         self.saved += 1
         note = f" ({left} interrupted, cut or empty replies left out)" if left else ""
-        self.say(f"[conversation appended to {arg}{note}]")
+        self.say(f"[conversation appended to {arg} as {conv_id}{note}]")
+
+    def load(self, arg: str) -> None:
+        """``/load FILE [ID]``: the conversation replaces the current one (its KV cache is rebuilt on the next turn)."""
+        name, _, conv_id = arg.partition(" ")
+        if not name:
+            self.say("usage: /load FILE [ID]")
+            return
+        try:
+            found_id, exchanges = read_saved(name, conv_id.strip() or None)
+        except SavedChatError as exc:
+            self.say(f"[not loaded: {exc}; the conversation is kept]")
+            return
+        self.session.reset()
+        self.session.exchanges.extend(exchanges)
+        self.say(f"[loaded {found_id} from {name}: {len(exchanges)} exchanges; type to go on]")
 
     def command(self, line: str) -> bool:
         """Run a /command; False means quit."""
@@ -177,6 +200,8 @@ class ChatApp:
                     s.exchanges.append(last)
         elif name == "save":
             self.save(arg)
+        elif name == "load":
+            self.load(arg)
         else:
             self.say(f"[unknown command /{name}; /help lists them]")
         return True

@@ -11,7 +11,17 @@ import json
 import math
 from pathlib import Path
 
+import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from transformers import (
+    LogitsProcessor,
+    LogitsProcessorList,
+    MinPLogitsWarper,
+    RepetitionPenaltyLogitsProcessor,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
 
 from common.chat_format import GENERATION_DEFAULTS
 from common.errors import UserError
@@ -45,6 +55,19 @@ class Sampling(BaseModel):
         le=100,
         allow_inf_nan=False,
         description="divide the scores of tokens already in the text (1: none)",
+    )
+    min_p: float = Field(
+        0.0, ge=0, le=1, allow_inf_nan=False, description="drop tokens under this fraction of the top one's probability"
+    )
+    presence_penalty: float = Field(
+        0.0, ge=-2, le=2, allow_inf_nan=False, description="subtract from the logits of tokens already in the reply"
+    )
+    frequency_penalty: float = Field(
+        0.0,
+        ge=-2,
+        le=2,
+        allow_inf_nan=False,
+        description="subtract this times each token's count in the reply from its logit",
     )
     max_new_tokens: int = Field(
         GENERATION_DEFAULTS["max_new_tokens"], ge=1, le=1_000_000, description="the longest reply, in tokens"
@@ -108,7 +131,9 @@ class Sampling(BaseModel):
         return not self.do_sample or self.temperature == 0
 
     def generate_kwargs(self) -> dict:
-        """Arguments for ``model.generate`` (sampling ones only when sampling)."""
+        """Arguments for ``model.generate`` (sampling ones only when sampling). transformers has no presence or
+        frequency penalty: they go in as a logits processor, which ``generate`` runs after the repetition penalty
+        and before temperature, top_k, top_p and min_p (the order ``processors`` uses for the server)."""
         kw = {
             "max_new_tokens": self.max_new_tokens,
             "do_sample": not self.greedy,
@@ -116,10 +141,55 @@ class Sampling(BaseModel):
         }
         if not self.greedy:
             kw.update(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k)
+            if self.min_p > 0:
+                kw["min_p"] = self.min_p
+        if self.presence_penalty or self.frequency_penalty:
+            kw["logits_processor"] = LogitsProcessorList(
+                [PresenceFrequencyPenalty(self.presence_penalty, self.frequency_penalty)]
+            )
         return kw
+
+    def processors(self, prompt_len: int, repetition: bool = True) -> LogitsProcessorList:
+        """The chain ``model.generate`` builds from ``generate_kwargs`` for one reply to a ``prompt_len``-token
+        prompt (transformers' own processors, same order), so the batched server samples as the CLI does.
+        ``repetition=False`` leaves out the repetition penalty (the engine applies it to the whole batch at once)."""
+        out = LogitsProcessorList()
+        if repetition and self.repetition_penalty != 1.0:
+            out.append(RepetitionPenaltyLogitsProcessor(self.repetition_penalty))
+        if self.presence_penalty or self.frequency_penalty:
+            out.append(PresenceFrequencyPenalty(self.presence_penalty, self.frequency_penalty, prompt_len))
+        if not self.greedy:
+            if self.temperature != 1.0:
+                out.append(TemperatureLogitsWarper(self.temperature))
+            if self.top_k != 0:
+                out.append(TopKLogitsWarper(self.top_k))
+            if self.top_p < 1.0:
+                out.append(TopPLogitsWarper(self.top_p))
+            if self.min_p > 0:
+                out.append(MinPLogitsWarper(self.min_p))
+        return out
 
     def show(self) -> str:
         return " ".join(f"{k}={v}" for k, v in self.model_dump().items())
+
+
+class PresenceFrequencyPenalty(LogitsProcessor):
+    """OpenAI's presence and frequency penalties: subtract ``presence`` from the logit of every token already in
+    the reply and ``frequency`` times its count there (generated tokens only, never the prompt).
+
+    Without ``prompt_len`` the first call's input is taken as the prompt, so use one instance per ``generate``."""
+
+    def __init__(self, presence: float, frequency: float, prompt_len: int | None = None):
+        self.presence, self.frequency, self.prompt_len = presence, frequency, prompt_len
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if self.prompt_len is None:
+            self.prompt_len = input_ids.shape[1]
+        generated = input_ids[:, self.prompt_len :]
+        if generated.shape[1] == 0:
+            return scores
+        counts = torch.zeros_like(scores).scatter_add_(1, generated, torch.ones_like(generated, dtype=scores.dtype))
+        return scores - self.frequency * counts - self.presence * (counts > 0).to(scores.dtype)
 
 
 def why(exc: ValidationError) -> str:

@@ -79,6 +79,24 @@ class ServeSettings(ModelSettings):
         description="system messages: 400 (the format has none), or fold them into the first user message "
         "as python -m data_prep prepare_chat --system fold does",
     )
+    max_batch: int = Field(
+        16, ge=1, le=1024, description="the most requests decoded together (continuous batching; 1: one at a time)"
+    )
+    api_key: str | None = Field(
+        None,
+        description="require 'Authorization: Bearer KEY' on /v1 routes (401 otherwise); default: the "
+        "INFERENCE_API_KEY environment variable, else no key",
+    )
+    cors_origin: list[str] = Field(
+        [], description="origins allowed to call the API from a browser (CORS), e.g. http://localhost:3000; '*': any"
+    )
+    max_request_bytes: int = Field(1_000_000, ge=1024, description="the largest request body accepted (413 above it)")
+    shutdown_timeout: float = Field(
+        10.0,
+        ge=0,
+        le=3600,
+        description="on SIGINT/SIGTERM, seconds to let in-flight replies finish before cancelling them",
+    )
 
     @field_validator("port")
     @classmethod

@@ -8,9 +8,11 @@ a minute.
 import gzip
 import json
 import os
-import socket
+import re
+import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 
@@ -85,32 +87,68 @@ def trained_model(tmp_path_factory):
     return base / "ckpt" / "final", records
 
 
+class ServerProcess:
+    """``python -m inference.serve --port 0`` over a model dir: its printed base URL, its output lines as they come
+    (read on a thread so the pipe never fills), and a stop that says how it exited."""
+
+    def __init__(self, model_dir, *flags: str, env: dict | None = None, timeout: float = 120):
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "inference.serve", "--model", str(model_dir), "--port", "0", *flags],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, "TRANSFORMERS_VERBOSITY": "error", **ONE_THREAD, **(env or {})},
+        )
+        self.lines: list[str] = []
+        self.ended = False  # the output closed (the process exited)
+        threading.Thread(target=self._read, daemon=True).start()
+        first = self.wait_for("OpenAI API http://", timeout)
+        if first is None:
+            self.proc.kill()
+            raise RuntimeError("server did not start: " + "".join(self.lines)[-2000:])
+        self.base = re.search(r"OpenAI API (http://\S+)/v1", first).group(1)
+        assert not self.base.endswith(":0"), first  # --port 0: the real port is printed
+        deadline = time.time() + timeout
+        while True:  # the port listens from the start; the app answers once the engine runs
+            try:
+                urllib.request.urlopen(self.base + "/health", timeout=2).read()
+                break
+            except OSError:
+                if self.proc.poll() is not None or time.time() > deadline:
+                    self.proc.kill()
+                    raise RuntimeError("server did not answer: " + "".join(self.lines)[-2000:]) from None
+                time.sleep(0.2)
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self.lines.append(line)
+        self.ended = True
+
+    def wait_for(self, text: str, timeout: float) -> str | None:
+        """The first output line containing ``text``, waiting up to ``timeout`` seconds for it (None: never)."""
+        deadline = time.time() + timeout
+        while True:
+            ended = self.ended
+            hit = next((line for line in list(self.lines) if text in line), None)
+            if hit is not None or ended or time.time() > deadline:
+                return hit
+            time.sleep(0.05)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise
+
+
 @pytest.fixture(scope="session")
 def server(trained_model):
     """``python -m inference.serve`` on a free loopback port over the trained model: (base URL, records)."""
     model_dir, records = trained_model
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "inference.serve", "--model", str(model_dir), "--port", str(port)],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "TRANSFORMERS_VERBOSITY": "error", **ONE_THREAD},
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while True:
-        try:
-            urllib.request.urlopen(base + "/v1/models", timeout=2).read()
-            break
-        except OSError:
-            if proc.poll() is not None or time.time() > deadline:
-                proc.kill()
-                raise RuntimeError("server did not start: " + (proc.stdout.read() or "")[-2000:]) from None
-            time.sleep(0.3)
-    yield base, records
-    proc.terminate()
-    proc.wait(timeout=30)
+    proc = ServerProcess(model_dir)
+    yield proc.base, records
+    proc.stop()

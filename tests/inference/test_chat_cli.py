@@ -219,6 +219,7 @@ def test_long_multiline_and_pasted_messages_history_and_banner(trained_model, tm
     [
         (lambda d, t: t / "nowhere", "no such directory"),
         (lambda d, t: d.parent, "training stage dir; give its model: --model"),
+        (lambda d, t: d / "config.json", "this is a file; give the directory that holds the model (--model "),
         (lambda d, t: strip_tokenizer(d, t), "no tokenizer files"),
     ],
 )
@@ -231,6 +232,60 @@ def test_start_up_problems_are_one_line_with_the_fix(trained_model, tmp_path, ma
         text=True,
     )
     assert r.returncode == 2 and needle in r.stderr and r.stderr.count("\n") == 1, r.stderr[-2000:]
+
+
+def test_a_message_longer_than_the_context_says_it_lost_its_start(trained_model):
+    model_dir, _ = trained_model
+    child = spawn(model_dir, "--max_new_tokens", "2000")  # 48 tokens left for the prompt
+    child.sendline("word " * 100 + "end")
+    child.expect(r"\[message too long: its first (\d+) tokens left out to fit the context")
+    assert int(child.match.group(1)) > 50
+    child.expect(r"prompt (\d+) tokens")
+    assert int(child.match.group(1)) <= 48
+    child.expect_exact(">>> ")
+    child.sendline("a short one")
+    child.expect(r"prompt (\d+) tokens")
+    assert "message too long" not in child.before
+    child.sendline("/quit")
+    child.expect(pexpect.EOF)
+
+
+def test_save_ids_are_unique_across_sessions_and_load_resumes(trained_model, tmp_path):
+    model_dir, records = trained_model
+    save = tmp_path / "saved.jsonl"
+    first = spawn(model_dir)
+    assert ask(first, records[0]["instruction"]) == "eos"
+    first.sendline(f"/save {save}")
+    first.expect_exact(f"[conversation appended to {save} as chat-1]")
+    first.sendline("/quit")
+    first.expect(pexpect.EOF)
+    second = spawn(model_dir)  # a new session: its /save does not reuse chat-1
+    second.sendline(f"/load {save}")
+    second.expect_exact(f"[loaded chat-1 from {save}: 1 exchanges")
+    second.expect_exact(">>> ")
+    assert ask(second, records[1]["instruction"]) == "eos"
+    second.sendline(f"/save {save}")
+    second.expect_exact("as chat-2]")
+    second.sendline(f"/load {save} chat-1")  # the first one again: one exchange
+    second.expect_exact("[loaded chat-1")
+    second.sendline("/undo")
+    second.expect_exact("[last exchange removed]")
+    second.sendline("/undo")
+    second.expect_exact("[nothing to undo]")
+    for arg, needle in [
+        (f"{save} chat-9", f"no conversation with id chat-9 in {save}"),
+        (str(tmp_path / "none.jsonl"), f"cannot read {tmp_path / 'none.jsonl'}: No such file"),
+        (str(model_dir / "config.json"), f"{model_dir / 'config.json'} line 1 is not"),
+    ]:
+        second.sendline(f"/load {arg}")
+        second.expect_exact(f"[not loaded: {needle}")
+        second.expect_exact("the conversation is kept]")
+    second.sendline("/quit")
+    second.expect(pexpect.EOF)
+    lines = [json.loads(line) for line in save.read_text().splitlines()]
+    assert [p[0]["id"] for p in lines] == ["chat-1", "chat-2"]
+    assert lines[1][0] == {**lines[0][0], "id": "chat-2"}  # the loaded exchange went on into the second one
+    assert lines[1][1]["prompt"] == f"\n<human>: {records[1]['instruction']}\n<bot>:"
 
 
 def strip_tokenizer(model_dir, tmp):

@@ -1,5 +1,8 @@
 """The generation API: Dolly's functions, the chat template, stop strings, context trimming, the KV cache."""
 
+import json
+import shutil
+
 import pytest
 import torch
 
@@ -54,8 +57,11 @@ def test_history_is_trimmed_from_the_oldest_turns(trained_model):
     ids = s.prompt_ids("the newest question")
     assert len(ids) <= 2048 - 1800 and s.trimmed_turns > 0
     assert tok.decode(ids).endswith("<human>: the newest question\n<bot>:")
-    long = s.prompt_ids("x " * 5000)  # a message longer than the context keeps its end
-    assert len(long) == 2048 - 1800 and tok.decode(long).endswith("\n<bot>:")
+    long = s.prompt_ids("x " * 4000 + "the end")  # a message longer than the context keeps its end, and its tag
+    assert 2048 - 1800 - 3 <= len(long) <= 2048 - 1800 and s.cut_tokens > 3500 and s.trimmed_turns == 20
+    assert tok.decode(long).startswith("<human>: x x") and tok.decode(long).endswith("x the end\n<bot>:")
+    s.prompt_ids("short")
+    assert s.cut_tokens == 0
     with pytest.raises(SettingError, match="at most 2032"):
         s.set_sampling(Sampling(max_new_tokens=2040))
 
@@ -88,3 +94,45 @@ def test_stop_string_is_never_printed_in_part(trained_model):
             streamer.put(torch.tensor([piece]))
     streamer.end()
     assert "".join(shown) == "Sure thing." and streamer.stopped
+
+
+def test_generate_response_takes_the_models_generation_config(trained_model, tmp_path):
+    model_dir, records = trained_model
+    instruction, expected = records[3]["instruction"], records[3]["response"]
+    own = tmp_path / "own_config"
+    shutil.copytree(model_dir, own)
+    (own / "generation_config.json").write_text(
+        json.dumps({"do_sample": False, "max_new_tokens": 2, "repetition_penalty": 1.2})
+    )
+    model, tok = load_model_tokenizer_for_generate(str(own))
+    two = generate_response(instruction, model, tok)  # greedy, 2 tokens: as the file says
+    assert two == generate_response(instruction, model, tok) and len(tok(two)["input_ids"]) <= 2
+    assert expected.startswith(two) and two != expected
+    assert generate_response(instruction, model, tok, max_new_tokens=64) == expected  # arguments still win
+    base, _ = load_model_tokenizer_for_generate(str(model_dir))
+    base.name_or_path = "built-in-memory"  # no dir: the in-memory generation_config counts
+    base.generation_config.max_new_tokens = 1
+    one = generate_response(instruction, base, tok, do_sample=False)
+    assert len(tok(one)["input_ids"]) <= 1 and expected.startswith(one)
+
+
+def test_generate_response_max_length_stop_strings_several_replies_and_bad_input(trained_model):
+    model_dir, records = trained_model
+    model, tok = load_model_tokenizer_for_generate(str(model_dir))
+    instruction, expected = records[3]["instruction"], records[3]["response"]
+    prompt = len(tok(prompt_for_next_bot_turn([], instruction, tok.eos_token))["input_ids"])
+    short = generate_response(instruction, model, tok, do_sample=False, max_length=prompt + 2)
+    assert expected.startswith(short) and 0 < len(tok(short)["input_ids"]) <= 2 and short != expected
+    with pytest.raises(SettingError, match=f"max_length {prompt} leaves no room .* prompt's {prompt} tokens"):
+        generate_response(instruction, model, tok, max_length=prompt)
+    word = expected.split()[1]  # the reply ends before its second word, which is never shown
+    cut = expected[: expected.index(word)].strip()
+    assert generate_response(instruction, model, tok, do_sample=False, stop_strings=[word]) == cut
+    assert generate_response(instruction, model, tok, do_sample=False, stop_strings=word) == cut
+    beams = generate_response(instruction, model, tok, do_sample=False, num_beams=3, num_return_sequences=2)
+    assert isinstance(beams, list) and len(beams) == 2 and beams[0] == expected and beams[1] != expected
+    sampled = generate_response(instruction, model, tok, temperature=5.0, seed=1, num_return_sequences=3)
+    assert isinstance(sampled, list) and len(sampled) == 3 and len(set(sampled)) > 1
+    for bad in (123, None, ["a list"]):
+        with pytest.raises(TypeError, match="instruction must be a str, got"):
+            generate_response(bad, model, tok)

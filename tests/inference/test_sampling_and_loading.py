@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from inference.loading import LoadError, load_for_chat, pick_device, resolve_source
 from inference.sampling import Sampling, SettingError
@@ -24,6 +25,9 @@ from inference.sampling import Sampling, SettingError
         ("seed", "99999999999999999999999"),
         ("seed", "-4"),
         ("do_sample", "ture"),
+        ("min_p", "1.5"),
+        ("presence_penalty", "3"),
+        ("frequency_penalty", "-2.5"),
     ],
 )
 def test_bad_values_are_one_line_naming_the_setting(name, value):
@@ -43,6 +47,31 @@ def test_good_values_parse_and_temperature_zero_is_greedy():
         Sampling().with_value("colour", "blue")
     with pytest.raises(SettingError, match="at most 2032"):
         Sampling(max_new_tokens=2040).check_context(2048)
+
+
+def test_generate_kwargs_map_min_p_and_the_openai_penalties():
+    s = Sampling(temperature=0.7, top_k=40, top_p=0.9, min_p=0.05, presence_penalty=0.5, frequency_penalty=0.25)
+    kw = s.generate_kwargs()
+    assert (kw["min_p"], kw["top_k"], kw["top_p"], kw["temperature"]) == (0.05, 40, 0.9, 0.7)
+    (penalty,) = kw["logits_processor"]
+    scores = torch.zeros(1, 10)
+    assert torch.equal(penalty(torch.tensor([[5, 7]]), scores), scores)  # the first call sees the prompt only
+    out = penalty(torch.tensor([[5, 7, 7, 7, 9]]), scores)  # then 7 7 9 were generated; 5 and 7 in the prompt
+    expected = torch.zeros(1, 10)
+    expected[0, 7], expected[0, 9] = -0.5 - 2 * 0.25, -0.5 - 0.25
+    assert torch.allclose(out, expected)
+    # transformers' order, the one model.generate runs (custom processors go before the sampling warpers)
+    assert [type(p).__name__ for p in s.updated(repetition_penalty=1.3).processors(2)] == [
+        "RepetitionPenaltyLogitsProcessor",
+        "PresenceFrequencyPenalty",
+        "TemperatureLogitsWarper",
+        "TopKLogitsWarper",
+        "TopPLogitsWarper",
+        "MinPLogitsWarper",
+    ]
+    greedy = Sampling(temperature=0, min_p=0.1, repetition_penalty=1)
+    assert "min_p" not in greedy.generate_kwargs() and "logits_processor" not in greedy.generate_kwargs()
+    assert len(greedy.processors(2)) == 0
 
 
 def test_defaults_come_from_the_model_generation_config(tmp_path):

@@ -74,13 +74,31 @@ def test_a_bad_port_is_one_line():
         (["--max_new_tokens", "-3"], "--max_new_tokens: must be at least 1"),
         (["--top_p", "2"], "--top_p: must be at most 1"),
         (["--temperature", "nan"], "--temperature"),
+        (["--temperature", "101"], "--temperature: must be at most 100"),
+        (["--seed", "-1"], "--seed: must be at least 0"),
+        (["--max_new_tokens", "2040"], "max_new_tokens 2040 leaves no room for a prompt in this model's 2048-token"),
         (["--device", "cuda"], "CUDA GPU"),
         (["--quantize", "8bit", "--device", "cpu"], "needs a CUDA GPU"),
     ],
 )
 def test_bad_chat_flags_are_one_line_before_the_model_loads(tmp_path, capsys, flags, needle):
-    for name in ("config.json", "tokenizer.json"):  # a model dir whose weights would fail to load: none are read
-        (tmp_path / name).write_text("{}")
+    (tmp_path / "tokenizer.json").write_text("{}")  # a model dir whose weights would fail to load: none are read
+    (tmp_path / "config.json").write_text('{"max_position_embeddings": 2048}')
     assert guard(chat.main, ["--model", str(tmp_path), "--message", "hi", *flags]) == 2
     err = capsys.readouterr().err
     assert needle in err and err.count("\n") == 1, err
+
+
+def test_a_bad_generation_config_or_a_file_is_one_line_before_the_model_loads(tmp_path, capsys):
+    (tmp_path / "config.json").write_text('{"max_position_embeddings": 2048}')  # no weights: loading would fail
+    (tmp_path / "tokenizer.json").write_text("{}")
+    (tmp_path / "generation_config.json").write_text('{"temperature": -2}')
+    assert guard(chat.main, ["--model", str(tmp_path), "--message", "hi"]) == 2
+    err = capsys.readouterr().err
+    assert (
+        "generation_config.json: temperature: Input should be greater than or equal to 0 (got -2)" in err
+        and err.count("\n") == 1
+    ), err
+    assert guard(chat.main, ["--model", str(tmp_path / "config.json"), "--message", "hi"]) == 2
+    err = capsys.readouterr().err
+    assert f"this is a file; give the directory that holds the model (--model {tmp_path})" in err, err
