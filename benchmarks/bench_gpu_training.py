@@ -83,24 +83,30 @@ def budget(phase: str, t0: float, t_start: float) -> None:
     log(f"budget: {phase} {now - t0:.0f} s (bench total {now - t_start:.0f} s)")
 
 
-def prepare_data(work: Path, seq: int, packing: str) -> Path:
-    """Dolly + OASST through data_prep and tokenization_prep, once per (length, packing): cached in ``work``."""
+def prepare_data(work: Path, seq: int, packing: str, dolly_records: int | None = None) -> Path:
+    """Dolly + OASST through data_prep and tokenization_prep, once per (length, packing): cached in ``work``.
+
+    ``dolly_records``: only the first N Dolly records (``--tiny``: a few steps need a few hundred rows, not all 15k)."""
+    import gzip
+
     from data_prep.jobs import prepare_oa_dolly
     from tokenization_prep.pipeline import run_pipeline
     from tokenization_prep.schema import MANIFEST
     from tokenization_prep.settings import PipelineConfig
 
-    out = work / f"data_{seq}_{packing.replace('::', '_')}"
+    out = work / f"data_{seq}_{packing.replace('::', '_')}{f'_dolly{dolly_records}' if dolly_records else ''}"
     if (out / MANIFEST).is_file():  # written last: its presence means a complete output
         return out
     work.mkdir(parents=True, exist_ok=True)
-    src = work / "oa_dolly.jsonl"
+    src = work / f"oa_dolly{dolly_records or ''}.jsonl"
     if not src.is_file():
-        prepare_oa_dolly(
-            src,
-            str(ROOT / "data/samples/dolly/databricks-dolly-15k.jsonl.gz"),
-            str(ROOT / "data/samples/oasst1/oasst1_validation_en.jsonl"),
-        )
+        dolly = ROOT / "data/samples/dolly/databricks-dolly-15k.jsonl.gz"
+        if dolly_records:
+            with gzip.open(dolly, "rt", encoding="utf-8") as fh:
+                head = [line for _, line in zip(range(dolly_records), fh)]
+            dolly = work / f"dolly_first_{dolly_records}.jsonl"
+            dolly.write_text("".join(head))
+        prepare_oa_dolly(src, str(dolly), str(ROOT / "data/samples/oasst1/oasst1_validation_en.jsonl"))
     t0 = time.perf_counter()
     run_pipeline(
         PipelineConfig(
@@ -319,7 +325,7 @@ def main(argv=None) -> int:
     adam, why = pick_adam(args.adam, args.tiny)
     log(f"optimizer: {'DeepSpeed FusedAdam' if adam == 'fused' else 'torch.optim.AdamW (torch_adam)'} ({why})")
     peak, device_name = peak_flops(args.peak_tflops)
-    data = prepare_data(args.work, seq, args.packing)
+    data = prepare_data(args.work, seq, args.packing, 2000 if args.tiny else None)
     budget("data", t_start, t_start)
     from common.errors import ConfigError
     from training.attention import check_attention

@@ -102,7 +102,7 @@ def main() -> int:
     args = ap.parse_args()
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    steps = ["--max_steps", "2"] if args.quick else []
+    steps = ["--max_steps", "2", "--eval_rows", "8"] if args.quick else []  # quick: 2 steps, 8 dev rows (pairs)
     t0 = time.time()
     oa, ock = "data_prep/oasst1_dolly.jsonl", "data_prep/bloom_ock_100K_each.jsonl"
     step(
@@ -231,7 +231,7 @@ def main() -> int:
             "48",
             "--output_path",
             evaluation,
-            *(["--dev_rows", "16"] if args.quick else []),
+            *(["--dev_rows", "16", "--dev_pairs", "16", "--prompts", "2"] if args.quick else []),
         ],
         [tok_oa, tok_prefs, s1, s2, s3, "training/configs/demo/stage1_oig.yaml"],
         [evaluation],

@@ -50,8 +50,10 @@ if [ "$FAST" = 1 ]; then
 fi
 # Two lanes on the machine's cores: the training tests (then the lowest-versions run) beside all the others; each
 # lane has its own pytest temp dir, and the second lane's output is printed when it ends.
-INTERACTIVE=(tests/inference/test_chat_cli.py tests/inference/test_serve.py tests/inference/test_web_page.py)
-IGNORE=(--ignore=tests/training "${INTERACTIVE[@]/#/--ignore=}")  # timed by their clients: run alone at the end
+# timed by their clients: run alone at the end, in one pytest so that they share one trained model (the fixture)
+INTERACTIVE=(tests/inference/test_chat_cli.py tests/inference/test_serve.py tests/inference/test_web_page.py
+  tests/inference/test_generate_api.py)
+IGNORE=(--ignore=tests/training "${INTERACTIVE[@]/#/--ignore=}")
 # the DPO stage runs (3-4 min) go to this lane, which is otherwise the shorter one
 .venv/bin/python -m pytest tests tests/training/test_preference_stage.py "${IGNORE[@]}" --basetemp="$LANES/rest" \
   >"$LANES/rest.log" 2>&1 &
@@ -79,7 +81,7 @@ OTHERS=$?
 echo "---- the other tests (data_prep, tokenization_prep, inference, demo, benchmarks, the DPO stage runs), run beside"\
   "the training tests"
 cat "$LANES/rest.log"
-echo "---- the chat CLI, the server and the web page, alone (their clients time them)"
+echo "---- the chat CLI, the server, the web page and the generation API, alone (their clients time them)"
 .venv/bin/python -m pytest "${INTERACTIVE[@]}" --basetemp="$LANES/interactive"
 ALONE=$?
 echo "exit codes: training $TRAINING, lowest transformers $LOWEST, others $OTHERS, interactive $ALONE"

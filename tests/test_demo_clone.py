@@ -1,6 +1,7 @@
 """The README's first command on a fresh clone (reduced mode): catches a file the demo needs that is not committed
 (bundled data, configs, scripts) or an output it expects from an earlier run."""
 
+import json
 import os
 import subprocess
 
@@ -31,6 +32,9 @@ def test_demo_command_on_a_fresh_clone(tmp_path):
     }
     env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep) if p != venv_bin)
     env["PYTHONPATH"] = str(clone)
+    # DeepSpeed JIT-builds its CPU ops (the shared-memory comm op) with the venv's path as seen from the clone: in
+    # the shared cache that build would flip back and forth with the checkout's own and rebuild each time
+    env["TORCH_EXTENSIONS_DIR"] = str(tmp_path / "torch_extensions")
     proc = subprocess.run(
         ["bash", "scripts/demo.sh", "--quick"], cwd=clone, env=env, capture_output=True, text=True, timeout=1800
     )
@@ -50,6 +54,10 @@ def test_demo_command_on_a_fresh_clone(tmp_path):
     ):
         assert (clone / artifact).is_file(), artifact
     assert "\nbot: " in out and "tokens, stop: " in out and "== summary" in out and "| padding % |" in out
+    lineage = json.loads((clone / "training/ckpt/stage3_dpo/final/lineage.json").read_text())
+    assert sum(s["pairs"] for s in lineage["final_eval_by_source"].values()) == 8  # --quick's --eval_rows 8
+    evaluation = json.loads((clone / "training/ckpt/evaluation.json").read_text())
+    assert evaluation["dev_pairs"] == 16 and evaluation["dev_rows"] == 16  # --quick's --dev_pairs, --dev_rows
     assert "what the models learned" in out and "| untrained (stage1_oig) | dolly |" in out  # the evaluation
     rerun = subprocess.run(
         ["bash", "scripts/demo.sh", "--quick"], cwd=clone, env=env, capture_output=True, text=True, timeout=600

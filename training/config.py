@@ -98,6 +98,7 @@ class StageConfig(Strict):
     grad_clip: float = Field(1.0, gt=0, description="gradient norm clipping")
     prompt_loss_weight: float = Field(0.0, ge=0, le=1, description="loss weight of prompt tokens (replies: 1)")
     eval_every: int = Field(0, ge=0, description="dev loss every N steps (0: at the end only)")
+    eval_rows: int = Field(0, ge=0, description="dev evaluation over the first N dev rows (pairs) only (0: all)")
     save_every: int = Field(0, ge=0, description="checkpoint every N steps (0: none)")
     log_every: int = Field(1, ge=1, description="throughput window in steps")
     seed: int = Field(42, description="model init, data order and dropout")

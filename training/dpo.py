@@ -121,7 +121,8 @@ class PreferenceObjective:
         acc = PairMetrics(self.dev.sources, r.device)
         r.engine.eval()
         with torch.no_grad():
-            for part in dev_shard(len(self.dev), r.rank, r.world, r.cfg.micro_batch_size):
+            pairs = min(len(self.dev), r.cfg.eval_rows or len(self.dev))
+            for part in dev_shard(pairs, r.rank, r.world, r.cfg.micro_batch_size):
                 batch = to_device(preference_batch(self.dev.__getitems__([k or 0 for k in part])), r.device)
                 keep = torch.tensor([k is not None for k in part], device=r.device)
                 acc.add(

@@ -197,13 +197,15 @@ def preference_dev(spec: str):
     return data, PreferenceDataset(data, "dev")
 
 
-def pair_logps(model, dev, batch: int, device) -> tuple[torch.Tensor, list[int]]:
-    """(pairs, 2) chosen / rejected summed log-probs of every dev pair, and each pair's source code."""
+def pair_logps(model, dev, batch: int, device, limit: int = 0) -> tuple[torch.Tensor, list[int]]:
+    """(pairs, 2) chosen / rejected summed log-probs of every dev pair (the first ``limit``; 0: all), and each
+    pair's source code."""
     from training.preference import preference_batch, sequence_logps
 
     out, sources = [], []
-    for lo in range(0, len(dev), batch):
-        b = preference_batch(dev.__getitems__(list(range(lo, min(len(dev), lo + batch)))))
+    n_pairs = min(len(dev), limit) if limit else len(dev)
+    for lo in range(0, n_pairs, batch):
+        b = preference_batch(dev.__getitems__(list(range(lo, min(n_pairs, lo + batch)))))
         logps, _ = sequence_logps(model, {k: v.to(device) for k, v in b.items()})
         n = len(b["pair_index"])
         out.append(torch.stack([logps[:n], logps[n:]], dim=1).cpu())
@@ -238,6 +240,7 @@ def evaluate(
     preference: str | None = None,
     reference: str | None = None,
     beta: float = 0.1,
+    dev_pairs: int = 0,
 ) -> dict:
     """The evaluation of every (label, model dir, untrained config) on ``data_dir``'s dev split (and, with
     ``preference``, on that preference dir's dev pairs relative to ``reference`` or the first model)."""
@@ -253,6 +256,7 @@ def evaluate(
         "max_new_tokens": max_new,
         "prompts_per_source": per_source,
         "dev_rows": dev_rows or None,  # None: the whole dev split
+        "dev_pairs": dev_pairs or None,  # None: every dev pair of --preference_data
         "models": {},
     }
     pref, ref_logps = None, None
@@ -260,7 +264,7 @@ def evaluate(
         pref_data, pref = preference_dev(preference)
         ref_spec, ref_config = (reference, None) if reference else models[0][1:]
         ref_model = model_to_evaluate(ref_spec, pref_data, ref_config)[0].to(device).eval()
-        ref_logps = pair_logps(ref_model, pref, batch, device)[0]
+        ref_logps = pair_logps(ref_model, pref, batch, device, dev_pairs)[0]
         del ref_model
         result.update(preference_data=preference, reference=ref_spec, beta=beta)
     for label, spec, seed_config in models:
@@ -269,7 +273,7 @@ def evaluate(
         if pref is not None:
             if seed_config is None:
                 check_same_tokenizer(pref_data, Path(spec))
-            logps, sources = pair_logps(model, pref, batch, device)
+            logps, sources = pair_logps(model, pref, batch, device, dev_pairs)
             figures = preference_figures(logps, ref_logps, sources, pref.sources, beta)
         tokenizer = AutoTokenizer.from_pretrained(str(tok_dir or data_dir / "tokenizer"))
         if tokenizer.eos_token_id is None:
@@ -342,6 +346,7 @@ class EvaluateSettings(BaseModel):
         None, description="the reference model of the pair rewards (default: the first model given)"
     )
     beta: float = Field(0.1, gt=0, description="the reward scale of the pair rewards (stage 3's dpo.beta)")
+    dev_pairs: int = Field(0, ge=0, description="score the first N dev pairs only (0: all; quick looks)")
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -364,6 +369,7 @@ def main(argv=None) -> int:
         args.preference_data,
         args.reference,
         args.beta,
+        args.dev_pairs,
     )
     print("\n".join(table(result)))
     if args.output_path:

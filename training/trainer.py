@@ -283,7 +283,8 @@ class StageRunner:
         acc = GroupedLoss(self.dev.groups.names, self.device)
         self.engine.eval()
         with torch.no_grad():
-            for part in dev_shard(len(self.dev), self.rank, self.world, self.cfg.micro_batch_size):
+            n_dev = min(len(self.dev), self.cfg.eval_rows or len(self.dev))
+            for part in dev_shard(n_dev, self.rank, self.world, self.cfg.micro_batch_size):
                 rows = self.dev.__getitems__([0 if k is None else k for k in part])
                 for k, row in zip(part, rows):
                     if k is None:  # a fill row: same shape, no weight

@@ -241,3 +241,13 @@ def test_evaluate_scores_dev_pairs_relative_to_the_first_model(
         assert tuned[source]["reward_margin"] == pytest.approx(mine["reward_margin"], rel=1e-3, abs=1e-6)
         assert 0 <= tuned[source]["logp_accuracy"] <= 1
     assert f"| {dpo_run / 'final'} | held |" in stdout and "reward accuracy" in stdout
+    # --dev_pairs N: the first N dev pairs only
+    code, _, err = run_in_process(
+        evaluate.main, "--model", dpo_run / "final", "--data", token_dirs[1], "--preference_data",
+        preference_dirs["pairs"], "--prompts", 1, "--max_new_tokens", 2, "--dev_rows", 1, "--dev_pairs", 2,
+        "--output_path", out,
+    )  # fmt: skip
+    assert code == 0, err[-2000:]
+    quick = json.loads(out.read_text())
+    pairs = sum(s["pairs"] for s in quick["models"][str(dpo_run / "final")]["preference"].values())
+    assert quick["dev_pairs"] == 2 and pairs == 2

@@ -149,7 +149,7 @@ def test_the_chat_loads_a_lora_adapter_dir(stages):
 def test_kill_and_resume_gives_the_same_weights(token_dirs, stage_config, tmp_path):
     """LoRA dropout draws from the RNG and a DataLoader worker reads ahead: the weights match only if the run
     continues exactly (step, data order, every RNG, reader processes restarted)."""
-    over = dict(max_steps=30, save_every=5, eval_every=0, dataloader_workers=1, lora={**LORA, "dropout": 0.2})
+    over = dict(max_steps=12, save_every=4, eval_every=0, dataloader_workers=1, lora={**LORA, "dropout": 0.2})
     ref = run_stage(stage_config("ref", token_dirs[0], **over))
     assert ref.returncode == 0, ref.stderr[-2000:]
     cfg = stage_config("killed", token_dirs[0], **over)
@@ -164,7 +164,7 @@ def test_kill_and_resume_gives_the_same_weights(token_dirs, stage_config, tmp_pa
     )
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
-        if log.exists() and len(log.read_text().splitlines()) >= 12:
+        if log.exists() and len(log.read_text().splitlines()) >= 6:  # resumes from step 4
             break
         time.sleep(0.02)
     os.killpg(proc.pid, signal.SIGKILL)  # the stage and its reader process
@@ -172,7 +172,7 @@ def test_kill_and_resume_gives_the_same_weights(token_dirs, stage_config, tmp_pa
     assert not (tmp_path / "ckpt" / "killed" / "final").exists(), "the run ended before it was killed"
     res = run_stage(cfg, "--resume")
     assert res.returncode == 0, res.stderr[-2000:]
-    assert [r["step"] for r in metrics(tmp_path / "ckpt" / "killed")] == list(range(1, 31))  # none logged twice
+    assert [r["step"] for r in metrics(tmp_path / "ckpt" / "killed")] == list(range(1, 13))  # none logged twice
     a, b = final_weights(tmp_path / "ckpt" / "ref" / "final"), final_weights(tmp_path / "ckpt" / "killed" / "final")
     assert a.keys() == b.keys()
     for k in a:
