@@ -44,7 +44,7 @@ class RunFlags(BaseModel):
     )
 
 
-STAGE_FLAGS = ("max_steps",)
+STAGE_FLAGS = ("max_steps", "eval_rows")
 
 
 def make_parser() -> argparse.ArgumentParser:
