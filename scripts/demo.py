@@ -231,7 +231,7 @@ def main() -> int:
             "48",
             "--output_path",
             evaluation,
-            *(["--dev_rows", "16", "--dev_pairs", "16", "--prompts", "2"] if args.quick else []),
+            *(["--dev_rows", "4", "--dev_pairs", "8", "--prompts", "1"] if args.quick else []),
         ],
         [tok_oa, tok_prefs, s1, s2, s3, "training/configs/demo/stage1_oig.yaml"],
         [evaluation],
