@@ -4,12 +4,21 @@ The demo-sized model (Pythia-shaped, hidden 64, 2 layers, 4 heads, random init, 
 template) answers real Dolly instructions, greedy, 64 new tokens (a random model rarely stops earlier), streamed.
 
 - server mode (the default): ``python -m inference.serve`` on a loopback port, once with ``--max_batch 1`` (one
-  request at a time, as before continuous batching) and once with the default; clients are the official ``openai``
-  client, time to first token is the first streamed content.
+  request at a time, as before continuous batching) and once with the default, in the same run. Each client is a
+  thread of this process with a minimal HTTP/1.1 client over a raw socket (``--client raw``: it finds the first
+  non-empty ``content`` in the bytes, no JSON parsing per chunk), so the figures are the server's, not the cost of
+  parsing 1,000 chunks a second in the benchmark's own process next to the server; ``--client openai`` uses the
+  official ``openai`` client instead (pydantic per chunk: on 2 cores it adds time to first token under load).
+  Time to first token is from sending the request to the first streamed content.
 - ``--direct``: the same load on ``inference.engine.Engine`` in this process (no HTTP), ``max_batch`` 1 and 16;
   time to first token is the engine's (submit to first token).
+- Arrivals: every client sends its next request as soon as its last one ends. With ``--stagger`` the clients'
+  first requests are spread over one reply's duration instead of all at once: with every reply 64 tokens long,
+  clients that start together stay in lockstep, so without it each request arrives in a burst with all the others
+  (the worst case for time to first token: the burst's prompts queue behind each other's prefills).
 
-    .venv/bin/python benchmarks/bench_serve.py [--direct] [--clients 1 4 8 16] [--requests 32] [--work DIR]
+    .venv/bin/python benchmarks/bench_serve.py [--direct] [--client raw|openai] [--stagger] [--clients 1 4 8 16]
+        [--requests 32] [--work DIR]
 """
 
 from __future__ import annotations
@@ -18,6 +27,7 @@ import argparse
 import gzip
 import json
 import os
+import re
 import socket
 import statistics
 import subprocess
@@ -69,6 +79,7 @@ def instructions(n: int) -> list[str]:
 
 
 NEW_TOKENS = 64
+FIRST_CONTENT = re.compile(rb'"content": ?"[^"]')  # a chunk with text (the first chunk's content is "")
 
 
 def threads_env(threads: int) -> dict:
@@ -127,6 +138,43 @@ def over_http(base: str):
     return one
 
 
+def raw_http(base: str):
+    """One streamed request over a raw socket: (latency, time to first content, completion tokens)."""
+    host, port = base.split("//")[1].rsplit(":", 1)
+
+    def one(text: str) -> tuple[float, float | None, int]:
+        body = json.dumps(
+            {
+                "model": "demo",
+                "messages": [{"role": "user", "content": text}],
+                "temperature": 0,
+                "max_tokens": NEW_TOKENS,
+                "stream": True,
+                "stream_options": {"include_usage": True},
+            }
+        ).encode()
+        head = (
+            f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+            f"Connection: close\r\nContent-Length: {len(body)}\r\n\r\n"
+        ).encode()
+        t0 = time.perf_counter()
+        ttft, buf = None, bytearray()
+        with socket.create_connection((host, int(port)), timeout=300) as s:
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            s.sendall(head + body)
+            while data := s.recv(65536):
+                buf += data
+                if ttft is None and FIRST_CONTENT.search(buf):
+                    ttft = time.perf_counter() - t0
+        latency = time.perf_counter() - t0
+        if not buf.startswith(b"HTTP/1.1 200"):
+            raise SystemExit(f"the server answered {bytes(buf[:200])!r}")
+        usage = json.loads(bytes(buf).split(b"data: ")[-2].split(b"\r\n")[0].decode())["usage"]
+        return latency, ttft, usage["completion_tokens"]
+
+    return one
+
+
 def direct(engine, tokenizer):
     """One request straight to the engine, its events read as they come: (latency, time to first token, tokens)."""
     from common.chat_format import prompt_for_next_bot_turn
@@ -147,10 +195,20 @@ def direct(engine, tokenizer):
     return one
 
 
-def run(one, texts: list[str], clients: int) -> dict:
+def run(one, texts: list[str], clients: int, stagger: float = 0.0) -> dict:
+    """``texts`` through ``clients`` closed-loop clients; with ``stagger`` s, client i starts i * stagger / clients
+    seconds late."""
     t0 = time.perf_counter()
+    queue = iter(texts)
+    res: list = []
+
+    def client(i: int) -> None:
+        time.sleep(i * stagger / clients)
+        for text in queue:  # shared: each client takes the next text when it is free
+            res.append(one(text))
+
     with ThreadPoolExecutor(clients) as pool:
-        res = list(pool.map(one, texts))
+        list(pool.map(client, range(clients)))
     wall = time.perf_counter() - t0
     lat = sorted(r[0] for r in res)
     ttfts = [r[1] for r in res if r[1] is not None]
@@ -163,12 +221,12 @@ def run(one, texts: list[str], clients: int) -> dict:
     }
 
 
-def table(label: str, one, texts: list[str], clients: list[int]) -> list[dict]:
+def table(label: str, one, texts: list[str], clients: list[int], stagger: bool) -> list[dict]:
     """Warm up, then one row per client count (each client count gets ``len(texts)`` requests)."""
-    run(one, texts[:4], 1)
+    warm = run(one, texts[:4], 1)
     out = []
     for n in clients:
-        r = run(one, texts, n)
+        r = run(one, texts, n, warm["p50"] if stagger else 0.0)
         ttft = f"{r['ttft_p50']:.3f}" if r["ttft_p50"] is not None else "-"
         print(
             f"{label:>14}{n:>8}{r['req_s']:>9.2f}{r['tokens_s']:>10.0f}{r['p50']:>8.3f}{r['p90']:>8.3f}{ttft:>12}",
@@ -184,12 +242,15 @@ def main() -> None:
     ap.add_argument("--clients", type=int, nargs="+", default=[1, 4, 8, 16])
     ap.add_argument("--direct", action="store_true", help="measure the engine in this process, not the server")
     ap.add_argument("--work", type=Path, default=Path("/tmp/bench_serve"))
+    ap.add_argument("--client", choices=["raw", "openai"], default="raw", help="HTTP client (default raw)")
+    ap.add_argument("--stagger", action="store_true", help="spread the clients' first requests over one reply")
     ap.add_argument("--json", type=Path, help="also write the rows here")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads of the model (default 1)")
     args = ap.parse_args()
     model_dir = build(args.work)
     texts = instructions(args.requests)
-    where = "Engine in-process" if args.direct else "openai client over loopback, streamed"
+    where = "Engine in-process" if args.direct else f"{args.client} client over loopback, streamed"
+    where += ", staggered starts" if args.stagger else ", clients start together"
     print(
         f"demo-sized model (6.5M parameters), CPU fp32, {args.requests} Dolly instructions per row, greedy, "
         f"{NEW_TOKENS} new tokens, {args.threads} torch thread(s), {where}"
@@ -211,13 +272,14 @@ def main() -> None:
             engine = Engine(model, tok, "cpu", 2048, max_batch or 16)
             engine.start()
             try:
-                rows += table(label, direct(engine, tok), texts, args.clients)
+                rows += table(label, direct(engine, tok), texts, args.clients, args.stagger)
             finally:
                 engine.shutdown(5)
             continue
         proc, base = start(model_dir, max_batch, args.threads)
         try:
-            rows += table(label, over_http(base), texts, args.clients)
+            client = raw_http(base) if args.client == "raw" else over_http(base)
+            rows += table(label, client, texts, args.clients, args.stagger)
         finally:
             proc.terminate()
             proc.wait(timeout=60)

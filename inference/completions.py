@@ -15,6 +15,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import AsyncIterator
 
+import orjson
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
@@ -41,6 +42,7 @@ from inference.openai_api import (
 from inference.sampling import Sampling
 
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+INLINE_CHARS = 4096  # prompts up to this many characters are tokenized on the event loop (well under a millisecond)
 SHUT_DOWN = "the server shut down before the reply was finished; send the request again"
 
 
@@ -186,7 +188,10 @@ async def chat_completions(request: Request):
     served.check_model(req.model)
     max_new, max_name = req.max_new()
     sampling = sampling_for(req, served.defaults, max_new, served.context, max_name)
-    ids, sampling = await run_in_threadpool(chat_prompt, served, req, sampling, max_new is not None)
+    if sum(len(m.text()) for m in req.messages) <= INLINE_CHARS:  # a thread hop costs more than tokenizing it
+        ids, sampling = chat_prompt(served, req, sampling, max_new is not None)
+    else:
+        ids, sampling = await run_in_threadpool(chat_prompt, served, req, sampling, max_new is not None)
     gen = GenRequest(ids, sampling, STOP_STRINGS + req.stop_strings(), logprobs=req.logprobs_k(), trim=True)
     handle = served.submit(gen)
     rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
@@ -203,9 +208,11 @@ async def chat_stream(
     """A first chunk with the role, one per piece of text, one with the finish reason, the usage chunk when
     ``stream_options.include_usage`` asks for it (empty choices, OpenAI's way), then ``[DONE]``."""
 
-    def chunk(delta: dict, reason: str | None = None, logprobs=None) -> str:
+    head = chunk_head(rid, created, served.model_id)
+
+    def chunk(delta: dict, reason: str | None = None, logprobs=None) -> bytes:  # orjson: a chunk per token adds up
         choice = {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": reason}
-        return sse({**chunk_head(rid, created, served.model_id), "choices": [choice]})
+        return b"data: " + orjson.dumps({**head, "choices": [choice]}) + b"\n\n"
 
     finished = False
     try:

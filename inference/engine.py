@@ -1,12 +1,13 @@
 """Continuous batching: concurrent requests share each forward pass, each with its own settings, stops and cancel.
 
-One generation thread loops over steps. Each step admits waiting requests (up to ``max_batch`` rows) and prefills
-them together (left-padded), so a new request gets its first token after at most one step of waiting; merges their
-KV caches into the running batch (left-padded to a common length, concatenated on the batch dimension); then runs
-one decode forward for every row with a 2D attention mask and explicit positions (rotary models read the
-positions, ALiBi models such as BLOOM the mask). Rows are sampled each with its own processors and generator
-(``inference.batch_sampling``), so a reply does not depend on what else is in the batch. Finished, stopped and
-cancelled rows leave the batch at once; leading columns that only held padding are then dropped.
+One generation thread loops over steps. Each step admits waiting requests (up to ``max_batch`` rows), prefills them
+together (left-padded) and sends their first tokens at once, then does the same for any that arrived meanwhile, so
+a new request waits for at most the step in progress; merges their KV caches into the running batch (left-padded to
+a common length, concatenated on the batch dimension); then runs one decode forward for every row with a 2D
+attention mask and explicit positions (rotary models read the positions, ALiBi models such as BLOOM the mask). Rows
+are sampled each with its own processors and generator (``inference.batch_sampling``), so a reply does not depend
+on what else is in the batch. Finished, stopped and cancelled rows leave the batch at once; leading columns that
+only held padding are then dropped.
 
 transformers' own continuous batching (``generate_batch``) ran at 53-85 tokens/s on the demo model on this CPU,
 against 1,229 for one static batch of 8 (issue 23; re-measured on a loaded CPU, one thread, 8 prompts x 64 greedy
@@ -28,7 +29,7 @@ import torch.nn.functional as F
 from transformers import DynamicCache
 
 from common.errors import first_line
-from inference.batch_sampling import Event, Row, TokenLogprob, next_tokens, prompt_logprobs, token_logprobs
+from inference.batch_sampling import Event, Row, TokenLogprob, Wakes, next_tokens, prompt_logprobs, token_logprobs
 from inference.generate import Reply
 from inference.kv_cache import growing_cache
 from inference.sampling import Sampling
@@ -57,8 +58,9 @@ class GenRequest:
 class Handle:
     """A submitted request: its events as they come, its ``reply`` once done, ``cancel()`` to end it early."""
 
-    def __init__(self, req: GenRequest, wake: threading.Condition):
+    def __init__(self, req: GenRequest, wake: threading.Condition, wakes: Wakes):
         self.req = req
+        self._wakes = wakes
         self.reply: Reply | None = None
         self.prompt_logprobs: list[TokenLogprob | None] | None = None
         self.error: str | None = None
@@ -88,11 +90,7 @@ class Handle:
                 self.reply, self.error, self._done = reply, error, True
             self._cond.notify_all()
             loops = list(self._loops)
-        for loop, flag in loops:
-            try:
-                loop.call_soon_threadsafe(flag.set)
-            except RuntimeError:  # that event loop is closed: its reader is gone
-                pass
+        self._wakes.add(loops)
 
     def events(self) -> Iterator[Event]:
         """The events in order, blocking; raises EngineError at the end if the generation failed."""
@@ -164,6 +162,7 @@ class Engine:
         self._thread: threading.Thread | None = None
         self._admitting: list[Handle] = []  # taken from the queue, being prefilled
         self._decoded: dict[int, str] = {}
+        self._wakes = Wakes()
 
     @property
     def waiting(self) -> int:
@@ -177,6 +176,7 @@ class Engine:
         """Start the generation thread (a daemon)."""
         if self._thread is None:
             self._thread = threading.Thread(target=self._loop, name="engine", daemon=True)
+            self._wakes.thread = self._thread
             self._thread.start()
 
     def submit(self, req: GenRequest) -> Handle:
@@ -197,7 +197,7 @@ class Engine:
             k = getattr(req, name)
             if k is not None and not 0 <= k <= MAX_LOGPROBS:
                 raise ValueError(f"{name} must be between 0 and {MAX_LOGPROBS} (got {k})")
-        handle = Handle(req, self._cond)
+        handle = Handle(req, self._cond, self._wakes)
         with self._cond:
             self._waiting.append(handle)
             self._cond.notify_all()
@@ -237,20 +237,28 @@ class Engine:
                         self._cond.wait()
                     if self._stopped and not any(not h.cancelled for h in self._live()):
                         self._end_all()
+                        self._wakes.flush()
                         return
-                    for h in [h for h in self._waiting if h.cancelled]:  # gone before their turn
-                        self._waiting.remove(h)
-                        h._push(None, _interrupted(h))
-                    new = self._admitting = []
-                    while self._waiting and len(new) + len(self._rows) < self.max_batch:
-                        new.append(self._waiting.popleft())
                 try:
-                    self._step(new)
+                    self._step()
                 except Exception as exc:  # a fault outside a forward: fail what the batch held rather than hang
                     rows, self._rows, self._cache, self._mask = self._rows, [], None, None
-                    self._fail([r.handle for r in rows] + new, exc)
+                    self._fail([r.handle for r in rows] + self._admitting, exc)
                 self._admitting = []
+                self._wakes.flush()
                 time.sleep(0)  # let the readers of this step's events and new submitters run before the next step
+
+    def _admit(self) -> list[Handle]:
+        """Take waiting requests while the batch has room (dropping those cancelled before their turn)."""
+        with self._cond:
+            for h in [h for h in self._waiting if h.cancelled]:
+                self._waiting.remove(h)
+                h._push(None, _interrupted(h))
+            new = []
+            while self._waiting and len(new) + len(self._rows) < self.max_batch:
+                new.append(self._waiting.popleft())
+            self._admitting = self._admitting + new
+        return new
 
     def _live(self) -> list[Handle]:
         return list(self._waiting) + self._admitting + [r.handle for r in self._rows]
@@ -264,19 +272,23 @@ class Engine:
             row.flush()
         self._rows, self._cache, self._mask = [], None, None
 
-    def _step(self, new: list[Handle]) -> None:
-        """Admit and prefill ``new``, then decode one token for every running row."""
+    def _step(self) -> None:
+        """Admit and prefill waiting requests (again while more arrive and there is room), sending their first
+        tokens at once, then decode one token for every running row."""
         for row in self._rows:
             if row.handle.cancelled:
                 row.stop = "interrupted"
         self._retire()
-        scored = [[h] for h in new if h.req.prompt_logprobs is not None]  # all-position logits: one prompt at a time
-        for group in scored + [[h for h in new if h.req.prompt_logprobs is None]]:
-            try:
-                if group:
-                    self._prefill([Row(h, self.device, self.tokenizer) for h in group])
-            except Exception as exc:  # fail only this step's requests; the engine goes on serving
-                self._fail(group, exc)
+        while new := self._admit():
+            scored = [[h] for h in new if h.req.prompt_logprobs is not None]  # all-position logits: one at a time
+            for group in scored + [[h for h in new if h.req.prompt_logprobs is None]]:
+                try:
+                    if group:
+                        self._prefill([Row(h, self.device, self.tokenizer) for h in group])
+                except Exception as exc:  # fail only this step's requests; the engine goes on serving
+                    self._fail(group, exc)
+            self._admitting = []
+            self._wakes.flush()  # first tokens out before the decode step
         if self._rows:
             try:
                 self._decode()

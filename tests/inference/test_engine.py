@@ -294,3 +294,27 @@ def test_async_events_shutdown_and_bad_requests(tok):
     assert all(x.result(5).stop == "interrupted" for x in long)
     with pytest.raises(EngineError, match="shutting down"):
         eng.submit(GenRequest(ids_of(tok, "hi"), s))
+
+
+def test_requests_arriving_during_a_prefill_are_prefilled_before_the_next_decode(model, tok):
+    """A request that arrives while others are prefilled waits for that prefill only, not for a decode step too."""
+    eng = Engine(model, tok, "cpu", CONTEXT, max_batch=8)
+    forwards = []  # ("prefill" | "decode", rows) of each forward
+    forward, late = model.forward, []
+    s = Sampling(temperature=0, max_new_tokens=4)
+
+    def recording(*args, input_ids=None, **kwargs):
+        forwards.append(("prefill" if input_ids.shape[1] > 1 else "decode", input_ids.shape[0]))
+        if len(forwards) == 1:  # three requests arrive during the first prefill
+            late.extend(eng.submit(GenRequest(ids_of(tok, t), s)) for t in TEXTS[1:4])
+        return forward(*args, input_ids=input_ids, **kwargs)
+
+    model.forward = recording
+    try:
+        eng.start()
+        first = eng.submit(GenRequest(ids_of(tok, TEXTS[0]), s))
+        assert all(h.result(60).new_tokens == 4 for h in [first, *late])
+    finally:
+        del model.forward
+        eng.shutdown(5)
+    assert forwards[:3] == [("prefill", 1), ("prefill", 3), ("decode", 4)]
