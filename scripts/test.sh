@@ -48,41 +48,43 @@ if [ "$FAST" = 1 ]; then
   [ "$A" -eq 0 ] && [ "$B" -eq 0 ]
   exit
 fi
-# Two lanes on the machine's cores: the training tests (then the lowest-versions run) beside all the others; each
-# lane has its own pytest temp dir, and the second lane's output is printed when it ends.
-# timed by their clients: run alone at the end, in one pytest so that they share one trained model (the fixture)
+# Two lanes on the machine's cores, about equal in time (each prints its slowest tests):
+#   A: the training tests but the multi-process and stage runs, then the lowest-versions run, then the chat CLI, the
+#      server, the web page and the generation API (their clients time them: they start when lane B is nearly done,
+#      and run in one pytest so that they share one trained model);
+#   B: everything else, with the stage, topology and DPO stage runs.
+# Each lane has its own pytest temp dir; lane B's output is printed when it ends.
 INTERACTIVE=(tests/inference/test_chat_cli.py tests/inference/test_serve.py tests/inference/test_web_page.py
   tests/inference/test_generate_api.py)
-IGNORE=(--ignore=tests/training "${INTERACTIVE[@]/#/--ignore=}")
-# the DPO stage runs (3-4 min) go to this lane, which is otherwise the shorter one
-.venv/bin/python -m pytest tests tests/training/test_preference_stage.py "${IGNORE[@]}" --basetemp="$LANES/rest" \
-  >"$LANES/rest.log" 2>&1 &
+MOVED=(tests/training/test_preference_stage.py tests/training/test_stages.py tests/training/test_topology.py)
+.venv/bin/python -m pytest tests "${MOVED[@]}" --ignore=tests/training "${INTERACTIVE[@]/#/--ignore=}" \
+  --durations=12 --basetemp="$LANES/rest" >"$LANES/rest.log" 2>&1 &
 REST=$!
 set +e
-.venv/bin/python -m pytest tests/training --ignore=tests/training/test_preference_stage.py --basetemp="$LANES/training"
+.venv/bin/python -m pytest tests/training "${MOVED[@]/#/--ignore=}" --durations=12 --basetemp="$LANES/training"
 TRAINING=$?
 LOWEST=0
 if [ "$TRAINING" -eq 0 ]; then
   bash scripts/lowest_versions.sh
+  # what depends on transformers' internals: attention masks, the loss, memory, export and ZeRO-3 loading, the
+  # generation API, the KV cache and the batching engine
   echo "training and inference tests with transformers 5.17 (the lowest we claim), beside the locked set"
   PYTHONPATH=.venv/lowest .venv/bin/python -c \
     "import sys, transformers as t; print('transformers', t.__version__); sys.exit(t.__version__ != '5.17.0')" &&
     PYTHONPATH=.venv/lowest .venv/bin/python -m pytest -m "not slow or lowest" -p no:cacheprovider \
       --basetemp="$LANES/lowest" tests/training/test_packing_attention.py tests/training/test_memory.py \
-      tests/training/test_loss.py tests/training/test_data.py tests/training/test_plan.py \
-      tests/training/test_export.py tests/training/test_stages.py tests/training/test_run.py \
-      tests/training/test_topology.py tests/training/test_evaluate.py tests/training/test_preference.py \
-      tests/inference/test_generate_api.py \
-      tests/inference/test_kv_cache.py tests/inference/test_sampling_and_loading.py
+      tests/training/test_loss.py tests/training/test_export.py tests/training/test_stages.py \
+      tests/inference/test_generate_api.py tests/inference/test_kv_cache.py \
+      tests/inference/test_sampling_and_loading.py tests/inference/test_engine.py
   LOWEST=$?
 fi
+echo "---- the chat CLI, the server, the web page and the generation API (their clients time them)"
+.venv/bin/python -m pytest "${INTERACTIVE[@]}" --durations=8 --basetemp="$LANES/interactive"
+ALONE=$?
 wait "$REST"
 OTHERS=$?
-echo "---- the other tests (data_prep, tokenization_prep, inference, demo, benchmarks, the DPO stage runs), run beside"\
-  "the training tests"
+echo "---- the other tests (data_prep, tokenization_prep, inference, demo, benchmarks, the stage, topology and DPO"\
+  "stage runs), run beside the above"
 cat "$LANES/rest.log"
-echo "---- the chat CLI, the server, the web page and the generation API, alone (their clients time them)"
-.venv/bin/python -m pytest "${INTERACTIVE[@]}" --basetemp="$LANES/interactive"
-ALONE=$?
-echo "exit codes: training $TRAINING, lowest transformers $LOWEST, others $OTHERS, interactive $ALONE"
+echo "exit codes: training $TRAINING, lowest transformers $LOWEST, interactive $ALONE, others $OTHERS"
 [ "$TRAINING" -eq 0 ] && [ "$LOWEST" -eq 0 ] && [ "$OTHERS" -eq 0 ] && [ "$ALONE" -eq 0 ]
