@@ -49,16 +49,22 @@ if [ "$FAST" = 1 ]; then
   exit
 fi
 # Two lanes on the machine's cores, about equal in time (each prints its slowest tests):
-#   A: the training tests but the multi-process and stage runs, then the lowest-versions run, then the chat CLI, the
-#      server, the web page and the generation API (their clients time them: they start when lane B is nearly done,
-#      and run in one pytest so that they share one trained model);
-#   B: everything else, with the stage, topology and DPO stage runs.
+#   A: the training tests but the multi-process and stage runs, then the lowest-versions run;
+#   B: everything else, with the stage, topology and DPO stage runs, then the chat CLI, the server, the web page and
+#      the generation API (their clients time them: they start when lane A is nearly done, and run in one pytest so
+#      that they share one trained model).
 # Each lane has its own pytest temp dir; lane B's output is printed when it ends.
 INTERACTIVE=(tests/inference/test_chat_cli.py tests/inference/test_serve.py tests/inference/test_web_page.py
   tests/inference/test_generate_api.py)
 MOVED=(tests/training/test_preference_stage.py tests/training/test_stages.py tests/training/test_topology.py)
-.venv/bin/python -m pytest tests "${MOVED[@]}" --ignore=tests/training "${INTERACTIVE[@]/#/--ignore=}" \
-  --durations=12 --basetemp="$LANES/rest" >"$LANES/rest.log" 2>&1 &
+(
+  .venv/bin/python -m pytest tests "${MOVED[@]}" --ignore=tests/training "${INTERACTIVE[@]/#/--ignore=}" \
+    --durations=12 --basetemp="$LANES/rest"
+  echo $? >"$LANES/rest.rc"
+  echo "---- the chat CLI, the server, the web page and the generation API (their clients time them)"
+  .venv/bin/python -m pytest "${INTERACTIVE[@]}" --durations=8 --basetemp="$LANES/interactive"
+  echo $? >"$LANES/interactive.rc"
+) >"$LANES/rest.log" 2>&1 &
 REST=$!
 set +e
 .venv/bin/python -m pytest tests/training "${MOVED[@]/#/--ignore=}" --durations=12 --basetemp="$LANES/training"
@@ -78,13 +84,11 @@ if [ "$TRAINING" -eq 0 ]; then
       tests/inference/test_sampling_and_loading.py tests/inference/test_engine.py
   LOWEST=$?
 fi
-echo "---- the chat CLI, the server, the web page and the generation API (their clients time them)"
-.venv/bin/python -m pytest "${INTERACTIVE[@]}" --durations=8 --basetemp="$LANES/interactive"
-ALONE=$?
 wait "$REST"
-OTHERS=$?
+OTHERS=$(cat "$LANES/rest.rc" 2>/dev/null || echo 1)
+ALONE=$(cat "$LANES/interactive.rc" 2>/dev/null || echo 1)
 echo "---- the other tests (data_prep, tokenization_prep, inference, demo, benchmarks, the stage, topology and DPO"\
-  "stage runs), run beside the above"
+  "stage runs), then the chat CLI, server, web page and generation API tests, run beside the above"
 cat "$LANES/rest.log"
-echo "exit codes: training $TRAINING, lowest transformers $LOWEST, interactive $ALONE, others $OTHERS"
+echo "exit codes: training $TRAINING, lowest transformers $LOWEST, others $OTHERS, interactive $ALONE"
 [ "$TRAINING" -eq 0 ] && [ "$LOWEST" -eq 0 ] && [ "$OTHERS" -eq 0 ] && [ "$ALONE" -eq 0 ]
