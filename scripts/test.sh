@@ -58,6 +58,7 @@ INTERACTIVE=(tests/inference/test_chat_cli.py tests/inference/test_serve.py test
   tests/inference/test_generate_api.py)
 MOVED=(tests/training/test_preference_stage.py tests/training/test_stages.py tests/training/test_topology.py)
 (
+  set +e  # both pytest runs go on and record their exit codes
   .venv/bin/python -m pytest tests "${MOVED[@]}" --ignore=tests/training "${INTERACTIVE[@]/#/--ignore=}" \
     --durations=12 --basetemp="$LANES/rest"
   echo $? >"$LANES/rest.rc"
