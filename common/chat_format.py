@@ -63,6 +63,8 @@ class Conversation:
     id: str
     category: str | None = None
     records: int = 1  # input records this conversation accounts for as written (OASST: its messages)
+    license: str | None = None  # SPDX id of its source's license (data_prep's data card)
+    lang: str | None = None  # detected language code (data_prep's quality pass)
 
 
 def escape_role_tags(text: str) -> tuple[str, int]:
@@ -122,8 +124,9 @@ def human_prompt(text: str, first: bool) -> str:
 def to_pairs(conv: Conversation) -> list[dict]:
     """gdp's list-of-pairs form; a trailing unanswered human turn is left out."""
     meta = {"source": conv.source, "id": conv.id}
-    if conv.category is not None:
-        meta["category"] = conv.category
+    for key in ("category", "license", "lang"):
+        if getattr(conv, key) is not None:
+            meta[key] = getattr(conv, key)
     pairs = []
     turns = conv.turns
     for i in range(0, len(turns) - 1, 2):

@@ -6,8 +6,10 @@ Trees are rebuilt from ``parent_id``. Paths:
 - ``rank``: at each level the child with the best (lowest) ``rank``, unranked last;
 - ``all-leaves``: every root-to-leaf path.
 Orphans (parent missing), cycles, non-alternating roles and bad rows are rejected with their
-subtree and counted; filters on lang, deleted and review_result are off by default as in BLOOMChat.
-Conversations come out in the input order of their roots.
+subtree and counted. ``OasstFilters`` (all off by default, as in BLOOMChat; prepare_oa_dolly turns them on) drops a
+message on lang, deleted, review_result, synthetic, its volunteers' label means and its detoxify scores
+(``data_prep/oasst_labels.py``); a filtered message is quarantined with its reason and its subtree under
+"ancestor filtered". Conversations come out in the input order of their roots.
 """
 
 from __future__ import annotations
@@ -26,19 +28,37 @@ ROLES = {"prompter": HUMAN, "assistant": BOT}
 
 @dataclass
 class OasstFilters:
-    """Optional message filters (all off by default, as in BLOOMChat)."""
+    """Optional message filters (all off by default, as in BLOOMChat). ``label_max``: drop when the mean of a
+    volunteers' label reaches the value; ``quality_min``: drop when the mean 'quality' is below it (0: off; a message
+    without a quality label is kept); ``detoxify_max``: drop when a detoxify score reaches the value."""
 
     langs: tuple[str, ...] = ()
     drop_deleted: bool = False
     require_review: bool = False
+    drop_synthetic: bool = False
+    label_max: dict[str, float] = field(default_factory=dict)
+    quality_min: float = 0.0
+    detoxify_max: dict[str, float] = field(default_factory=dict)
 
     def reason(self, m: "Message") -> str | None:
+        """Why ``m`` is filtered (a fixed short string: it is a summary key), or None to keep it."""
         if self.langs and m.lang not in self.langs:
             return f"lang not in {','.join(self.langs)}"
         if self.drop_deleted and m.deleted:
             return "deleted"
         if self.require_review and m.review is not True:
             return "review_result not true"
+        if self.drop_synthetic and m.synthetic:
+            return "synthetic"
+        for name, limit in self.label_max.items():
+            if m.labels.get(name, 0.0) >= limit:
+                return f"label {name} >= {limit}"
+        quality = m.labels.get("quality")
+        if self.quality_min > 0 and quality is not None and quality < self.quality_min:
+            return f"label quality < {self.quality_min}"
+        for name, limit in self.detoxify_max.items():
+            if m.detoxify.get(name, 0.0) >= limit:
+                return f"detoxify {name} >= {limit}"
         return None
 
 
@@ -56,6 +76,9 @@ class Message:
     file: str
     line: int
     children: list = field(default_factory=list)
+    synthetic: bool = False
+    labels: dict[str, float] = field(default_factory=dict)  # label name -> mean of the volunteers' answers
+    detoxify: dict[str, float] = field(default_factory=dict)
 
 
 def emoji_score(emojis) -> int:
@@ -70,6 +93,32 @@ def emoji_score(emojis) -> int:
         if isinstance(count, int):
             score += count if name == "+1" else -count if name == "-1" else 0
     return score
+
+
+def _number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and x == x  # not NaN
+
+
+def parse_labels(labels) -> dict[str, float]:
+    """``{name: [...], value: [...], count: [...]}`` -> {name: mean}; a label with count 0 is absent. A malformed
+    block (not a dict, a list missing or of another length) is absent as a whole, an entry of a wrong type alone."""
+    if not isinstance(labels, dict):
+        return {}
+    names, values, counts = labels.get("name"), labels.get("value"), labels.get("count")
+    if not all(isinstance(x, list) for x in (names, values, counts)) or not len(names) == len(values) == len(counts):
+        return {}
+    return {
+        n: float(v)
+        for n, v, c in zip(names, values, counts)
+        if isinstance(n, str) and _number(v) and _number(c) and c > 0
+    }
+
+
+def parse_detoxify(scores) -> dict[str, float]:
+    """``{toxicity: 0.01, ...}`` -> the numeric scores; anything else is absent."""
+    if not isinstance(scores, dict):
+        return {}
+    return {k: float(v) for k, v in scores.items() if isinstance(k, str) and _number(v)}
 
 
 def parse_message(obj: dict, file: str, line: int, parent: str | None) -> tuple[Message | None, str | None]:
@@ -103,6 +152,9 @@ def parse_message(obj: dict, file: str, line: int, parent: str | None) -> tuple[
         obj.get("review_result"),
         file,
         line,
+        synthetic=obj.get("synthetic") is True,
+        labels=parse_labels(obj.get("labels")),
+        detoxify=parse_detoxify(obj.get("detoxify")),
     ), None
 
 
@@ -172,6 +224,21 @@ class OasstConverter:
             stack.extend(reversed(m.children))
         return out
 
+    def _filter_subtree(self, root: Message, reason: str) -> None:
+        """Quarantine a filtered message under ``reason`` and each of its descendants under "ancestor filtered"."""
+        q = self.report.quarantine
+        q(self.source, reason, file=root.file, line=root.line, id=root.id)
+        for m in self._subtree(root)[1:]:
+            q(
+                self.source,
+                "ancestor filtered",
+                file=m.file,
+                line=m.line,
+                id=m.id,
+                ancestor=root.id,
+                ancestor_reason=reason,
+            )
+
     def _drop_subtree(self, root: Message, reason: str) -> None:
         """Quarantine every message of a subtree with one reason."""
         for m in self._subtree(root):
@@ -208,9 +275,7 @@ class OasstConverter:
             for child in parent.children:
                 why = self.filters.reason(child)
                 if why:
-                    self.stats.filtered[why] += 1
-                    for m in self._subtree(child)[1:]:
-                        self.stats.filtered["ancestor filtered"] += 1
+                    self._filter_subtree(child, why)
                 elif child.role == parent.role:
                     self._drop_subtree(child, "non-alternating roles")
                 else:
@@ -243,9 +308,7 @@ class OasstConverter:
         for root in self._link():
             why = self.filters.reason(root)
             if why:
-                subtree = self._subtree(root)
-                self.stats.filtered[why] += 1
-                self.stats.filtered["ancestor filtered"] += len(subtree) - 1
+                self._filter_subtree(root, why)
                 continue
             if root.role != HUMAN:
                 self._drop_subtree(root, "root is not a prompter message")

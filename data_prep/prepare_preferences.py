@@ -24,12 +24,14 @@ from pathlib import Path
 import orjson
 
 from common.cli import guard
+from common.data_card import write_data_card
 from common.errors import DataError
 from common.files import atomic_write
+from common.licenses import SOURCE_LICENSES, check_commercial, lookup
 from common.settings import build
 from data_prep.accounting import Report
 from data_prep.cli import parse_command, run_job
-from data_prep.jobs import RunResult, rejects_path, source_name, summary_path
+from data_prep.jobs import RunResult, input_licenses, rejects_path, source_name, summary_path
 from data_prep.preference_records import preference_records
 from data_prep.preferences import OasstPreferences
 from data_prep.settings import PreferenceSettings
@@ -105,6 +107,12 @@ def preferences_job(s: PreferenceSettings) -> PreferenceResult:
     for spec in s.input:
         name, _, path = spec.partition("=") if "=" in spec and not Path(spec).exists() else ("", "", spec)
         named.append((name or source_name(path), path))
+    licenses, _ = input_licenses(s.license, [n for n, _ in named])
+    licenses = {name: lookup(spdx, "--license").spdx for name, spdx in licenses.items()}
+    if s.oasst:
+        licenses = {"oasst": SOURCE_LICENSES["oasst"], **licenses}
+    if s.commercial_only:
+        check_commercial(licenses)
     settings = {"oasst": s.oasst or None, "oasst_split": s.oasst_split, "pairs": s.pairs}
     settings.update({"inputs": [f"{n}={p}" for n, p in named], "input_split": s.input_split})
     result = PreferenceResult(output, 0, Report(strict=s.strict), settings)
@@ -128,6 +136,7 @@ def preferences_job(s: PreferenceSettings) -> PreferenceResult:
     summary = {"output": str(output), "lines": result.lines, "settings": settings, "sources": sources}
     with atomic_write(summary_path(output)) as fh:
         fh.write(orjson.dumps(summary, option=orjson.OPT_INDENT_2) + b"\n")
+    result.card = write_data_card(output, summary, licenses)
     bad = [name for name, stats in report.sources.items() if not stats.balanced()]
     if bad:
         raise RuntimeError(f"record accounting does not add up for {', '.join(bad)}: this is a bug, please report it")

@@ -146,7 +146,7 @@ def main() -> int:
                 *(PY, "-m", "tokenization_prep", "pipeline", "--config", recipe, "--pretrained_tokenizer", TOKENIZER),
                 *("--input_path", src, "--output_path", out, "--overwrite_output_path", *extra),
             ],
-            [src, f"{TOKENIZER}/tokenizer.json", recipe],
+            [src, f"{src}.data_card.json", f"{TOKENIZER}/tokenizer.json", recipe],
             [out],
         )
     s1, s2 = "training/ckpt/stage1_oig/final", "training/ckpt/stage2_oa_dolly/final"
@@ -270,12 +270,26 @@ def main() -> int:
     return 0
 
 
+def card_summary(outputs: list[str], model: str) -> None:
+    """Each data_prep output's data card (licenses, what each filter dropped, languages) and the final model's
+    licenses, as its lineage.json carries them."""
+    from common.data_card import card_lines
+
+    for out in outputs:
+        card = json.loads((ROOT / f"{out}.data_card.json").read_text())
+        print(f"\ndata card of {out} (also {out}.DATA_CARD.md):")
+        print("\n".join(card_lines(card)))
+    lineage = json.loads((ROOT / model / "lineage.json").read_text())
+    print(f"\n{model} was trained on data under: {', '.join(lineage.get('data_licenses') or ['(unknown)'])}")
+
+
 def summary(t0: float, tok_dirs: list[str], curves: str, evaluation: str) -> None:
     print("\n== summary", flush=True)
     for label, path in (
         ("Dolly+OASST chat JSONL", "data_prep/oasst1_dolly.jsonl"),
         ("OIG chat JSONL", "data_prep/bloom_ock_100K_each.jsonl"),
         ("record counts", "data_prep/*.summary.json, rejects in data_prep/*.rejects.jsonl"),
+        ("data cards", "data_prep/*.DATA_CARD.md, data_card.json (and in each HDF5 dir, each model's lineage)"),
         ("Dolly+OASST HDF5 splits", tok_dirs[0]),
         ("OIG HDF5 splits", tok_dirs[1]),
         ("preference pairs JSONL", "data_prep/oasst1_preferences.jsonl"),
@@ -301,6 +315,9 @@ def summary(t0: float, tok_dirs: list[str], curves: str, evaluation: str) -> Non
         print(report.split(marker)[0].rstrip())
         what = "pairs" if pairs else "articles"
         print(f"{lost} dropped or truncated {what}, each with its input line, in data_report.md / .json")
+    card_summary(
+        ["data_prep/oasst1_dolly.jsonl", "data_prep/bloom_ock_100K_each.jsonl"], "training/ckpt/stage3_dpo/final"
+    )
     from training.evaluate import table  # torch loads only here, at the end (the steps run as their own processes)
 
     result = json.loads((ROOT / evaluation).read_text())

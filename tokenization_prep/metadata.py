@@ -5,7 +5,7 @@ meanings (our extras beside), gdp's ``sha256/files_metadata.json``, and our ``ma
 gdp's fields: ``vocab_size`` is ``tokenizer.vocab_size`` (added tokens excluded), ``tokenizer_model_type`` is
 ``str(type(AutoConfig))``, ``max_batch_size_*`` the smallest file's row count, and per split gdp's metrics
 (``train_sequences``, ``train_input_tokens`` ...). Ours: ``total_vocab_size`` (``len(tokenizer)``, what a
-model's embedding must hold), eos/pad ids, packing, shuffle, seed.
+model's embedding must hold), eos/pad ids, packing, shuffle, seed, ``data_licenses`` (from the data cards).
 """
 
 from __future__ import annotations
@@ -28,8 +28,11 @@ from tokenization_prep.schema import (
 )
 
 
-def dataset_metadata(cfg, tok, model_type: str, counts, sizes: dict, splits: dict, pad: int) -> dict:
-    """The metadata.yaml dict: gdp's keys with gdp's meanings, then ours."""
+def dataset_metadata(
+    cfg, tok, model_type: str, counts, sizes: dict, splits: dict, pad: int, data_licenses: list[str] | None = None
+) -> dict:
+    """The metadata.yaml dict: gdp's keys with gdp's meanings, then ours (``data_licenses``: the SPDX ids of the
+    inputs' data cards, ``tokenization_prep/data_card.py``; None without one)."""
     meta = {
         "max_seq_length": cfg.max_seq_length,
         "token_type_ids": True,
@@ -57,6 +60,7 @@ def dataset_metadata(cfg, tok, model_type: str, counts, sizes: dict, splits: dic
             "mix_tokens": cfg.mix_tokens if cfg.mix else None,
             "provenance": True,
             "tokenizer_sha256": tokenizer_fingerprint(tok),
+            "data_licenses": data_licenses,
         }
     )
     TokenizedMetadata.model_validate(meta)

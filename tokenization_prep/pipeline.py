@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import orjson
@@ -29,7 +30,9 @@ from common.cli import guard
 from common.errors import ConfigError, DataError
 from common.files import atomic_write
 from common.settings import command_parser, parse_settings
+from tokenization_prep.data_card import read_output_card, report_summary, write_output_card
 from tokenization_prep.inputs import LineIndex, check_log_path, input_files, read_categories
+from tokenization_prep.leakage import remove_leaks
 from tokenization_prep.metadata import dataset_metadata, write_manifest
 from tokenization_prep.preference import input_kind
 from tokenization_prep.preference_run import run_preference
@@ -109,8 +112,9 @@ def run_pipeline(cfg: PipelineConfig, log=print) -> dict:
             f"test splits (gdp needs at least splits + 2 lines); lower --num_training_splits or the ratios"
         )
     prepare_output_dir(out, cfg.overwrite_output_path)
-    parts = assign_lines(lines.global_numbers, counts, cfg.shuffle, cfg.seed)
     names = split_names(counts)
+    parts = assign_lines(lines.global_numbers, counts, cfg.shuffle, cfg.seed)
+    parts, leakage = check_leakage(lines, parts, names, cfg.dev_leakage, article, logged, log)
     by_split = {split: [p for p, (s, _) in zip(parts, names) if s == split] for split in ("train", "test", "dev")}
     write_line_files(out, lines, parts, names, counts, cfg.keep_split_jsonls, ".txt" if is_text else ".jsonl")
     skipped: list[bytes] = []
@@ -128,10 +132,14 @@ def run_pipeline(cfg: PipelineConfig, log=print) -> dict:
     if cfg.apply_chat_template:  # the template the data was rendered with goes with it
         tok.chat_template = tok.own_chat_template
     tok.save_pretrained(str(out / "tokenizer"))
-    metadata = dataset_metadata(cfg, tok, model_type, counts, sizes, splits, pad_id(tok))
+    data_licenses = write_output_card(out, files)  # the inputs' data cards, combined (tokenization_prep/data_card.py)
+    metadata = dataset_metadata(cfg, tok, model_type, counts, sizes, splits, pad_id(tok), data_licenses=data_licenses)
     with atomic_write(out / "metadata.yaml", "w") as fh:
         yaml.safe_dump(metadata, fh, sort_keys=True)
-    report = write_report(splits, cfg.max_seq_length, out, {"metadata": metadata})
+    extra = {"metadata": metadata} | ({"leakage": leakage.as_dict()} if cfg.dev_leakage != "off" else {})
+    if data_licenses is not None:
+        extra["data_card"] = report_summary(read_output_card(out))
+    report = write_report(splits, cfg.max_seq_length, out, extra)
     if why:  # said once the run succeeded, so that an error stays one line
         warn(
             f"warning: metadata.yaml's tokenizer_model_type is unknown ({why}); gdp's validator compares it with "
@@ -141,6 +149,19 @@ def run_pipeline(cfg: PipelineConfig, log=print) -> dict:
         fh.write("\n".join(logged + report) + "\n")
     write_manifest(out)  # last: an output without it is incomplete
     return {"output": str(out), "metadata": metadata, "report": report, "splits": splits, "counts": counts}
+
+
+def check_leakage(lines: LineIndex, parts, names, mode: str, article, logged: list[str], log):
+    """``--dev_leakage``: dev/test lines that nearly copy a training line moved or dropped (``leakage.py``); the
+    summary and every leak go to logs.log, and when any was found, the summary and the check's time to ``log``."""
+    if mode == "off":
+        return parts, None
+    start = time.perf_counter()
+    parts, leakage = remove_leaks(lines, parts, names, mode, article)
+    logged += leakage.log_lines()
+    if leakage.leaks:
+        log(f"{leakage.summary()} ({time.perf_counter() - start:.2f} s)")
+    return parts, leakage
 
 
 def write_line_files(out: Path, lines: LineIndex, parts, names, counts, keep_split_jsonls: bool, ext: str) -> None:

@@ -21,6 +21,7 @@ from common.errors import ConfigError, DataError
 from common.files import atomic_write
 from common.plots import pyplot, save_png
 from tokenization_prep.articles import Article, ArticleTokenizer, InputFormatError
+from tokenization_prep.data_card import write_output_card
 from tokenization_prep.hdf5_io import TokenStore, write_hdf5
 from tokenization_prep.inputs import check_log_path, file_lines
 from tokenization_prep.metadata import write_manifest
@@ -295,6 +296,7 @@ def run_preference(cfg: PipelineConfig, files: list[Path], logged: list[str], wa
             fh.write(b"\n".join(skipped) + b"\n")
     tok.save_pretrained(str(out / "tokenizer"))
     meta = preference_metadata(cfg, tok, model_type, counts, sizes, splits, rule)
+    meta["data_licenses"] = write_output_card(out, files)  # the inputs' data cards, combined
     with atomic_write(out / "metadata.yaml", "w") as fh:
         yaml.safe_dump(meta, fh, sort_keys=True)
     report = write_report(out, splits, cfg.max_seq_length, rule, meta)

@@ -10,6 +10,7 @@ import orjson
 
 from common.files import atomic_write
 from common.plots import pyplot, save_png
+from tokenization_prep.data_card import report_lines as card_report_lines
 
 
 def metrics_table(splits: dict) -> list[str]:
@@ -75,6 +76,31 @@ def lost_table(splits: dict, limit: int = 10) -> list[str]:
     return out if len(out) > 2 else ["no article lost tokens"]
 
 
+def leakage_lines(leakage: dict | None, limit: int = 10) -> list[str]:
+    """``--dev_leakage``: the counts and the first ``limit`` leaks with the train line each matched (all in the
+    JSON); nothing when the check is off."""
+    if leakage is None:
+        return []
+    verb = "moved" if leakage["mode"] == "move" else "dropped"
+    out = [
+        "",
+        f"Dev-split leakage ({leakage['mode']}: estimated Jaccard >= {leakage['threshold']} on "
+        f"{leakage['shingle_words']}-word shingles, against {leakage['train_lines_indexed']:,} train lines):",
+        f"| split | lines checked | {verb} |",
+        "|---|---:|---:|",
+    ]
+    out += [f"| {s} | {n:,} | {leakage[verb][s]:,} |" for s, n in leakage["checked"].items()]
+    if leakage["lines"]:
+        out += ["", f"| split | {verb} line | near-duplicate of train line | estimated Jaccard |", "|---|---|---|---:|"]
+        out += [
+            f"| {k['split']} | {k['file']}:{k['line']} | {k['train_file']}:{k['train_line']} | {k['jaccard']:.3f} |"
+            for k in leakage["lines"][:limit]
+        ]
+        if len(leakage["lines"]) > limit:
+            out.append(f"\n({len(leakage['lines']) - limit:,} more under leakage.lines in data_report.json)")
+    return out
+
+
 def plot_mix(splits: dict, out_dir: Path) -> Path:
     """mix.png: requested vs realized share of supervised tokens per source of the training split."""
     plt = pyplot()
@@ -123,6 +149,8 @@ def write_report(splits: dict, max_len: int, out_dir: Path, extra: dict) -> list
         + mix_table(splits)
         + ["", "Dropped and truncated articles:"]
         + lost_table(splits)
+        + leakage_lines(extra.get("leakage"))
+        + card_report_lines(extra.get("data_card"))
     )
     with atomic_write(out_dir / "data_report.md", "w") as fh:
         fh.write("# Data report\n\n" + "\n".join(lines) + "\n")

@@ -66,6 +66,7 @@ class TokenizedMetadata(DatasetMetadata):
     tokenizer_sha256: str | None = None
     provenance: bool = False
     kind: Literal["sft", "preference"] = "sft"  # missing in gdp's and older outputs: SFT rows
+    data_licenses: list[str] | None = None  # SPDX ids from the inputs' data cards; missing in older outputs
 
 
 @dataclass

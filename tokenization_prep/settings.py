@@ -34,6 +34,7 @@ PIPELINE_ONLY = (  # pipeline fields that gdp's one-file data_prep command does 
     "mix_tokens",
     "dev_trees_from",
     "preference_overflow",
+    "dev_leakage",
 )
 
 
@@ -201,6 +202,12 @@ class PipelineConfig(BaseModel):
         "truncate_prompt",
         description="preference input: a pair longer than max_seq_length loses tokens from the prompt's start "
         "(dropped when the replies leave no prompt token), or is dropped",
+    )
+    dev_leakage: Literal["move", "drop", "off"] = Field(
+        "move",
+        description="ours: dev and test lines that nearly copy a training line (MinHash, estimated Jaccard >= 0.8 "
+        "on 5-word shingles of their prompts and completions) move to that line's training file, or are dropped; "
+        "off: no check (SFT input only)",
     )
     num_workers: int | None = Field(None, exclude=True, description="tokenizer threads (output is identical)")
 

@@ -36,6 +36,7 @@ from tokenization_prep.schema import (
     tokenizer_fingerprint,
 )
 from training.config import StageConfig
+from training.data_card import check_data_card
 
 
 def load_data(data_dir: Path, full: bool = False, name: str = "data_dir") -> TokenizedDir:
@@ -78,6 +79,7 @@ def check_inputs(cfg: StageConfig) -> tuple[TokenizedDir, Path | None]:
     tokenization_prep's schema (finished, unaltered, file counts), its tokenizer against ``init_from``'s."""
     data = load_data(cfg.resolve(cfg.data_dir), full=cfg.verify_data == "sha256")
     load_data_tokenizer(data)
+    check_data_card(data)  # read again at save_final: a bad card fails now, not after training
     init = cfg.resolve(cfg.init_from)
     if init is not None and not (init / "config.json").is_file():
         raise ConfigError(f"init_from {init} is not a saved model (no config.json); run the earlier stage first")

@@ -37,6 +37,7 @@ from training.data import (
     read_lineage,
     step_loader,
 )
+from training.data_card import carry_data_card
 from training.dev_loss import GroupedLoss, eval_record, eval_table, log_eval
 from training.distributed import (
     check_shared_dir,
@@ -401,6 +402,7 @@ class StageRunner:
             eos_token_id=tok.eos_token_id, pad_token_id=tok.eos_token_id, do_sample=True, **GENERATION_DEFAULTS
         ).save_pretrained(str(staged[final]))
         parent = read_lineage(self.init) if self.init else None
+        carried = carry_data_card(self.data, parent, staged[final])  # data_licenses, data_card; copies DATA_CARD.md
         lineage = {
             "stage": self.cfg.name,
             "config": self.cfg.model_dump(),
@@ -412,6 +414,7 @@ class StageRunner:
             if (self.data_dir / "manifest.sha256").is_file()
             else None,
             "tokenizer_sha256": self.data.tokenizer_sha256,
+            **carried,
             "init_from": str(self.init) if self.init else None,
             "parent": parent,
             "steps": self.engine.global_steps,

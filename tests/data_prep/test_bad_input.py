@@ -45,7 +45,7 @@ def test_huge_line_is_rejected_without_reading_it_whole(tmp_path):
         fh.write(good + b"\n")
         fh.write(b'{"instruction": "' + b"x" * (50 * 1024 * 1024) + b'", "response": "y"}\n')
         fh.write(good + b"\n")
-    result = prepare_oa_dolly(tmp_path / "o.jsonl", str(big), None)
+    result = prepare_oa_dolly(tmp_path / "o.jsonl", str(big), None, quality={"near_dup": False})  # the same line twice
     s = result.report.sources["dolly"]
     assert s.written == 2 and s.rejected == {"line longer than 8388608 bytes": 1}
 

@@ -9,6 +9,10 @@ from common.chat_format import join_pairs
 from data_prep.jobs import prepare_oa_dolly
 from tests.conftest import DOLLY, OASST_ROWS, OASST_TREES
 
+# BLOOMChat's choices: every OASST message kept whatever its labels, no PII scrub, no near-duplicate removal (the
+# quality pass's defaults are tested in test_quality.py and test_oasst_labels.py)
+BLOOMCHAT = {"oasst_keep_flagged": True, "quality": {"near_dup": False, "pii": "off"}}
+
 
 def bloomchat_reference(oasst_rows, dolly_rows):
     """An independent re-statement of BLOOMChat's prepare_oa_dolly.py algorithm (orphans skipped)."""
@@ -53,7 +57,10 @@ def both_formats(tmp_path_factory):
     """The real Dolly + OASST files in both formats: {format: (result, output path)}."""
     base = tmp_path_factory.mktemp("oa_dolly")
     return {
-        fmt: (prepare_oa_dolly(base / f"{fmt}.jsonl", str(DOLLY), str(OASST_ROWS), format=fmt), base / f"{fmt}.jsonl")
+        fmt: (
+            prepare_oa_dolly(base / f"{fmt}.jsonl", str(DOLLY), str(OASST_ROWS), format=fmt, **BLOOMCHAT),
+            base / f"{fmt}.jsonl",
+        )
         for fmt in ("bloomchat", "pairs")
     }
 
@@ -108,19 +115,21 @@ def test_pairs_carry_source_and_category(pair_texts):
 
 
 def test_trees_export_best_mode(tmp_path):
-    s = prepare_oa_dolly(tmp_path / "a.jsonl", None, str(OASST_TREES)).report.sources["oasst"]
+    s = prepare_oa_dolly(tmp_path / "a.jsonl", None, str(OASST_TREES), **BLOOMCHAT).report.sources["oasst"]
     assert s.read == 1_167 and s.balanced() and s.conversations == 100
 
 
 def test_all_leaves_mode_writes_every_answered_path(tmp_path):
-    s = prepare_oa_dolly(tmp_path / "b.jsonl", None, str(OASST_TREES), oasst_mode="all-leaves").report.sources["oasst"]
+    s = prepare_oa_dolly(
+        tmp_path / "b.jsonl", None, str(OASST_TREES), oasst_mode="all-leaves", **BLOOMCHAT
+    ).report.sources["oasst"]
     # every message lies on some root-to-leaf path: written unless it is an unanswered leaf prompt
     assert s.written + s.filtered["unanswered prompt (no reply)"] == 1_167
     assert s.conversations > 100 and s.balanced()
 
 
 def test_rank_mode_follows_the_best_rank(tmp_path):
-    ranked = prepare_oa_dolly(tmp_path / "c.jsonl", None, str(OASST_TREES), oasst_mode="rank")
+    ranked = prepare_oa_dolly(tmp_path / "c.jsonl", None, str(OASST_TREES), oasst_mode="rank", **BLOOMCHAT)
     assert ranked.report.sources["oasst"].conversations == 100
     trees = [json.loads(line) for line in OASST_TREES.open()]
     first = trees[1]["prompt"]
