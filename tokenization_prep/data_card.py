@@ -143,10 +143,10 @@ def combine_cards(files: list[Path]) -> dict | None:
     }
 
 
-def render_output_markdown(card: dict, out_name: str) -> str:
+def render_output_markdown(card: dict) -> str:
     """``DATA_CARD.md`` of a tokenized dir: the combined facts, then each input's card one heading level down."""
     lines = [
-        f"# Data card: {out_name} (tokenized)",
+        "# Data card (tokenized data)",
         "",
         f"- Licenses: {', '.join(card['licenses'])}",
         f"- Commercial use allowed by every license: {'yes' if card['commercial_use_ok'] else 'no'}",
@@ -174,7 +174,7 @@ def write_output_card(out: Path, files: list[Path]) -> list[str] | None:
     with atomic_write(out / CARD_JSON) as fh:
         fh.write(orjson.dumps(card, option=orjson.OPT_INDENT_2) + b"\n")
     with atomic_write(out / CARD_MD, "w") as fh:
-        fh.write(render_output_markdown(card, out.name))
+        fh.write(render_output_markdown(card))
     return card["licenses"]
 
 
