@@ -189,6 +189,8 @@ def card_lines(card: dict) -> list[str]:
     ]
     if card["share_alike"]:
         ids = sorted({s["license"]["id"] for s in card["sources"].values() if s["license"]["share_alike"]})
-        lines.append(f"share-alike ({', '.join(ids)}): distribute this data and what is adapted from it under the same")
+        lines.append(
+            f"share-alike ({', '.join(ids)}): distribute this data and what is adapted from it under the same license"
+        )
     lines.append(f"data card: {md_path} (and {json_path.name})")
     return lines
