@@ -26,7 +26,9 @@ the first-indexed verified match is returned.
 Cost on all of Dolly-15k (text: instruction, context, response, ~133 words; part: the response, ~61 words) on
 this 2-core VM, measured 2026-12: sketch ~119 us with a part (~92 without), check_add_sketch ~18 us, ~1.36 kB a
 record indexed with a part (tracemalloc; 1 kB of it the two signatures; ~0.79 kB without). Before (MinHashLSH,
-xxh32 a word, no part): ~130 us a record all told and 5.4 kB.
+xxh32 a word, no part): ~130 us a record all told and 5.4 kB. Since, in batches of 16: ~66 us with a part (~55
+without): the reply's signature is read off the text's last shingles when the reply ends the text, and texts whose
+only non-ASCII characters are common punctuation (dashes, curly quotes, no-break spaces) take the ASCII path.
 
     >>> index = NearDupIndex()
     >>> index.check_add("a", "The quick brown fox jumps over the lazy dog near the river bank today")
@@ -94,31 +96,47 @@ def words(text: str) -> list[bytes]:
     return out
 
 
+# non-word characters common in English text (Dolly: ~60% of its non-ASCII texts hold no other non-ASCII): made
+# spaces first, such a text takes the ASCII path (the same words: \\w never matches them)
+_NON_WORD = (
+    "\xa0\u2009\u200a\u200b\u202f\u2010\u2011\u2013\u2014\u2018"
+    "\u2019\u201c\u201d\u2022\u2026\u2032\u2033\u2044\u2212\xb0\xb7\xd7\xab\xbb"
+)
+
+
 def _canonical(text: str) -> bytes:
     """The text's words joined by single spaces: what the shingle hashes are computed on."""
-    return b" ".join(text.encode().translate(_ASCII).split() if text.isascii() else words(text))
+    if not text.isascii():
+        for c in _NON_WORD:
+            if c in text:
+                text = text.replace(c, " ")
+        if not text.isascii():
+            return b" ".join(words(text))
+    return b" ".join(text.encode().translate(_ASCII).split())
 
 
 def _shingles(texts: list[str], shingle: int) -> tuple[np.ndarray, list[int]]:
-    """uint32 hashes of each text's shingles, all texts' in order, and each text's shingle count. A shingle's hash
-    is a polynomial in its bytes (words joined by single spaces) mod 2**64, read off one prefix sum over all texts
-    (its top 32 bits); a text without words has one empty shingle (hash 0)."""
-    canon = [_canonical(t) for t in texts]
+    """uint32 hashes of each text's shingles, all texts' in order, and each text's shingle count (see
+    ``_canon_shingles``)."""
+    return _canon_shingles([_canonical(t) for t in texts], shingle)
+
+
+def _canon_shingles(canon: list[bytes], shingle: int) -> tuple[np.ndarray, list[int]]:
+    """uint32 hashes of each canonical text's shingles, all texts' in order, and each text's shingle count. A
+    shingle's hash is a polynomial in its bytes (words joined by single spaces) mod 2**64, read off one prefix sum
+    over all texts (its top 32 bits); a text without words has one empty shingle (hash 0)."""
     buf = b" " + b" ".join(canon) + b" "
     c = np.frombuffer(buf, np.uint8)
     pw, inv = _powers(_BASE, len(c))
     prefix = np.cumsum(c * pw[: len(c)])  # uint8 * uint64 -> uint64, wrapping
     spaces = np.flatnonzero(c == 32)  # word i of buf lies between spaces[i] and spaces[i + 1]
-    lo, hi, sizes, at = [], [], [], 0
-    for t in canon:
-        n = t.count(b" ") + 1 if t else 0
-        width = max(1, min(shingle, n))
-        first = np.arange(at, at + max(1, n - width + 1))
-        lo.append(spaces[first])
-        hi.append(spaces[first + width] if n else spaces[first])  # no words: one empty shingle (hash 0)
-        sizes.append(len(first))
-        at += n + (not n)  # an empty text still has its separator
-    lo, hi = np.concatenate(lo), np.concatenate(hi)
+    counts = [t.count(b" ") + 1 if t else 0 for t in canon]  # words of each text
+    widths = [min(shingle, n) for n in counts]  # 0: no words, one empty shingle
+    sizes = [max(1, n - w + 1) for n, w in zip(counts, widths)]
+    starts = np.cumsum([0] + [n + (not n) for n in counts[:-1]])  # an empty text still has its separator
+    ends = np.cumsum(sizes)
+    first = np.arange(ends[-1]) + np.repeat(starts - (ends - sizes), sizes)  # each shingle's first word
+    lo, hi = spaces[first], spaces[first + np.repeat(widths, sizes)]
     h = (prefix[hi] - prefix[lo]) * inv[lo]
     return (h >> _U64(32)).astype(np.uint32), sizes
 
@@ -144,14 +162,20 @@ def signature(hashes: np.ndarray, permutations: np.ndarray, sizes: list[int] | N
     >>> bool((signature(np.array([1, 2, 3], np.uint32), m.permutations) == m.hashvalues).all())
     True
     """
-    a, b = permutations
-    mixed = np.repeat(_fmix(hashes, 32), len(a)).reshape(-1, len(a))  # contiguous: 3x faster than broadcasting
-    mixed *= a
-    mixed += b
+    mixed = _mixed(hashes, permutations)
     if sizes is None:
         return mixed.min(axis=0)
     ends = np.cumsum(sizes).tolist()
     return np.stack([mixed[e - n : e].min(axis=0) for e, n in zip(ends, sizes)])  # reduceat: 3x slower
+
+
+def _mixed(hashes: np.ndarray, permutations: np.ndarray) -> np.ndarray:
+    """The permuted hashes, a row per hash and a column per permutation (``signature`` takes column minima)."""
+    a, b = permutations
+    mixed = np.repeat(_fmix(hashes, 32), len(a)).reshape(-1, len(a))  # contiguous: 3x faster than broadcasting
+    mixed *= a
+    mixed += b
+    return mixed
 
 
 class Sketch(NamedTuple):
@@ -211,26 +235,43 @@ class NearDupIndex:
 
     def sketch(self, text: str, part: str | None = None) -> Sketch:
         """The text's (and part's) signatures and band keys: pure and deterministic, for worker processes."""
-        hashes, sizes = _shingles([text] if part is None else [text, part], self.shingle)
-        sigs = signature(hashes, self._perms, sizes)
-        bands = sigs[0, : self.bands * self.rows].reshape(self.bands, self.rows).astype(np.uint64) @ self._row_mix
-        bands = (bands >> _U64(4)) | self._band_tag
-        return Sketch(sigs[0], None if part is None else sigs[1], bands)
+        return self.sketches([(text, part)])[0]
 
     def sketches(self, items: list[tuple[str, str | None]]) -> list[Sketch]:
         """``sketch(text, part)`` of each item, computed together (the same sketches; numpy's per-call cost paid once
-        for the batch, so keep batches small, ~16: the shingle-by-permutation matrix grows with it)."""
-        texts = [t for text, part in items for t in ((text,) if part is None else (text, part))]
-        hashes, sizes = _shingles(texts, self.shingle)
-        sigs = signature(hashes, self._perms, sizes)
-        rows, at = [], 0
-        for _, part in items:
-            rows.append((at, None if part is None else at + 1))
-            at += 1 if part is None else 2
-        text_rows = [r for r, _ in rows]
-        bands = sigs[text_rows, : self.bands * self.rows].reshape(len(items), self.bands, self.rows)
+        for the batch, so keep batches small, ~16: the shingle-by-permutation matrix grows with it). A part whose
+        words end the text's words (a single reply, last) with at least ``shingle`` of them has the text's last
+        shingles, so its signature is read off the text's rows (~30% of a Dolly record's hashing saved)."""
+        canon: list[bytes] = []
+        spans = []  # per item: the text's group, and the part's (group, shingles from its end; 0: all) or None
+        for text, part in items:
+            canon.append(_canonical(text))
+            ct, at = canon[-1], len(canon) - 1
+            if part is None:
+                spans.append((at, None))
+                continue
+            cp = _canonical(part)
+            k = cp.count(b" ") + 1 if cp else 0
+            if k >= self.shingle and ct.endswith(cp) and (len(ct) == len(cp) or ct[-len(cp) - 1] == 32):
+                spans.append((at, (at, k - self.shingle + 1)))
+            else:
+                canon.append(cp)
+                spans.append((at, (at + 1, 0)))
+        hashes, sizes = _canon_shingles(canon, self.shingle)
+        mixed = _mixed(hashes, self._perms)
+        ends = np.cumsum(sizes).tolist()
+        texts, parts = [], []
+        for t, p in spans:
+            texts.append(mixed[ends[t] - sizes[t] : ends[t]].min(axis=0))
+            if p is not None:
+                g, tail = p
+                parts.append(mixed[ends[g] - (tail or sizes[g]) : ends[g]].min(axis=0))
+            else:
+                parts.append(None)
+        sigs = np.stack(texts)
+        bands = sigs[:, : self.bands * self.rows].reshape(len(items), self.bands, self.rows)
         bands = ((bands.astype(np.uint64) @ self._row_mix) >> _U64(4)) | self._band_tag
-        return [Sketch(sigs[t], None if p is None else sigs[p], b) for (t, p), b in zip(rows, bands)]
+        return [Sketch(t, p, b) for t, p, b in zip(sigs, parts, bands)]
 
     def _candidates(self, sk: Sketch) -> list[int]:
         """Ids of every indexed record sharing a band key with ``sk``, sorted, unique."""

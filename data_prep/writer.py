@@ -17,7 +17,7 @@ from common.chat_format import Conversation, Turn, escape_role_tags, render_text
 from common.files import atomic_write
 from data_prep.accounting import Report
 from data_prep.quality import Analysis, QualityPass
-from data_prep.workers import ChunkRunner, chunks
+from data_prep.workers import ChunkRunner
 
 FORMATS = ("pairs", "bloomchat")
 
@@ -26,6 +26,11 @@ def dedup_key(conv: Conversation) -> bytes:
     """Hash of the rendered text, case-folded with whitespace runs collapsed."""
     norm = " ".join(render_text(conv.turns).casefold().split())
     return hashlib.blake2b(norm.encode("utf-8"), digest_size=16).digest()
+
+
+def _payload(chunk: list[Conversation]) -> list[tuple[list[str], list[str]]]:
+    """What the analyzer gets of each conversation: its texts and roles."""
+    return [([t.text for t in c.turns], [t.role for t in c.turns]) for c in chunk]
 
 
 def encode(conv: Conversation, fmt: str, trailing_newline: bool = False) -> bytes:
@@ -90,22 +95,13 @@ class ConversationWriter:
             return
         runner = ChunkRunner(self.quality.analyzer, self.workers)
         try:
-            pending = None
-            for chunk in chunks(ready):  # read chunk k+1 while the workers analyze chunk k
-                handle = runner.submit([([t.text for t in c.turns], [t.role for t in c.turns]) for c in chunk])
-                if pending is not None:
-                    yield from self._decide(*pending)
-                pending = (chunk, handle)
-            if pending is not None:
-                yield from self._decide(*pending)
+            for chunk, analyses in runner.run(ready, _payload):  # chunks read ahead while the workers analyze
+                for conv, found in zip(chunk, analyses):
+                    conv = self.quality.decide(conv, found)
+                    if conv is not None and self.keep(conv, found):
+                        yield conv
         finally:
             runner.close()
-
-    def _decide(self, chunk: list[Conversation], handle) -> Iterator[Conversation]:
-        for conv, found in zip(chunk, handle.get()):
-            conv = self.quality.decide(conv, found)
-            if conv is not None and self.keep(conv, found):
-                yield conv
 
     def keep(self, conv: Conversation, found: Analysis | None = None) -> bool:
         """Exact and near-duplicate checks, then count the conversation as written."""

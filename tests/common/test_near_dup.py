@@ -15,7 +15,7 @@ import orjson
 import pytest
 from datasketch import MinHash
 
-from common.near_dup import NearDupIndex, Sketch, shingle_hashes, signature, words
+from common.near_dup import NearDupIndex, Sketch, _canonical, shingle_hashes, signature, words
 from tests.conftest import DOLLY, ROOT
 
 
@@ -244,3 +244,26 @@ def test_sketches_of_a_batch_equal_one_by_one():
     for one, batched in zip([index.sketch(t, p) for t, p in texts], index.sketches(texts)):
         assert (one.text == batched.text).all() and (one.bands == batched.bands).all()
         assert (one.part is None and batched.part is None) or (one.part == batched.part).all()
+
+
+def test_reply_part_read_off_the_text_equals_its_own_sketch():
+    """A reply that ends the text has its signature read off the text's last shingles: the same as the reply's own
+    signature, on real Dolly records (about a fifth hold non-ASCII words or punctuation), at every shingle size,
+    and for parts that do not end the text or are too short to (computed on their own); the
+    non-ASCII punctuation shortcut gives ``words``' words."""
+    with gzip.open(DOLLY, "rb") as fh:
+        rows = [orjson.loads(line) for line in itertools.islice(fh, 1500)]
+    items = [(f"{r['instruction']}\n{r['context']}\n{r['response']}", r["response"]) for r in rows]
+    items += [(f"{r['response']}\n{r['instruction']}", r["response"]) for r in rows[:200]]  # not at the end
+    items += [("Ask me. Café—crème, OK?", "café—CRÈME ok"), ("one two", "two"), ("x", ""), ("", "")]
+    non_ascii = sum(not text.isascii() for text, _ in items)
+    assert non_ascii > 250
+    for shingle in (5, 2, 1):
+        index = NearDupIndex(shingle=shingle)
+        together = [sk for at in range(0, len(items), 16) for sk in index.sketches(items[at : at + 16])]
+        alone = index.sketches([(part, None) for _, part in items])
+        texts = index.sketches([(text, None) for text, _ in items])
+        for (text, part), sk, own, whole in zip(items, together, alone, texts, strict=True):
+            assert (sk.part == own.text).all() and (sk.text == whole.text).all(), (shingle, text)
+    for text, part in items:  # the punctuation shortcut finds ``words``' words
+        assert _canonical(text) == b" ".join(words(text)) and _canonical(part) == b" ".join(words(part))

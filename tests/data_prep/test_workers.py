@@ -3,9 +3,14 @@ output, the rejects file (its order too) and the counts, on real Dolly and OASST
 
 import gzip
 import json
+import pickle
 
+from common.chat_format import BOT, HUMAN
 from data_prep import workers
+from data_prep.accounting import Report
 from data_prep.jobs import prepare_oa_dolly
+from data_prep.quality import QualityPass, pack, unpack
+from data_prep.settings import QualitySettings
 from tests.conftest import DOLLY, OASST_ROWS
 
 
@@ -28,3 +33,27 @@ def test_any_number_of_workers_gives_the_same_bytes(tmp_path, monkeypatch):
     dolly = runs[1][2]["dolly"]
     assert dolly["filtered"]["near-duplicate"] > 30 and dolly["pii"]["email"] >= 60  # the plants were seen
     assert runs[1] == runs[2] == runs[3]
+
+
+def test_packed_analyses_come_back_equal(tmp_path):
+    """What a worker sends back (``pack``, pickled, ``unpack``) is the analyses it made: texts, PII, language, eval
+    item and every sketch array, the reply's part included (a multi-turn record has one, a dropped record none)."""
+    with gzip.open(DOLLY, "rt", encoding="utf-8") as fh:
+        real = [json.loads(next(fh)) for _ in range(300)]
+    evals = tmp_path / "eval.jsonl"
+    evals.write_text(json.dumps({"prompt": real[7]["instruction"] + " " + real[7]["response"]}) + "\n")
+    payload = [([r["instruction"] + " mail a.b@example.com", r["response"]], [HUMAN, BOT]) for r in real[:100]]
+    roles = [HUMAN, BOT, HUMAN, BOT]
+    payload += [([r["instruction"], r["response"], "And?", r["context"] or "no"], roles) for r in real]
+    settings = QualitySettings(decontaminate=[str(evals)])
+    found = QualityPass.build(settings, Report(), {}).analyzer.analyze_many(payload)
+    back = unpack(pickle.loads(pickle.dumps(pack(found))))
+    assert sum(a.eval_item is not None for a in found) >= 1 and sum(bool(a.pii) for a in found) == 100
+    assert sum(a.sketch is not None and a.sketch.part is not None for a in found) == len(found) - 1
+    for a, b in zip(found, back, strict=True):
+        assert (a.texts, a.pii, a.lang, a.eval_item) == (b.texts, b.pii, b.lang, b.eval_item)
+        assert (a.sketch is None) == (b.sketch is None)
+        if a.sketch is not None:
+            assert (a.sketch.text == b.sketch.text).all() and (a.sketch.bands == b.sketch.bands).all()
+            assert (a.sketch.part is None) == (b.sketch.part is None)
+            assert a.sketch.part is None or (a.sketch.part == b.sketch.part).all()
