@@ -135,8 +135,7 @@ class QualityPass:
             else None
         )
         self.analyzer = Analyzer(settings, decontaminator, self.near_dup)
-        self.kept_source: dict[str, str] = {}  # near-dup key -> its source (for cluster counts)
-        self.clusters: set[str] = set()
+        self.clusters: set[str] = set()  # kept records that had a near-duplicate dropped
 
     @classmethod
     def build(
@@ -181,7 +180,6 @@ class QualityPass:
         key = f"{conv.source}/{conv.id}"
         hit = self.near_dup.check_add_sketch(key, found.sketch)
         if hit is None:
-            self.kept_source[key] = conv.source
             return True
         kept, similarity = hit
         self.report.quarantine(
@@ -194,7 +192,10 @@ class QualityPass:
         )
         if kept not in self.clusters:
             self.clusters.add(kept)
-            self.report.source(self.kept_source[kept]).near_dup_clusters += 1
+            # the kept record's source is its key's prefix (the longest source name that is one: names may hold "/");
+            # no per-record map, so memory grows only by the index itself
+            source = max((s for s in self.report.sources if kept.startswith(s + "/")), key=len)
+            self.report.source(source).near_dup_clusters += 1
         return False
 
     def written(self, conv: Conversation) -> None:

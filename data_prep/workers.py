@@ -14,8 +14,11 @@ from __future__ import annotations
 import multiprocessing
 import os
 from collections import deque
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Iterable, Iterator
 
+from common.errors import DataError
 from data_prep.quality import Analysis, Analyzer, pack, unpack
 
 CHUNK = 256  # conversations per task: big enough to amortize the pickling, small enough to keep both sides busy
@@ -39,13 +42,19 @@ class _Task:
         self.analyzer, self.payload, self.sent = analyzer, payload, None
 
     def send(self, pool) -> None:
-        self.sent = pool.apply_async(_analyze_chunk, (self.payload,))
+        self.sent = pool.submit(_analyze_chunk, self.payload)
         self.payload = None
 
     def get(self) -> list[Analysis]:
         if self.sent is None:
             return self.analyzer.analyze_many(self.payload)
-        return unpack(self.sent.get())
+        try:
+            return unpack(self.sent.result())
+        except BrokenProcessPool:
+            raise DataError(
+                "a quality-pass worker process died (killed, or out of memory?); nothing was written: rerun, or "
+                "pass --num_workers 1 to run the pass in one process"
+            ) from None
 
 
 class ChunkRunner:
@@ -67,7 +76,7 @@ class ChunkRunner:
                 self._first = task
                 return task
             _ANALYZER = self.analyzer
-            self.pool = multiprocessing.get_context("fork").Pool(self.workers)
+            self.pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("fork"))
             if self._first.sent is None and self._first.payload is not None:
                 self._first.send(self.pool)
         task.send(self.pool)
@@ -87,8 +96,7 @@ class ChunkRunner:
 
     def close(self) -> None:
         if self.pool is not None:
-            self.pool.terminate()
-            self.pool.join()
+            self.pool.shutdown(wait=True, cancel_futures=True)
             self.pool = None
 
 

@@ -3,9 +3,13 @@ output, the rejects file (its order too) and the counts, on real Dolly and OASST
 
 import gzip
 import json
+import os
 import pickle
 
+import pytest
+
 from common.chat_format import BOT, HUMAN
+from common.errors import DataError
 from data_prep import workers
 from data_prep.accounting import Report
 from data_prep.jobs import prepare_oa_dolly
@@ -57,3 +61,19 @@ def test_packed_analyses_come_back_equal(tmp_path):
             assert (a.sketch.text == b.sketch.text).all() and (a.sketch.bands == b.sketch.bands).all()
             assert (a.sketch.part is None) == (b.sketch.part is None)
             assert a.sketch.part is None or (a.sketch.part == b.sketch.part).all()
+
+
+def _die(payload):
+    os._exit(9)  # a worker killed mid-chunk (kill -9, the OOM killer)
+
+
+def test_a_dead_worker_stops_the_run_in_one_line_and_writes_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr(workers, "CHUNK", 50)
+    monkeypatch.setattr(workers, "_analyze_chunk", _die)
+    with gzip.open(DOLLY, "rt", encoding="utf-8") as fh:
+        src = tmp_path / "dolly.jsonl"
+        src.write_text("".join(next(fh) for _ in range(300)))
+    out = tmp_path / "out.jsonl"
+    with pytest.raises(DataError, match="worker process died.*--num_workers 1"):
+        prepare_oa_dolly(out, str(src), None, quality={"num_workers": 2})
+    assert not out.exists() and not list(tmp_path.glob("out.jsonl*"))
