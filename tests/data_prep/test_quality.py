@@ -22,6 +22,11 @@ FRENCH = {
 }
 
 
+def chat_record(user: str, bot: str) -> str:
+    """One OpenAI-style record, a JSONL line."""
+    return json.dumps({"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": bot}]}) + "\n"
+
+
 def rows(path):
     return [json.loads(line) for line in path.open()]
 
@@ -114,17 +119,7 @@ def test_clean_real_records_are_not_filtered(tmp_path):
 
 def test_user_data_license_and_commercial_only(tmp_path):
     chat = tmp_path / "held.jsonl"
-    chat.write_text(
-        json.dumps(
-            {
-                "messages": [
-                    {"role": "user", "content": "Hi there, how are you doing today?"},
-                    {"role": "assistant", "content": "Fine, thank you for asking!"},
-                ]
-            }
-        )
-        + "\n"
-    )
+    chat.write_text(chat_record("Hi there, how are you doing today?", "Fine, thank you for asking!"))
     res = prepare_chat(tmp_path / "a.jsonl", [f"mine={chat}"], license=["mine=CC-BY-4.0"])
     assert rows(tmp_path / "a.jsonl")[0][0]["license"] == "CC-BY-4.0"
     assert res.card is not None
@@ -147,9 +142,7 @@ def test_user_data_license_and_commercial_only(tmp_path):
 )
 def test_bad_settings_are_one_line_before_any_work(tmp_path, flags, says):
     chat = tmp_path / "held.jsonl"
-    chat.write_text(
-        json.dumps({"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}]}) + "\n"
-    )
+    chat.write_text(chat_record("Hi", "Yo"))
     out = tmp_path / "out.jsonl"
     proc = subprocess.run(
         [sys.executable, "-m", "data_prep", "prepare_chat", "--input", str(chat), "--output_path", str(out), *flags],
