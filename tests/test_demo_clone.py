@@ -57,6 +57,12 @@ def test_demo_command_on_a_fresh_clone(tmp_path):
     assert "\nbot: " in out and "tokens, stop: " in out and "== summary" in out and "| padding % |" in out
     lineage = json.loads((clone / "training/ckpt/stage3_dpo/final/lineage.json").read_text())
     assert sum(s["pairs"] for s in lineage["final_eval_by_source"].values()) == 8  # --quick's --eval_rows 8
+    # the data card followed the data: stage 3's own pairs are OASST1's (Apache-2.0), its parents' Dolly (CC BY-SA)
+    assert lineage["data_licenses"] == ["Apache-2.0", "CC-BY-SA-3.0"] and lineage["data_card"]["licenses"] == [
+        "Apache-2.0"
+    ]
+    assert (clone / "training/ckpt/stage3_dpo/final/DATA_CARD.md").is_file()
+    assert "trained on data under: Apache-2.0, CC-BY-SA-3.0" in out and "share-alike (CC-BY-SA-3.0)" in out
     evaluation = json.loads((clone / "training/ckpt/evaluation.json").read_text())
     assert evaluation["dev_pairs"] == 8 and evaluation["dev_rows"] == 4  # --quick's --dev_pairs, --dev_rows
     assert "what the models learned" in out and "| untrained (stage1_oig) | dolly |" in out  # the evaluation
