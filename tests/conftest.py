@@ -33,7 +33,8 @@ def chat_jsonl_file(directory: Path, dolly_lines: int = 0, oasst: bool = True) -
         with gzip.open(DOLLY, "rb") as fh:
             dolly.write_bytes(b"".join(next(fh) for _ in range(dolly_lines)))
     out = directory / "chat.jsonl"
-    prepare_oa_dolly(out, str(dolly) if dolly else None, str(OASST_TREES) if oasst else None)
+    # every one of the 100 trees (their 5 synthetic messages too, as BLOOMChat): the fixtures' data stays put
+    prepare_oa_dolly(out, str(dolly) if dolly else None, str(OASST_TREES) if oasst else None, oasst_keep_flagged=True)
     return out
 
 
