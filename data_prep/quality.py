@@ -110,11 +110,11 @@ class Analyzer:
         texts = scrubbed or texts
         whole = "\n".join(texts)
         eval_item = self.decontaminator.match(whole) if self.decontaminator is not None else None
-        sketch = None
+        sk = None
         if sketch and self.near_dup is not None and eval_item is None:
             replies = "\n".join(t for t, r in zip(texts, roles) if r == BOT)  # a copy needs the same replies too
-            sketch = self.near_dup.sketch(whole, replies)
-        return Analysis(scrubbed, dict(found), self.tagger.detect(whole), eval_item, sketch)
+            sk = self.near_dup.sketch(whole, replies)
+        return Analysis(scrubbed, dict(found), self.tagger.detect(whole), eval_item, sk)
 
 
 class QualityPass:

@@ -77,3 +77,14 @@ def test_a_dead_worker_stops_the_run_in_one_line_and_writes_nothing(tmp_path, mo
     with pytest.raises(DataError, match="worker process died.*--num_workers 1"):
         prepare_oa_dolly(out, str(src), None, quality={"num_workers": 2})
     assert not out.exists() and not list(tmp_path.glob("out.jsonl*"))
+
+
+def test_one_conversation_alone_is_analyzed_as_in_a_batch():
+    settings = QualitySettings()
+    qp = QualityPass(settings, Report(), {}, "NOASSERTION")
+    with gzip.open(DOLLY, "rt", encoding="utf-8") as fh:
+        rec = json.loads(next(fh))
+    texts, roles = [rec["instruction"], rec["response"]], [HUMAN, BOT]
+    alone, batched = qp.analyzer.analyze(texts, roles), qp.analyzer.analyze_many([(texts, roles)])[0]
+    assert alone.sketch is not None and (alone.sketch.text == batched.sketch.text).all()
+    assert (alone.lang, alone.pii, alone.eval_item) == (batched.lang, batched.pii, batched.eval_item)
