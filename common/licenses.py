@@ -146,3 +146,12 @@ def check_commercial(licenses: dict[str, str]) -> None:
             raise ConfigError(
                 f"--commercial_only: input {name} is {lic.spdx} (non-commercial); remove it or drop --commercial_only"
             )
+
+
+def checked_licenses(licenses: dict[str, str], commercial_only: bool, flag: str = "--license") -> dict[str, str]:
+    """Every input's SPDX id in its registry spelling (an unknown id is one ConfigError line naming ``flag``); with
+    ``commercial_only``, ``check_commercial`` on them. What every data_prep command does before reading any input."""
+    checked = {name: lookup(spdx, flag).spdx for name, spdx in licenses.items()}
+    if commercial_only:
+        check_commercial(checked)
+    return checked

@@ -27,7 +27,7 @@ from common.cli import guard
 from common.data_card import write_data_card
 from common.errors import DataError
 from common.files import atomic_write
-from common.licenses import SOURCE_LICENSES, check_commercial, lookup
+from common.licenses import SOURCE_LICENSES, checked_licenses
 from common.settings import build
 from data_prep.accounting import Report
 from data_prep.cli import parse_command, run_job
@@ -108,11 +108,8 @@ def preferences_job(s: PreferenceSettings) -> PreferenceResult:
         name, _, path = spec.partition("=") if "=" in spec and not Path(spec).exists() else ("", "", spec)
         named.append((name or source_name(path), path))
     licenses, _ = input_licenses(s.license, [n for n, _ in named])
-    licenses = {name: lookup(spdx, "--license").spdx for name, spdx in licenses.items()}
-    if s.oasst:
-        licenses = {"oasst": SOURCE_LICENSES["oasst"], **licenses}
-    if s.commercial_only:
-        check_commercial(licenses)
+    oasst = {"oasst": SOURCE_LICENSES["oasst"]} if s.oasst else {}
+    licenses = checked_licenses({**oasst, **licenses}, s.commercial_only)
     settings = {"oasst": s.oasst or None, "oasst_split": s.oasst_split, "pairs": s.pairs}
     settings.update({"inputs": [f"{n}={p}" for n, p in named], "input_split": s.input_split})
     result = PreferenceResult(output, 0, Report(strict=s.strict), settings)

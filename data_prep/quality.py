@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from common.chat_format import BOT, Conversation, Turn
-from common.licenses import check_commercial, lookup
+from common.licenses import checked_licenses, lookup
 from common.near_dup import NearDupIndex, Sketch
 from data_prep.accounting import Report
 from data_prep.decontaminate import Decontaminator
@@ -143,11 +143,9 @@ class QualityPass:
     ) -> "QualityPass":
         """Check the licenses (known SPDX ids; ``--commercial_only``) and every setting, read the eval files; then
         build. ``licenses`` maps input names to SPDX ids; any other source gets ``default_license``."""
-        licenses = {name: lookup(spdx, "--license").spdx for name, spdx in licenses.items()}
+        checked = checked_licenses(licenses or {"input": default_license}, settings.commercial_only)
         default_license = lookup(default_license, "--license").spdx
-        if settings.commercial_only:
-            check_commercial(licenses or {"input": default_license})
-        return cls(settings, report, licenses, default_license)
+        return cls(settings, report, checked if licenses else {}, default_license)
 
     def decide(self, conv: Conversation, found: Analysis) -> Conversation | None:
         """Tag and filter one conversation with its analysis, before the exact dedup."""
