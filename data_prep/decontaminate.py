@@ -15,7 +15,7 @@ An item shorter than ``n`` words matches when its whole word sequence appears in
 ``min_words`` (8) words; shorter items would match common phrases, so they are counted as too short and never match
 (``too_short``, in ``summary_line()``). ``match`` names the first item in file order that matches.
 
-Speed (measured in tests/data_prep/test_decontaminate.py::test_speed): numpy finds the words of a record (a lookup
+Speed (benchmarks/bench_data_quality.py, case "decontaminate"): numpy finds the words of a record (a lookup
 table of the code points ``\\w`` matches) and hashes every ``min_words``-word window at once (a polynomial over the
 words' polynomial hashes, by prefix sums modulo 2**64); one set lookup per record asks whether any window starts an
 item's n-gram or is a short item's head; only such a hit (rare) is confirmed word by word, so hashes never decide.

@@ -81,6 +81,8 @@ def leakage_lines(leakage: dict | None, limit: int = 10) -> list[str]:
     JSON); nothing when the check is off."""
     if leakage is None:
         return []
+    if not leakage["checked"]:  # no dev or test split: nothing to check
+        return ["", f"Dev-split leakage ({leakage['mode']}): no dev or test lines to check."]
     verb = "moved" if leakage["mode"] == "move" else "dropped"
     out = [
         "",

@@ -3,7 +3,6 @@
 import gzip
 import json
 import re
-import time
 
 import pytest
 
@@ -151,17 +150,13 @@ def test_bad_files(tmp_path, name, content, says):
     assert str(err.value).startswith(f"{tmp_path}/{says}") and "\n" not in str(err.value)
 
 
-def test_speed(dolly, tmp_path):
-    """>= 30,000 records/s wanted on an idle core with ~1,000 items (measured: see the module docstring); asserted
-    at a third of that so a busy 2-core machine does not fail it."""
+def test_a_thousand_real_eval_items_flag_only_the_real_overlaps(dolly, tmp_path):
+    """1,000 OASST texts as eval items against all of Dolly: the 2 records that quote one (speed is measured by
+    benchmarks/bench_data_quality.py, not here)."""
     _, texts = dolly
     path = tmp_path / "eval.jsonl"
     oasst = [json.loads(line)["text"] for line in OASST_ROWS.read_text().splitlines()][:1000]
     path.write_text("".join(json.dumps({"prompt": t}) + "\n" for t in oasst))
     d = Decontaminator.from_files([str(path)])
     assert d.items + d.too_short == 1000
-    start = time.process_time()
-    dropped = sum(1 for t in texts if d.match(t))
-    rate = len(texts) / (time.process_time() - start)
-    print(f"decontamination: {rate:,.0f} Dolly records/s against {d.items} items; {dropped} dropped")
-    assert dropped == 2 and rate >= 10_000
+    assert sum(1 for t in texts if d.match(t)) == 2
