@@ -53,7 +53,7 @@ class RunResult:
         return lines
 
 
-def workers(s) -> int:
+def num_workers(s) -> int:
     """``--num_workers``, 0 meaning one per core this process may use."""
     return s.quality.num_workers or default_workers()
 
@@ -102,7 +102,7 @@ def oa_dolly_job(s: OaDollySettings) -> RunResult:
     )
     if oasst:
         converter.load(oasst, split=s.oasst_split)
-    with ConversationWriter(output, s.format, report, dedup=s.dedup, quality=quality, workers=workers(s)) as writer:
+    with ConversationWriter(output, s.format, report, dedup=s.dedup, quality=quality, workers=num_workers(s)) as writer:
         if oasst:
             for conv in writer.prepare(converter.conversations()):
                 writer.write(conv)
@@ -128,7 +128,7 @@ def oig_job(s: OigSettings) -> RunResult:
     quality = QualityPass.build(s.quality, report, {}, default_license=SOURCE_LICENSES["oig"])
     chosen: list[tuple[object, int]] = []
     writer = ConversationWriter(
-        output, s.format, report, dedup=s.dedup, bloomchat_newline=True, quality=quality, workers=workers(s)
+        output, s.format, report, dedup=s.dedup, bloomchat_newline=True, quality=quality, workers=num_workers(s)
     )
     with writer:
         for name, records in resolve_oig_inputs(s.oig, tuple(s.files), strict=s.strict):
@@ -174,7 +174,7 @@ def chat_records_job(s: ChatRecordsSettings) -> RunResult:
         named.append((name or source_name(path), path))
     licenses, default_license = input_licenses(s.license, [n for n, _ in named])
     quality = QualityPass.build(s.quality, report, licenses, default_license)
-    with ConversationWriter(output, s.format, report, dedup=s.dedup, quality=quality, workers=workers(s)) as writer:
+    with ConversationWriter(output, s.format, report, dedup=s.dedup, quality=quality, workers=num_workers(s)) as writer:
         for name, path in named:
             for conv in writer.prepare(chat_record_conversations(path, report, name, s.system, s.split)):
                 writer.write(conv)
