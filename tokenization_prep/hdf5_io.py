@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import os
 from array import array
+from bisect import bisect_right
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -22,33 +24,46 @@ from tokenization_prep.schema import COMPLETION, PADDING, SEP
 BLOCK_ROWS = 64
 
 
+class Segment(NamedTuple):
+    """One writer's token files, and where its tokens and record-id bytes start in the store that reads them."""
+
+    base: int  # first token position
+    rid_base: int  # first record-id byte
+    ids: str
+    types: str
+    rids: str
+
+
+_INT64 = ("offsets", "lines", "rid_offsets")
+_INT32 = ("lengths", "categories", "sources", "type_counts", "tags", "files")
+_TABLES = (("categories", "category_names"), ("sources", "source_names"), ("files", "file_names"))
+
+
 class TokenStore:
     """Append-only article store on disk with per-article offset, length, category and source codes, and the
-    provenance of each article (input file code, line, record id: ids go to a third temp file)."""
+    provenance of each article (input file code, line, record id: ids go to a third temp file).
+
+    One process writes a store; ``concat`` joins the stores a split's shards wrote (in worker processes) into one
+    that reads each shard's files (its ``segments``), and ``subset`` keeps the articles one output file needs. A
+    store pickles without its open files, so it can go to a worker process or a Ray task."""
 
     def __init__(self, directory: Path, name: str):
         directory.mkdir(parents=True, exist_ok=True)
-        self.ids_path = directory / f".{name}.ids.tmp"
-        self.types_path = directory / f".{name}.types.tmp"
-        self.rid_path = directory / f".{name}.record_ids.tmp"
-        self._ids = open(self.ids_path, "wb")
-        self._types = open(self.types_path, "wb")
-        self._rids = open(self.rid_path, "wb")
-        # compact arrays (8 or 4 bytes an article) so memory stays small on big inputs
-        self.offsets = array("q")
-        self.lengths = array("i")
-        self.categories = array("i")
-        self.sources = array("i")
-        self.type_counts = array("i")  # 4 per article: tokens of type 0..3
-        self.tags = array("i")  # the output file each article goes to (its line's tag)
-        self.files = array("i")  # input file code
-        self.lines = array("q")  # 1-based line in that file
-        self.rid_offsets = array("q", [0])  # record id bytes of article a: rid_offsets[a]:rid_offsets[a + 1]
-        self._readers = None
+        paths = [str(directory / f".{name}.{kind}.tmp") for kind in ("ids", "types", "record_ids")]
+        self.__setstate__({"segments": [Segment(0, 0, *paths)], "total": 0})
+        self._writers = [open(p, "wb") for p in paths]
+        # compact arrays (8 or 4 bytes an article) so memory stays small on big inputs: offsets, lines (1-based, in
+        # its input file), rid_offsets (record id bytes of article a: rid_offsets[a]:rid_offsets[a + 1]); lengths,
+        # category/source/input-file codes, type_counts (4 per article: tokens of type 0..3), tags (the output file
+        # each article goes to: its line's tag)
+        for name in _INT64:
+            setattr(self, name, array("q", [0] if name == "rid_offsets" else []))
+        for name in _INT32:
+            setattr(self, name, array("i"))
         self.category_names: dict[str, int] = {}
         self.source_names: dict[str, int] = {}
         self.file_names: dict[str, int] = {}
-        self.total = 0
+        self.rid_lo = self.rid_hi = None  # a subset's record id ranges (rid_offsets stays empty)
 
     def _code(self, table: dict[str, int], name: str | None) -> int:
         if name is None:
@@ -67,10 +82,11 @@ class TokenStore:
         self.files.append(self._code(self.file_names, article.file))
         self.lines.append(article.line)
         rid = (article.record_id or "").encode()
-        self._rids.write(rid)
+        ids, types, rids = self._writers
+        rids.write(rid)
         self.rid_offsets.append(self.rid_offsets[-1] + len(rid))
-        self._ids.write(article.ids.tobytes())
-        self._types.write(article.types.tobytes())
+        ids.write(article.ids.tobytes())
+        types.write(article.types.tobytes())
         self.total += len(article.ids)
         return counts
 
@@ -78,14 +94,86 @@ class TokenStore:
         return len(self.lengths)
 
     def seal(self) -> None:
-        for fh in (self._ids, self._types, self._rids):
+        """Done writing: the files are closed and read back from here on."""
+        for fh in self._writers:
             fh.close()
-        self._readers = (open(self.ids_path, "rb"), open(self.types_path, "rb"), open(self.rid_path, "rb"))
+        self._writers = []
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k not in ("_readers", "_writers")}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._readers, self._writers = {}, []
+
+    @classmethod
+    def concat(cls, stores: list["TokenStore"]) -> "TokenStore":
+        """One store over sealed ``stores``, in order: what one process adding all their articles would hold (name
+        codes renumbered in order of first use, as that process would have numbered them)."""
+        out = cls.__new__(cls)
+        out.__setstate__({"segments": [], "total": 0, "rid_lo": None, "rid_hi": None})
+        parts: dict[str, list[np.ndarray]] = {name: [] for name in _INT64 + _INT32}
+        parts["rid_offsets"].append(np.zeros(1, np.int64))
+        tables = {table: {} for _, table in _TABLES}
+        rid_total = 0
+        for s in stores:
+            out.segments += [g._replace(base=g.base + out.total, rid_base=g.rid_base + rid_total) for g in s.segments]
+            for name in _INT64 + _INT32:
+                values = np.frombuffer(getattr(s, name), np.int64 if name in _INT64 else np.int32)
+                if name == "offsets":
+                    values = values + out.total
+                elif name == "rid_offsets":
+                    values = values[1:] + rid_total
+                parts[name].append(values)
+            for codes, table in _TABLES:  # the shard's codes -> the joined store's
+                names = cls.names(getattr(s, table))
+                remap = np.array([tables[table].setdefault(n, len(tables[table])) for n in names] + [-1], np.int32)
+                parts[codes][-1] = remap[parts[codes][-1]]
+            out.total += s.total
+            rid_total += s.rid_offsets[-1]
+        for name, chunks in parts.items():
+            setattr(
+                out, name, array("q" if name in _INT64 else "i", np.concatenate(chunks).tobytes() if chunks else b"")
+            )
+        out.category_names, out.source_names, out.file_names = (tables[t] for _, t in _TABLES)
+        return out
+
+    def subset(self, articles: np.ndarray) -> "TokenStore":
+        """The articles ``articles`` (sorted store indices) as a store numbered 0.. in that order, reading the same
+        files: what writing one output file needs, pickled small."""
+        out = self.__class__.__new__(self.__class__)
+        rid = np.frombuffer(self.rid_offsets, np.int64)
+        out.__setstate__(
+            {"segments": self.segments, "total": self.total, "rid_lo": rid[:-1][articles], "rid_hi": rid[1:][articles]}
+        )
+        for name in _INT64 + _INT32:
+            values = np.frombuffer(getattr(self, name), np.int64 if name in _INT64 else np.int32)
+            if name == "type_counts":
+                values = values.reshape(-1, 4)[articles].ravel()
+            elif name != "rid_offsets":
+                values = values[articles]
+            setattr(
+                out, name, array("q" if name in _INT64 else "i", values.tobytes() if name != "rid_offsets" else b"")
+            )
+        out.category_names, out.source_names, out.file_names = self.category_names, self.source_names, self.file_names
+        return out
+
+    def _reader(self, k: int) -> tuple:
+        if k not in self._readers:
+            self._readers[k] = tuple(open(p, "rb") for p in self.segments[k][2:])
+        return self._readers[k]
 
     def record_id(self, a: int) -> str:
-        fh = self._readers[2]
-        fh.seek(self.rid_offsets[a])
-        return fh.read(self.rid_offsets[a + 1] - self.rid_offsets[a]).decode()
+        if self.rid_lo is not None:
+            lo, hi = int(self.rid_lo[a]), int(self.rid_hi[a])
+        else:
+            lo, hi = self.rid_offsets[a], self.rid_offsets[a + 1]
+        if hi == lo:
+            return ""
+        k = bisect_right(self.segments, lo, key=lambda g: g.rid_base) - 1
+        fh = self._reader(k)[2]
+        fh.seek(lo - self.segments[k].rid_base)
+        return fh.read(hi - lo).decode()
 
     @staticmethod
     def names(table: dict[str, int]) -> list[str]:
@@ -97,14 +185,15 @@ class TokenStore:
         return self.type_counts[4 * a + COMPLETION] + self.type_counts[4 * a + SEP]
 
     def read(self, start: int, end: int) -> tuple[np.ndarray, np.ndarray]:
-        """Token ids and types of global token positions [start, end)."""
-        fi, ft, _ = self._readers
-        fi.seek(4 * start)
-        ft.seek(start)
-        return (
-            np.frombuffer(fi.read(4 * (end - start)), dtype=np.int32),
-            np.frombuffer(ft.read(end - start), dtype=np.int8),
-        )
+        """Token ids and types of token positions [start, end) (within one article)."""
+        if end <= start:
+            return np.zeros(0, np.int32), np.zeros(0, np.int8)
+        k = bisect_right(self.segments, start, key=lambda g: g.base) - 1
+        fi, ft, _ = self._reader(k)
+        lo, n = start - self.segments[k].base, end - start
+        fi.seek(4 * lo)
+        ft.seek(lo)
+        return np.frombuffer(fi.read(4 * n), dtype=np.int32), np.frombuffer(ft.read(n), dtype=np.int8)
 
     def range_counts(self, a: int, s: int, e: int) -> np.ndarray:
         """Tokens per type in range [s, e) of article a (no disk read for a whole article)."""
@@ -113,14 +202,21 @@ class TokenStore:
         base = self.offsets[a]
         return np.bincount(self.read(base + s, base + e)[1], minlength=4)[:4]
 
-    def cleanup(self) -> None:
-        if self._readers:
-            for fh in self._readers:
+    def close(self) -> None:
+        """Close the files this process opened to read."""
+        for handles in self._readers.values():
+            for fh in handles:
                 fh.close()
-            self._readers = None
-        for p in (self.ids_path, self.types_path, self.rid_path):
-            if p.exists():
-                os.unlink(p)
+        self._readers = {}
+
+    def cleanup(self) -> None:
+        """Close and delete the store's files."""
+        self.seal()
+        self.close()
+        for seg in self.segments:
+            for p in seg[2:]:
+                if os.path.exists(p):
+                    os.unlink(p)
 
 
 def materialize(

@@ -67,22 +67,32 @@ class LineIndex:
 
     def read(self, positions) -> Iterator[tuple[str, int, bytes]]:
         """(file, line number, line without its end of line) of the indexed lines ``positions``, in that order."""
-        handles = [open(p, "rb") for p in self.files]
-        try:
-            for k in positions:
-                fh = handles[self.file_index[k]]
-                fh.seek(self.offsets[k])
-                raw = clean_line(fh.readline(), self.offsets[k] == 0)
-                yield str(self.files[self.file_index[k]]), int(self.line_numbers[k]), raw
-        finally:
-            for fh in handles:
-                fh.close()
+        positions = np.asarray(positions, dtype=np.int64)
+        yield from read_lines(
+            [str(p) for p in self.files],
+            self.file_index[positions],
+            self.offsets[positions],
+            self.line_numbers[positions],
+        )
 
     def write(self, path: Path, positions) -> None:
         """The lines ``positions`` to ``path``, one a line (gdp's test and split line files)."""
         with atomic_write(path) as fh:
             for _, _, raw in self.read(positions):
                 fh.write(raw + b"\n")
+
+
+def read_lines(files: list[str], file_index, offsets, line_numbers) -> Iterator[tuple[str, int, bytes]]:
+    """(file, line number, line without its end of line) of lines given by file, byte offset and number."""
+    handles: dict[int, object] = {}
+    try:
+        for i, off, num in zip(file_index.tolist(), offsets.tolist(), line_numbers.tolist()):
+            fh = handles.get(i) or handles.setdefault(i, open(files[i], "rb"))
+            fh.seek(off)
+            yield files[i], num, clean_line(fh.readline(), off == 0)
+    finally:
+        for fh in handles.values():
+            fh.close()
 
 
 def file_lines(path: Path) -> Iterator[tuple[str, int, bytes]]:

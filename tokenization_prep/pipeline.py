@@ -18,6 +18,7 @@ bytes.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import time
@@ -31,6 +32,7 @@ from common.errors import ConfigError, DataError
 from common.files import atomic_write
 from common.settings import command_parser, parse_settings
 from tokenization_prep.data_card import read_output_card, report_summary, write_output_card
+from tokenization_prep.engine import make_engine
 from tokenization_prep.inputs import LineIndex, check_log_path, input_files, read_categories
 from tokenization_prep.leakage import remove_leaks
 from tokenization_prep.metadata import dataset_metadata, write_manifest
@@ -39,9 +41,10 @@ from tokenization_prep.preference_run import run_preference
 from tokenization_prep.report import write_report
 from tokenization_prep.schema import MANIFEST, MARKER
 from tokenization_prep.settings import PipelineConfig
-from tokenization_prep.split_job import SplitJob
+from tokenization_prep.shards import TokenizerSpec, run_tokenizer, shard_tasks, write_file
+from tokenization_prep.split_job import SplitJob, tokenize_splits
 from tokenization_prep.splits import assign_lines, split_counts, split_names
-from tokenization_prep.tokenizer_io import cpu_threads, pad_id, tokenizer_for_data, tokenizer_model_type
+from tokenization_prep.tokenizer_io import pad_id, tokenizer_model_type
 
 
 def prepare_output_dir(out: Path, overwrite: bool) -> None:
@@ -98,7 +101,21 @@ def run_pipeline(cfg: PipelineConfig, log=print) -> dict:
     )
     for w in counts.warnings:
         warn(w)
-    tok, render = tokenizer_for_data(cfg.pretrained_tokenizer, cfg.special_tokens_dict, cfg.apply_chat_template)
+    spec = TokenizerSpec(cfg.pretrained_tokenizer, cfg.special_tokens_dict, cfg.apply_chat_template)
+    engine = make_engine(cfg.engine, cfg.num_workers, cfg.ray_address)
+    output = Output(Path(cfg.output_path))
+    try:
+        with run_tokenizer(spec) as (tok, render):
+            return _run(cfg, files, counts, spec, tok, render, engine, output, logged, warn, log)
+    except BaseException:
+        output.discard()
+        raise
+    finally:
+        engine.close()
+
+
+def _run(cfg, files, counts, spec, tok, render, engine, output, logged, warn, log) -> dict:
+    clock = Clock()
     is_text = cfg.article.is_text or files[0].suffix == ".txt"
     article = cfg.article.model_copy(update={"is_text": is_text, "chat_render": render or cfg.article.chat_render})
     model_type, why = tokenizer_model_type(tok, cfg.model_config_path or cfg.pretrained_tokenizer)
@@ -111,18 +128,37 @@ def run_pipeline(cfg: PipelineConfig, log=print) -> dict:
             f"{lines.total} input lines cannot fill {counts.train} training, {counts.dev} dev and {counts.test} "
             f"test splits (gdp needs at least splits + 2 lines); lower --num_training_splits or the ratios"
         )
-    prepare_output_dir(out, cfg.overwrite_output_path)
+    output.prepare(cfg.overwrite_output_path)
     names = split_names(counts)
     parts = assign_lines(lines.global_numbers, counts, cfg.shuffle, cfg.seed)
     parts, leakage = check_leakage(lines, parts, names, cfg.dev_leakage, article, logged, log)
     by_split = {split: [p for p, (s, _) in zip(parts, names) if s == split] for split in ("train", "test", "dev")}
     write_line_files(out, lines, parts, names, counts, cfg.keep_split_jsonls, ".txt" if is_text else ".jsonl")
-    skipped: list[bytes] = []
-    splits, sizes = {}, {}
-    for split in ("train", "dev"):
-        if by_split[split]:
-            job = SplitJob(split, by_split[split], lines, tok, article, cfg, out, categories)
-            splits[split], sizes[split] = job.run(skipped, warn)
+    clock.lap("index")
+    workers = getattr(engine, "workers", 1)
+    shards = {
+        split: shard_tasks(
+            split, by_split[split], lines, spec, article, cfg.ignore_input_format_error, out / ".shards", workers
+        )
+        for split in ("train", "dev")
+        if by_split[split]
+    }
+    tokenized = tokenize_splits(engine, shards, [str(p) for p in files])
+    clock.lap("tokenize")
+    splits, sizes, tasks = {}, {}, []
+    for split, tokens in tokenized.items():
+        job = SplitJob(
+            split, len(by_split[split]), cfg, out, categories, article.keep_prompt_only_sequences, pad_id(tok)
+        )
+        split_tasks, sizes[split] = job.plan(tokens, warn)
+        splits[split] = tokens.metrics
+        tasks += split_tasks
+    clock.lap("plan")
+    for _ in engine.map(write_file, tasks):
+        pass
+    clock.lap("write")
+    shutil.rmtree(out / ".shards", ignore_errors=True)
+    skipped = [x for tokens in tokenized.values() for x in tokens.skipped]
     if skipped:
         with atomic_write(out / "skipped_lines.jsonl") as fh:
             fh.write(b"\n".join(skipped) + b"\n")
@@ -148,7 +184,62 @@ def run_pipeline(cfg: PipelineConfig, log=print) -> dict:
     with atomic_write(log_path, "w") as fh:
         fh.write("\n".join(logged + report) + "\n")
     write_manifest(out)  # last: an output without it is incomplete
-    return {"output": str(out), "metadata": metadata, "report": report, "splits": splits, "counts": counts}
+    clock.lap("finish")
+    timing = clock.summary(engine.name, workers, parallel=("tokenize", "write"))
+    log("timing: " + orjson.dumps(timing).decode())
+    return {
+        "output": str(out),
+        "metadata": metadata,
+        "report": report,
+        "splits": splits,
+        "counts": counts,
+        "timing": timing,
+    }
+
+
+class Clock:
+    """Wall time per phase of a run, for the ``timing:`` line: which part is serial, which spread over workers."""
+
+    def __init__(self):
+        self.start = self.last = time.perf_counter()
+        self.phases: dict[str, float] = {}
+
+    def lap(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.phases[phase] = round(now - self.last, 3)
+        self.last = now
+
+    def summary(self, engine: str, workers: int, parallel: tuple[str, ...]) -> dict:
+        total = time.perf_counter() - self.start
+        serial = total - sum(self.phases.get(p, 0.0) for p in parallel)
+        return {
+            "total_s": round(total, 3),
+            "serial_s": round(serial, 3),
+            "phases": self.phases,
+            "workers": workers,
+            "engine": engine,
+        }
+
+
+class Output:
+    """The run's output directory: made ready (``prepare_output_dir``), and, when the run stops after that, removed
+    (emptied, when the user gave it), so nothing half-written stays."""
+
+    def __init__(self, path: Path):
+        self.path, self.created, self.prepared = path, not path.exists(), False
+
+    def prepare(self, overwrite: bool) -> None:
+        prepare_output_dir(self.path, overwrite)
+        self.prepared = True
+
+    def discard(self) -> None:
+        if not self.prepared or not self.path.is_dir():
+            return
+        if self.created:
+            shutil.rmtree(self.path, ignore_errors=True)
+            return
+        for p in self.path.iterdir():
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
 
 
 def check_leakage(lines: LineIndex, parts, names, mode: str, article, logged: list[str], log):
@@ -184,7 +275,7 @@ def make_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_settings(make_parser(), PipelineConfig, argv)
-    cpu_threads(cfg.num_workers)
+    os.environ["RAYON_NUM_THREADS"] = "1"  # a worker is one core; with one worker, this process is it
     result = run_pipeline(cfg, log=lambda line: print(line, file=sys.stderr))
     print("\n".join(result["report"]))
     c = result["counts"]

@@ -35,6 +35,8 @@ PIPELINE_ONLY = (  # pipeline fields that gdp's one-file data_prep command does 
     "dev_trees_from",
     "preference_overflow",
     "dev_leakage",
+    "engine",
+    "ray_address",
 )
 
 
@@ -209,7 +211,25 @@ class PipelineConfig(BaseModel):
         "on 5-word shingles of their prompts and completions) move to that line's training file, or are dropped; "
         "off: no check (SFT input only)",
     )
-    num_workers: int | None = Field(None, exclude=True, description="tokenizer threads (output is identical)")
+    num_workers: int | None = Field(
+        None,
+        ge=1,
+        exclude=True,
+        description="worker processes that read, tokenize and write (default: every core; the output is the same "
+        "bytes for any number)",
+    )
+    engine: Literal["local", "ray"] = Field(
+        "local",
+        exclude=True,
+        description="local: this machine's processes; ray: Ray tasks on a cluster (the optional extra: "
+        "bash scripts/install_ray.sh), same bytes out",
+    )
+    ray_address: str | None = Field(
+        None,
+        exclude=True,
+        description="--engine ray: the cluster to use (HOST:PORT of `ray start --head`, or auto); default: a "
+        "local one started for the run",
+    )
 
     @field_validator("input_packing_config", mode="before")
     @classmethod

@@ -55,9 +55,11 @@ def data_prep_file(
     store = TokenStore(output_path.parent, output_path.stem)
     skipped: list[bytes] = []
     try:
-        tokenize_into(
+        bad = tokenize_into(
             file_lines(input_path), ArticleTokenizer(tokenizer, settings), store, metrics, ignore_errors, skipped
         )
+        if bad.count:
+            raise bad.error()
         seqs = pack_store(store, max_len, config, settings.keep_prompt_only_sequences, metrics)
         record_sequences(store, seqs, max_len, metrics)
         write_hdf5(

@@ -59,6 +59,16 @@ class SplitMetrics:
         took = np.frombuffer(seqs.end, dtype=np.int32) - np.frombuffer(seqs.start, dtype=np.int32)
         np.add.at(self.per_article[stage], art, took)
 
+    def merge(self, other: "SplitMetrics") -> None:
+        """Add a shard's counts from tokenizing (shards merged in order count what one pass over their lines would)."""
+        self.lines += other.lines
+        self.skipped_lines += other.skipped_lines
+        self.articles += other.articles
+        self.dropped.update(other.dropped)
+        for source, counts in other.by_source.items():
+            self.by_source[source].update(counts)
+        self.article_lengths.extend(other.article_lengths)
+
     def gdp_metrics(self, max_len: int) -> dict:
         """gdp's per-split metrics under its names (``Metrics``), with its meanings: ``articles`` counts lines
         read, ``completion_tokens`` includes end-of-article tokens, the all-prompt drop counts whole rows."""
@@ -89,8 +99,39 @@ class SplitMetrics:
         }
 
 
-def _parsed_batches(lines, settings, metrics, ignore_errors, skipped_log) -> Iterator[list[LineParts]]:
-    """Parse lines into batches of BATCH_LINES; bad lines raise, or are logged and counted."""
+@dataclass
+class BadLines:
+    """Malformed lines seen while tokenizing: how many, and the first in file order (``order``: file -> its place
+    among the inputs). The run stops once the lines are all read, naming that line and the count."""
+
+    order: dict[str, int] = field(default_factory=dict)
+    count: int = 0
+    first: tuple[int, int, str, str] | None = None  # (file place, line, file, why)
+
+    def add(self, file: str, line: int, why: str) -> None:
+        self.count += 1
+        key = (self.order.get(file, 0), line, file, why)
+        if self.first is None or key[:2] < self.first[:2]:
+            self.first = key
+
+    def merge(self, other: "BadLines") -> None:
+        if other.first is not None:
+            _, line, file, why = other.first
+            self.add(file, line, why)
+            self.count += other.count - 1
+
+    def error(self) -> DataError:
+        _, line, file, why = self.first
+        more = f"; {self.count:,} malformed lines in all, this the first in file order" if self.count > 1 else ""
+        return DataError(
+            f"{file}:{line}: {why}{more} (fix the line{'s' if more else ''}, or pass --ignore_input_format_error to "
+            "skip and log such lines)"
+        )
+
+
+def _parsed_batches(lines, settings, metrics, ignore_errors, skipped_log, bad) -> Iterator[list[LineParts]]:
+    """Parse lines into batches of BATCH_LINES; bad lines are logged and counted (``ignore_errors``), else collected
+    in ``bad``: from the first one on, lines are only parsed (to find and count the others), not returned."""
     batch: list[LineParts] = []
     for file, lineno, raw, *tag in lines:  # an optional tag: the output file the line goes to
         metrics.lines += 1
@@ -99,12 +140,12 @@ def _parsed_batches(lines, settings, metrics, ignore_errors, skipped_log) -> Ite
             parts.tag, parts.file, parts.line = (tag[0] if tag else 0), file, lineno
         except InputFormatError as exc:
             if not ignore_errors:
-                raise DataError(
-                    f"{file}:{lineno}: {exc} (fix the line, or pass --ignore_input_format_error "
-                    "to skip and log such lines)"
-                ) from None
+                bad.add(file, lineno, str(exc))
+                continue
             metrics.skipped_lines += 1
             skipped_log.append(orjson.dumps({"file": file, "line": lineno, "reason": str(exc)}))
+            continue
+        if bad.count:
             continue
         if parts.skipped_empty_completions:
             metrics.dropped["empty completion (pair skipped)"] += parts.skipped_empty_completions
@@ -112,7 +153,7 @@ def _parsed_batches(lines, settings, metrics, ignore_errors, skipped_log) -> Ite
         if len(batch) >= BATCH_LINES:
             yield batch
             batch = []
-    if batch:
+    if batch and not bad.count:
         yield batch
 
 
@@ -124,13 +165,18 @@ def tokenize_into(
     ignore_errors: bool,
     skipped_log: list[bytes],
     total: int | None = None,
-    desc: str = "tokenizing",
-) -> None:
-    """Parse, encode and store every line's articles, in order.
+    desc: str | None = "tokenizing",
+    bad: BadLines | None = None,
+    pipelined: bool = True,
+) -> BadLines:
+    """Parse, encode and store every line's articles, in order; return the malformed lines (``bad``, or a new
+    collector; the caller raises its ``error()``).
 
-    Pipelined: while the Rust tokenizer encodes batch k on a worker thread (GIL released), this thread
-    parses batch k+1 and stores batch k-1, so both cores stay busy. Order, hence output, is unchanged.
+    Pipelined: while the Rust tokenizer encodes batch k on a worker thread (GIL released), this thread parses batch
+    k+1 and stores batch k-1, so two cores stay busy; without, one core does it all (a worker process of a
+    ``--num_workers`` run). Order, hence output, is the same.
     """
+    bad = bad if bad is not None else BadLines()
 
     def store_batch(parts_list, encoded):
         for parts, articles in zip(parts_list, atok.assemble(parts_list, encoded)):
@@ -142,20 +188,28 @@ def tokenize_into(
                 for t, name in TYPE_NAMES.items():
                     src[name] += int(counts[t])
 
-    bar = tqdm(total=total, desc=desc, unit="line", mininterval=1.0, file=sys.stderr, disable=None)  # off without a tty
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        pending = None
-        for batch in _parsed_batches(lines, atok.settings, metrics, ignore_errors, skipped_log):
-            future = pool.submit(atok.encode, batch)
+    # off without a tty, and in a worker (desc None: the run shows one bar for all of them)
+    bar = tqdm(total=total, desc=desc, unit="line", mininterval=1.0, file=sys.stderr, disable=None if desc else True)
+    batches = _parsed_batches(lines, atok.settings, metrics, ignore_errors, skipped_log, bad)
+    if not pipelined:
+        for batch in batches:
+            store_batch(batch, atok.encode(batch))
+            bar.update(len(batch))
+    else:
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pending = None
+            for batch in batches:
+                future = pool.submit(atok.encode, batch)
+                if pending is not None:
+                    store_batch(pending[0], pending[1].result())
+                    bar.update(len(pending[0]))
+                pending = (batch, future)
             if pending is not None:
                 store_batch(pending[0], pending[1].result())
                 bar.update(len(pending[0]))
-            pending = (batch, future)
-        if pending is not None:
-            store_batch(pending[0], pending[1].result())
-            bar.update(len(pending[0]))
     bar.close()
     store.seal()
+    return bad
 
 
 def pack_store(
