@@ -13,6 +13,7 @@ if [ "${1:-}" = "--fast" ]; then
   shift
 fi
 bash scripts/setup.sh
+bash scripts/install_ray.sh  # the optional Ray engine, in .venv/ray: its tests run a local Ray cluster
 PKGS=()  # Debian packages some tests drive, installed only when missing
 command -v chromium >/dev/null 2>&1 || PKGS+=(chromium)  # the web page test drives Chromium
 command -v mpirun >/dev/null 2>&1 || PKGS+=(openmpi-bin)  # the launcher test starts a stage under Open MPI's mpirun

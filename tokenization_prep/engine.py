@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import sys
+import shutil
+import socket
+import tempfile
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from common.errors import ConfigError, DataError, UserError
+from common.errors import ConfigError, DataError, UserError, first_line
 
 ROOT = Path(__file__).resolve().parents[1]  # the project: what Ray workers import our modules from
 RAY_FIX = "install it with `bash scripts/install_ray.sh` (or `pip install '.[ray]'`), or use --engine local"
@@ -74,9 +76,10 @@ class LocalEngine:
 
 
 class RayEngine:
-    """Tasks as Ray tasks (no retries: a lost worker stops the run), on the cluster at ``address`` or a local one
-    started for the run. Workers import this project from its path, so on a cluster every node needs the
-    project, the inputs, the tokenizer and the output directory at the same paths (shared storage)."""
+    """Tasks as Ray tasks (no retries: a lost worker stops the run), on the cluster at ``address`` (``ray start
+    --head``'s HOST:PORT, or ``auto``) or on a local one started for the run with ``workers`` CPUs. Workers import
+    this project from its path (put before theirs), so on a cluster every node needs the project, the inputs, the
+    tokenizer and the output directory at the same paths (shared storage)."""
 
     name = "ray"
 
@@ -85,31 +88,44 @@ class RayEngine:
             import ray
         except ImportError:
             raise ConfigError(f"--engine ray: Ray is not installed; {RAY_FIX}") from None
-        self.ray, self.workers = ray, workers
+        self.ray, self.workers, self.temp = ray, workers, None
         self.started = not ray.is_initialized()
-        env = {"env_vars": {"PYTHONPATH": os.pathsep.join([str(ROOT), *sys.path[1:]]), "RAYON_NUM_THREADS": "1"}}
+        if not self.started:
+            return
+        where = f"the Ray cluster at {address}" if address else "a local Ray cluster"
+        fix = "start one with `ray start --head` and pass --ray_address HOST:PORT, or use --engine local"
+        if address and address != "auto":
+            probe(address, where, fix)
+        # the project first, then what the workers had (a PYTHONPATH without ${PYTHONPATH} would hide Ray itself)
+        env = {"env_vars": {"PYTHONPATH": f"{ROOT}{os.pathsep}${{PYTHONPATH}}", "RAYON_NUM_THREADS": "1"}}
+        options = {"address": address}
+        if not address:  # a new local cluster (not one already running here), quiet, its files under a short path
+            os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+            self.temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # Ray's socket paths must stay short
+            options = {
+                "address": "local",
+                "num_cpus": workers,
+                "object_store_memory": 256 * 2**20,
+                "include_dashboard": False,
+                "_temp_dir": self.temp,
+            }
         try:
-            if self.started:
-                options = {} if address else {"num_cpus": workers, "include_dashboard": False}
-                ray.init(address=address, runtime_env=env, log_to_driver=False, logging_level="ERROR", **options)
-        except Exception as exc:  # Ray raises ConnectionError, RuntimeError, ValueError ... by version
-            where = f"the Ray cluster at {address}" if address else "a local Ray cluster"
-            raise ConfigError(
-                f"--engine ray: cannot reach {where} ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
-                "start one with `ray start --head` and pass --ray_address HOST:PORT, or use --engine local"
-            ) from None
-        self._remote: dict[Callable, object] = {}
+            ray.init(runtime_env=env, log_to_driver=False, logging_level="error", **options)
+        except Exception as exc:  # ConnectionError, RuntimeError, ValueError ... by version and cause
+            self.close()
+            raise ConfigError(f"--engine ray: cannot start or reach {where} ({first_line(exc)}); {fix}") from None
+        if address:
+            self.workers = int(ray.cluster_resources().get("CPU", workers))
 
     def map(self, fn: Callable, tasks: Iterable, window: int | None = None) -> Iterator:
         ray = self.ray
-        remote = self._remote.setdefault(fn, ray.remote(max_retries=0, num_cpus=1)(fn))
-        window = window or 2 * max(self.workers, int(ray.cluster_resources().get("CPU", 1)))
+        remote = ray.remote(max_retries=0, num_cpus=1)(fn)
         pending: deque = deque()
 
         def get(ref):
             try:
                 return ray.get(ref)
-            except ray.exceptions.RayTaskError as exc:
+            except ray.exceptions.RayTaskError as exc:  # the task raised: a user error stays one line
                 cause = getattr(exc, "cause", None)
                 if isinstance(cause, UserError):
                     raise cause from None
@@ -121,7 +137,7 @@ class RayEngine:
 
         for task in tasks:
             pending.append(remote.remote(task))
-            if len(pending) >= window:
+            if len(pending) >= (window or 2 * self.workers):
                 yield get(pending.popleft())
         while pending:
             yield get(pending.popleft())
@@ -129,6 +145,20 @@ class RayEngine:
     def close(self) -> None:
         if self.started and self.ray.is_initialized():
             self.ray.shutdown()
+        if self.temp:
+            shutil.rmtree(self.temp, ignore_errors=True)
+            self.temp = None
+
+
+def probe(address: str, where: str, fix: str) -> None:
+    """Fail fast on a cluster address nothing answers at (Ray itself retries for minutes)."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=5).close()
+    except ValueError:
+        raise ConfigError(f"--ray_address {address}: give HOST:PORT (or auto)") from None
+    except OSError as exc:
+        raise ConfigError(f"--engine ray: nothing answers at {where} ({exc.strerror or exc}); {fix}") from None
 
 
 def make_engine(engine: str, workers: int | None, address: str | None = None) -> LocalEngine | RayEngine:

@@ -8,6 +8,7 @@ core).
 
 from __future__ import annotations
 
+import os
 from array import array
 from pathlib import Path
 from typing import Iterator
@@ -82,12 +83,13 @@ class LineIndex:
                 fh.write(raw + b"\n")
 
 
-def read_lines(files: list[str], file_index, offsets, line_numbers) -> Iterator[tuple[str, int, bytes]]:
-    """(file, line number, line without its end of line) of lines given by file, byte offset and number."""
+def read_lines(files: list[str], file_index, offsets, line_numbers, cwd: str = "") -> Iterator[tuple[str, int, bytes]]:
+    """(file, line number, line without its end of line) of lines given by file, byte offset and number (``cwd``: what
+    relative file names are relative to, for a worker elsewhere)."""
     handles: dict[int, object] = {}
     try:
         for i, off, num in zip(file_index.tolist(), offsets.tolist(), line_numbers.tolist()):
-            fh = handles.get(i) or handles.setdefault(i, open(files[i], "rb"))
+            fh = handles.get(i) or handles.setdefault(i, open(os.path.join(cwd, files[i]), "rb"))
             fh.seek(off)
             yield files[i], num, clean_line(fh.readline(), off == 0)
     finally:

@@ -101,7 +101,9 @@ def run_pipeline(cfg: PipelineConfig, log=print) -> dict:
     )
     for w in counts.warnings:
         warn(w)
-    spec = TokenizerSpec(cfg.pretrained_tokenizer, cfg.special_tokens_dict, cfg.apply_chat_template)
+    local = Path(cfg.pretrained_tokenizer).expanduser()  # a local dir by its full path: workers may run elsewhere
+    where = str(local.resolve()) if local.exists() else cfg.pretrained_tokenizer
+    spec = TokenizerSpec(where, cfg.special_tokens_dict, cfg.apply_chat_template)
     engine = make_engine(cfg.engine, cfg.num_workers, cfg.ray_address)
     output = Output(Path(cfg.output_path))
     try:

@@ -9,6 +9,7 @@ stored (``TokenStore.concat``), and what gets packed is planned from that, in on
 
 from __future__ import annotations
 
+import os
 from array import array
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -72,10 +73,11 @@ class ShardTask:
     article: ArticleSettings  # without chat_render: the worker makes it from the tokenizer
     ignore_errors: bool
     store_dir: str
+    cwd: str = field(default_factory=os.getcwd)  # the run's: relative input names are read from there
     check_only: bool = False  # an earlier shard had a malformed line: only find and count this shard's
 
     def lines(self) -> Iterator[tuple[str, int, bytes, int]]:
-        read = read_lines(self.files, self.file_index, self.offsets, self.line_numbers)
+        read = read_lines(self.files, self.file_index, self.offsets, self.line_numbers, self.cwd)
         return ((file, line, raw, tag) for (file, line, raw), tag in zip(read, self.tags.tolist()))
 
 
@@ -115,7 +117,7 @@ def shard_tasks(
             spec,
             article,
             ignore_errors,
-            str(store_dir),
+            str(Path(store_dir).resolve()),
         )
         for k, lo in enumerate(range(0, len(positions), size))
     ]
@@ -181,7 +183,7 @@ def file_task(path: Path, store: TokenStore, rows: Plan, max_len: int, pad_id: i
         rows.end,
         rows.bounds,
     )
-    return FileTask(str(path), store.subset(used), plan, max_len, pad_id, cat_ids, truncated[used])
+    return FileTask(str(Path(path).resolve()), store.subset(used), plan, max_len, pad_id, cat_ids, truncated[used])
 
 
 def write_file(task: FileTask) -> str:
