@@ -9,7 +9,6 @@ core).
 from __future__ import annotations
 
 import os
-from array import array
 from pathlib import Path
 from typing import Iterator
 
@@ -42,23 +41,21 @@ class LineIndex:
 
     def __init__(self, files: list[Path]):
         self.files = files
-        fidx, offs, nums, glob = array("i"), array("q"), array("q"), array("q")
+        fidx, offs, nums, glob = [], [], [], []
         k = 0
         for i, path in enumerate(files):
-            with open(path, "rb") as fh:
-                pos = 0
-                for lineno, raw in enumerate(fh, start=1):
-                    if clean_line(raw, pos == 0).strip():
-                        fidx.append(i)
-                        offs.append(pos)
-                        nums.append(lineno)
-                        glob.append(k)
-                    pos += len(raw)
-                    k += 1
-        self.file_index = np.frombuffer(fidx, np.int32)
-        self.offsets = np.frombuffer(offs, np.int64)
-        self.line_numbers = np.frombuffer(nums, np.int64)
-        self.global_numbers = np.frombuffer(glob, np.int64)
+            starts, blank = line_starts(path)
+            keep = np.flatnonzero(~blank)
+            fidx.append(np.full(len(keep), i, np.int32))
+            offs.append(starts[keep])
+            nums.append(keep + 1)
+            glob.append(keep + k)
+            k += len(starts)
+        join = lambda parts, dtype: np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)  # noqa: E731
+        self.file_index = join(fidx, np.int32)
+        self.offsets = join(offs, np.int64)
+        self.line_numbers = join(nums, np.int64)
+        self.global_numbers = join(glob, np.int64)
         self.total = k
 
     @property
@@ -81,6 +78,42 @@ class LineIndex:
         with atomic_write(path) as fh:
             for _, _, raw in self.read(positions):
                 fh.write(raw + b"\n")
+
+
+_WHITESPACE = np.zeros(256, dtype=bool)
+_WHITESPACE[list(b" \t\n\r\x0b\x0c")] = True  # what bytes.strip() strips
+BLOCK = 1 << 22
+
+
+def line_starts(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Every line's byte offset in one file, and whether it is blank (only whitespace, after a BOM at the start):
+    what splitting on newlines and ``strip()`` say, found with numpy in 4 MiB blocks. Only the rare line that starts
+    with whitespace is read again, to look past it."""
+    starts, firsts = [np.zeros(1, np.int64)], []  # firsts: each start's first byte, once its block is read
+    size, pending = 0, 1  # pending: starts whose first byte is in the next block (0 or 1)
+    with open(path, "rb") as fh:
+        while True:
+            block = np.fromfile(fh, dtype=np.uint8, count=BLOCK)
+            if not len(block):
+                break
+            firsts.append(block[:pending])
+            newline = np.flatnonzero(block == 10)
+            inside = newline[newline + 1 < len(block)] + 1
+            starts.append(inside + size)
+            firsts.append(block[inside])
+            pending = int(len(newline) > 0 and newline[-1] == len(block) - 1)
+            if pending:
+                starts.append(np.array([size + len(block)], np.int64))
+            size += len(block)
+        starts = np.concatenate(starts)
+        if starts[-1] == size:  # the file ends with a newline (or is empty): no line starts there
+            starts = starts[:-1]
+        first = np.concatenate(firsts)[: len(starts)] if firsts else np.zeros(0, np.uint8)
+        blank = np.zeros(len(starts), dtype=bool)
+        for k in np.flatnonzero(_WHITESPACE[first] | (first == 0xEF)).tolist():  # may be blank: look at the line
+            fh.seek(int(starts[k]))
+            blank[k] = not clean_line(fh.readline(), k == 0).strip()
+    return starts, blank
 
 
 def read_lines(files: list[str], file_index, offsets, line_numbers, cwd: str = "") -> Iterator[tuple[str, int, bytes]]:
