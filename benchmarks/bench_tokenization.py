@@ -8,8 +8,11 @@ Also prints the bfd::drop vs greedy::drop packing figures on the 1x input, and, 
 venv exists (``bash benchmarks/setup_gdp_venv.sh GDP_CHECKOUT``), gdp itself against us side by side: same
 input, same flags (``--shuffle False``, its only deterministic mode), same tokenizer files, wall time of the
 whole command.
+Scaling (``bench_scaling.py``): ours and gdp at ``--num_workers N`` on a 6x copy: tokens/s, speedup, the serial
+share (ours' ``timing:`` line), peak RSS per process and on a 12x copy, ours byte-identical across N.
 
     .venv/bin/python benchmarks/bench_tokenization.py [--gdp_python benchmarks/.gdp_venv/bin/python]
+    .venv/bin/python benchmarks/bench_tokenization.py --only scaling --workers 1,2,4,8,16 [--reps 2]
 """
 
 from __future__ import annotations
@@ -17,14 +20,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from gdp_diff import compare  # the sibling script (benchmarks/ is the script's path)
+from bench_scaling import gdp_tokenizer_dir, scaling  # sibling scripts (benchmarks/ is the script's path)
+from gdp_diff import compare
 
 from data_prep.jobs import prepare_oa_dolly
 from tokenization_prep.articles import parse_line, strings_to_encode
@@ -101,12 +104,7 @@ def side_by_side(py: str, module: str, src: Path, out: Path, tokenizer: Path) ->
 
 
 def vs_gdp(gdp_python: str, inputs: dict, tmp: Path) -> None:
-    from transformers import GPTNeoXConfig
-
-    tok = tmp / "pythia_with_config"  # gdp also reads a model config from the tokenizer dir
-    tok.mkdir()
-    shutil.copy(TOKENIZER / "tokenizer.json", tok / "tokenizer.json")
-    GPTNeoXConfig(vocab_size=50304).to_json_file(str(tok / "config.json"))
+    tok = gdp_tokenizer_dir(tmp)
     for name, src in inputs.items():
         ours = min(side_by_side(sys.executable, "tokenization_prep", src, tmp / f"ours_{name}", tok) for _ in range(2))
         gdp = min(side_by_side(gdp_python, "generative_data_prep", src, tmp / f"gdp_{name}", tok) for _ in range(2))
@@ -120,7 +118,19 @@ def vs_gdp(gdp_python: str, inputs: dict, tmp: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--gdp_python", default=str(ROOT / "benchmarks/.gdp_venv/bin/python"))
+    ap.add_argument("--only", choices=["e2e", "scaling"], help="one section (default: both)")
+    ap.add_argument("--workers", default="1,2", help="scaling: --num_workers values, e.g. 1,2,4,8,16 on 16 cores")
+    ap.add_argument("--reps", type=int, default=2, help="scaling: runs per command (best kept)")
+    ap.add_argument("--repeat", type=int, default=6, help="scaling: copies of the input (memory: twice that)")
+    ap.add_argument("--splits", type=int, default=8, help="scaling: --num_training_splits")
     args = ap.parse_args()
+    try:
+        workers = [int(w) for w in args.workers.split(",")]
+    except ValueError:
+        ap.error(f"--workers {args.workers!r}: give comma-separated integers, e.g. 1,2,4")
+    gdp_python = args.gdp_python if Path(args.gdp_python).exists() else None
+    if not gdp_python:
+        print(f"gdp comparison skipped: no {args.gdp_python} (bash benchmarks/setup_gdp_venv.sh GDP_CHECKOUT)")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         src = tmp / "oa.jsonl"
@@ -129,33 +139,39 @@ def main() -> None:
             str(ROOT / "data/samples/dolly/databricks-dolly-15k.jsonl.gz"),
             str(ROOT / "data/samples/oasst1/oasst1_validation_en.jsonl"),
         )
-        big = tmp / "oa10.jsonl"
-        big.write_bytes(src.read_bytes() * 10)
-        rate, n_tokens = raw_rate(src)
-        one = e2e(src, tmp / "out1")
-        ten = e2e(big, tmp / "out10")
-        bfd = e2e(src, tmp / "bfd", "bfd::drop")
-        e2e_rate = n_tokens / one["s"]
-        print(f"raw encode_batch: {rate:,.0f} tokens/s ({n_tokens:,} tokens)")
+        if args.only != "scaling":
+            e2e_section(src, tmp, gdp_python)
+        if args.only != "e2e" and scaling(src, tmp, workers, args.reps, args.repeat, args.splits, gdp_python):
+            sys.exit(1)
+
+
+def e2e_section(src: Path, tmp: Path, gdp_python: str | None) -> None:
+    """raw encode_batch, e2e at 1x and 10x, packing figures, and gdp side by side."""
+    big = tmp / "oa10.jsonl"
+    big.write_bytes(src.read_bytes() * 10)
+    rate, n_tokens = raw_rate(src)
+    one = e2e(src, tmp / "out1")
+    ten = e2e(big, tmp / "out10")
+    bfd = e2e(src, tmp / "bfd", "bfd::drop")
+    e2e_rate = n_tokens / one["s"]
+    print(f"raw encode_batch: {rate:,.0f} tokens/s ({n_tokens:,} tokens)")
+    print(
+        f"end to end 1x : {one['s']:.2f} s, {e2e_rate:,.0f} tokens/s, ratio {e2e_rate / rate:.2f}, "
+        f"peak RSS {one['rss']:,.0f} MB"
+    )
+    print(
+        f"end to end 10x: {ten['s']:.2f} s, {10 * n_tokens / ten['s']:,.0f} tokens/s, "
+        f"peak RSS {ten['rss']:,.0f} MB ({ten['rss'] / one['rss']:.2f} x the 1x RSS)"
+    )
+    for name, r in (("greedy::drop", one), ("bfd::drop", bfd)):
+        real = sum(v for k, v in r["tokens"].items() if k != "padding")
+        lower = -(-real // 2048)
         print(
-            f"end to end 1x : {one['s']:.2f} s, {e2e_rate:,.0f} tokens/s, ratio {e2e_rate / rate:.2f}, "
-            f"peak RSS {one['rss']:,.0f} MB"
+            f"{name:<13} sequences {r['sequences']:,} (ceil(tokens/2048) = {lower:,}, "
+            f"x{r['sequences'] / lower:.4f}), non-padding {100 * real / (real + r['tokens']['padding']):.2f}%"
         )
-        print(
-            f"end to end 10x: {ten['s']:.2f} s, {10 * n_tokens / ten['s']:,.0f} tokens/s, "
-            f"peak RSS {ten['rss']:,.0f} MB ({ten['rss'] / one['rss']:.2f} x the 1x RSS)"
-        )
-        for name, r in (("greedy::drop", one), ("bfd::drop", bfd)):
-            real = sum(v for k, v in r["tokens"].items() if k != "padding")
-            lower = -(-real // 2048)
-            print(
-                f"{name:<13} sequences {r['sequences']:,} (ceil(tokens/2048) = {lower:,}, "
-                f"x{r['sequences'] / lower:.4f}), non-padding {100 * real / (real + r['tokens']['padding']):.2f}%"
-            )
-        if Path(args.gdp_python).exists():
-            vs_gdp(args.gdp_python, {"1x": src, "10x": big}, tmp)
-        else:
-            print(f"gdp comparison skipped: no {args.gdp_python} (bash benchmarks/setup_gdp_venv.sh GDP_CHECKOUT)")
+    if gdp_python:
+        vs_gdp(gdp_python, {"1x": src, "10x": big}, tmp)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,150 @@
+"""Scaling section of bench_tokenization: ours and gdp at ``--num_workers N``: tokens/s, speedup, serial share, RSS.
+
+Each command is a fresh process (the caller's environment, unchanged: what a user runs) under a wrapper that
+reports ``getrusage(RUSAGE_CHILDREN).ru_maxrss``: the largest single process of the command's tree (~ per-worker
+peak). Tokens: every non-padding token of every split plus the dropped ones, from our ``data_report.json`` (the
+same input for both). Ours at every N must write the same ``manifest.sha256``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TOKENIZER = ROOT / "data/tokenizers/gpt-neox-20b"
+FLAGS = ["--input_packing_config", "greedy::drop", "--max_seq_length", "2048", "--shuffle", "False"]
+# argv: LOG CMD...; runs CMD with stdout+stderr to LOG, prints its exit code, wall s and largest process's peak RSS
+WRAPPER = (
+    "import json,resource,subprocess,sys,time;t=time.perf_counter();"
+    "rc=subprocess.call(sys.argv[2:],stdout=open(sys.argv[1],'wb'),stderr=subprocess.STDOUT);"
+    "print(json.dumps({'rc':rc,'s':time.perf_counter()-t,"
+    "'rss':resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss/1024}))"
+)
+
+
+def gdp_tokenizer_dir(tmp: Path) -> Path:
+    """The Pythia tokenizer plus a model config (gdp reads one from the tokenizer dir); the same dir for both."""
+    from transformers import GPTNeoXConfig
+
+    tok = tmp / "pythia_with_config"
+    if not tok.exists():
+        tok.mkdir()
+        shutil.copy(TOKENIZER / "tokenizer.json", tok / "tokenizer.json")
+        GPTNeoXConfig(vocab_size=50304).to_json_file(str(tok / "config.json"))
+    return tok
+
+
+def run_once(py: str, module: str, src: Path, out: Path, tok: Path, workers: int, splits: int) -> dict:
+    """One ``pipeline`` command under the wrapper: {'s', 'rss' (MB), 'timing' (ours' JSON line or None)}."""
+    cmd = [py, "-m", module, "pipeline", "--input_path", str(src), "--output_path", str(out)]
+    cmd += ["--pretrained_tokenizer", str(tok), *FLAGS, "--num_training_splits", str(splits)]
+    cmd += ["--num_workers", str(workers), "--overwrite_output_path"]
+    log = out.with_name(out.name + ".log")
+    proc = subprocess.run([sys.executable, "-c", WRAPPER, str(log), *cmd], cwd=ROOT, capture_output=True, text=True)
+    if proc.returncode:
+        raise SystemExit(f"scaling: the timing wrapper failed: {proc.stderr.strip().splitlines()[-1:]}")
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    lines = log.read_text(errors="replace").splitlines()
+    if res["rc"]:
+        tail = next((ln for ln in reversed(lines) if ln.strip()), "")
+        raise SystemExit(f"scaling: {module} --num_workers {workers} exited {res['rc']}: {tail.strip()} (log: {log})")
+    timing = [ln[ln.index("timing: {") + 8 :] for ln in lines if "timing: {" in ln]
+    res["timing"] = json.loads(timing[-1]) if timing else None
+    return res
+
+
+def best_of(reps: int, *args) -> dict:
+    """Fastest of ``reps`` runs (its timing line), with the highest peak RSS of them all."""
+    runs = [run_once(*args) for _ in range(reps)]
+    best = min(runs, key=lambda r: r["s"])
+    return {**best, "rss": max(r["rss"] for r in runs)}
+
+
+def input_tokens(out: Path) -> int:
+    """Every non-padding token of every split plus the tokens dropped (encoded, then too long)."""
+    splits = json.loads((out / "data_report.json").read_text())["splits"].values()
+    kept = sum(v for s in splits for k, v in s["tokens"].items() if k != "padding")
+    return kept + sum(v for s in splits for v in s.get("tokens_dropped", {}).values())
+
+
+def serial_share(run: dict) -> list[str]:
+    """serial_s / total_s of ours' timing line, and the same with the start-up outside it (wall - total_s) added."""
+    t = run["timing"]
+    if not t or not t.get("total_s"):
+        return ["n/a", "n/a"]
+    start = max(run["s"] - t["total_s"], 0.0)
+    return [f"{t['serial_s'] / t['total_s']:.1%}", f"{(t['serial_s'] + start) / run['s']:.1%}"]
+
+
+def manifest_diff(a: str, b: str) -> list[str]:
+    """Files whose hash differs (or that only one manifest lists)."""
+    pa = {ln.split("  ", 1)[1]: ln for ln in a.splitlines()}
+    pb = {ln.split("  ", 1)[1]: ln for ln in b.splitlines()}
+    return sorted(f for f in pa.keys() | pb.keys() if pa.get(f) != pb.get(f))
+
+
+def scaling(src: Path, tmp: Path, workers: list[int], reps: int, repeat: int, splits: int, gdp_python: str | None):
+    """Build the ``repeat``x input, time ours (and gdp) at each N, print the table, RSS, identity and 2x-input lines."""
+    tok = gdp_tokenizer_dir(tmp)
+    big = tmp / f"scale{repeat}x.jsonl"
+    data = src.read_bytes()
+    big.write_bytes(data * repeat)
+    n_lines = data.count(b"\n") * repeat
+    ours, gdp, manifests = {}, {}, {}
+    for n in workers:
+        out = tmp / f"scale_ours_{n}"
+        ours[n] = best_of(reps, sys.executable, "tokenization_prep", big, out, tok, n, splits)
+        manifests[n] = (out / "manifest.sha256").read_text()
+        if n == workers[0]:
+            tokens = input_tokens(out)
+        shutil.rmtree(out)
+        print(f"  ours N={n}: {ours[n]['s']:.2f} s, timing line: {json.dumps(ours[n]['timing'])}", flush=True)
+        if gdp_python:
+            out = tmp / f"scale_gdp_{n}"
+            gdp[n] = best_of(reps, gdp_python, "generative_data_prep", big, out, tok, n, splits)
+            shutil.rmtree(out)
+            print(f"  gdp  N={n}: {gdp[n]['s']:.2f} s", flush=True)
+    n0 = workers[0]
+    print(
+        f"\nscaling: {repeat}x input ({n_lines:,} lines, {tokens:,} tokens), greedy::drop, 2048, --shuffle False, "
+        f"{splits} training splits; best of {reps}; x = speedup vs N={n0}; serial = serial_s / total_s of ours' "
+        "timing line, +start = with the start-up before it; RSS = largest single process (MB)"
+    )
+    head = ["N", "ours s", "ours tok/s", "ours x", "serial", "+start", "ours RSS"]
+    head += ["gdp s", "gdp tok/s", "gdp x", "gdp RSS"]
+    rows = [head + ["ours/gdp"]]
+    for n in workers:
+        o, g = ours[n], gdp.get(n)
+        row = [str(n), f"{o['s']:.2f}", f"{tokens / o['s']:,.0f}", f"{ours[n0]['s'] / o['s']:.2f}x"]
+        row += [*serial_share(o), f"{o['rss']:,.0f}"]
+        if g:
+            row += [f"{g['s']:.2f}", f"{tokens / g['s']:,.0f}", f"{gdp[n0]['s'] / g['s']:.2f}x", f"{g['rss']:,.0f}"]
+            row += [f"{g['s'] / o['s']:.2f}x"]
+        else:
+            row += ["-"] * 5
+        rows.append(row)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head) + 1)]
+    for r in rows:
+        print("  ".join(c.rjust(w) for c, w in zip(r, widths)))
+    diffs = {n: manifest_diff(manifests[n0], manifests[n]) for n in workers[1:]}
+    bad = {n: d for n, d in diffs.items() if d}
+    if not bad:
+        print(f"ours' outputs byte-identical at N = {', '.join(map(str, workers))} (manifest.sha256 equal)")
+    for n, d in bad.items():
+        print(f"ours' output at N={n} DIFFERS from N={n0}: {', '.join(d[:6])}{' ...' if len(d) > 6 else ''}")
+    mem_n = 2 if 2 in workers else workers[-1]
+    bigger = tmp / f"scale{2 * repeat}x.jsonl"
+    bigger.write_bytes(data * 2 * repeat)
+    big.unlink()
+    two = run_once(sys.executable, "tokenization_prep", bigger, tmp / "scale_ours_2x", tok, mem_n, splits)
+    bigger.unlink()
+    shutil.rmtree(tmp / "scale_ours_2x")
+    print(
+        f"peak RSS ours N={mem_n}: {repeat}x input {ours[mem_n]['rss']:,.0f} MB, {2 * repeat}x input "
+        f"{two['rss']:,.0f} MB = {two['rss'] / ours[mem_n]['rss']:.2f}x ({two['s']:.2f} s, one run)"
+    )
+    return bool(bad)
