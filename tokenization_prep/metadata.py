@@ -67,14 +67,15 @@ def dataset_metadata(
     return meta
 
 
-def write_files_metadata(out: Path, pending: dict[str, bytes]) -> None:
+def write_files_metadata(out: Path, pending: dict[str, bytes], known: dict[Path, str] | None = None) -> None:
     """gdp's ``sha256/files_metadata.json``: key -> {sha256, size, modified_time} of every file in the output,
-    plus ``pending`` files (name -> bytes) that will be written after it (the manifest, our last file)."""
+    plus ``pending`` files (name -> bytes) that will be written after it (the manifest, our last file); ``known``:
+    hashes already taken (path -> sha256), not taken again."""
     entries = {}
     for path in listed_files(out):
         st = path.stat()
         entries[files_metadata_key(out, path)] = {
-            "sha256": sha256_file(path),
+            "sha256": (known or {}).get(path) or sha256_file(path),
             "size": st.st_size,
             "modified_time": st.st_mtime,
         }
@@ -96,7 +97,8 @@ def write_manifest(out: Path) -> None:
         and not p.name.startswith(".")
         and p.relative_to(out).parts[0] != "sha256"
     )
-    manifest = "".join(f"{sha256_file(p)}  {p.relative_to(out).as_posix()}\n" for p in entries).encode()
-    write_files_metadata(out, {MANIFEST: manifest})
+    hashes = {p: sha256_file(p) for p in entries}
+    manifest = "".join(f"{hashes[p]}  {p.relative_to(out).as_posix()}\n" for p in entries).encode()
+    write_files_metadata(out, {MANIFEST: manifest}, hashes)
     with atomic_write(out / MANIFEST) as fh:
         fh.write(manifest)

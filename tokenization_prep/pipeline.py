@@ -22,6 +22,7 @@ import os
 import shutil
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import orjson
@@ -156,10 +157,37 @@ def _run(cfg, files, counts, spec, tok, render, engine, output, logged, warn, lo
         splits[split] = tokens.metrics
         tasks += split_tasks
     clock.lap("plan")
-    for _ in engine.map(write_file, tasks):
-        pass
+    with ThreadPoolExecutor(1) as background:  # the workers write the HDF5 files while this process does the rest
+        writing = background.submit(lambda: [*engine.map(write_file, tasks)])
+        metadata, report = _finish(
+            cfg, files, counts, tok, model_type, out, tokenized, leakage, splits, sizes, categories
+        )
+        writing.result()
     clock.lap("write")
+    if why:  # said once the run succeeded, so that an error stays one line
+        warn(
+            f"warning: metadata.yaml's tokenizer_model_type is unknown ({why}); gdp's validator compares it with "
+            "the model's config type: pass --model_config with the model's dir or hub id"
+        )
     shutil.rmtree(out / ".shards", ignore_errors=True)
+    with atomic_write(log_path, "w") as fh:
+        fh.write("\n".join(logged + report) + "\n")
+    write_manifest(out)  # last: an output without it is incomplete
+    clock.lap("finish")
+    timing = clock.summary(engine.name, workers, parallel=("tokenize", "write"))
+    log("timing: " + orjson.dumps(timing).decode())
+    return {
+        "output": str(out),
+        "metadata": metadata,
+        "report": report,
+        "splits": splits,
+        "counts": counts,
+        "timing": timing,
+    }
+
+
+def _finish(cfg, files, counts, tok, model_type, out, tokenized, leakage, splits, sizes, categories):
+    """Every output file but the HDF5 files, the log and the manifest; returns (metadata, report lines)."""
     skipped = [x for tokens in tokenized.values() for x in tokens.skipped]
     if skipped:
         with atomic_write(out / "skipped_lines.jsonl") as fh:
@@ -178,25 +206,7 @@ def _run(cfg, files, counts, spec, tok, render, engine, output, logged, warn, lo
     if data_licenses is not None:
         extra["data_card"] = report_summary(read_output_card(out))
     report = write_report(splits, cfg.max_seq_length, out, extra)
-    if why:  # said once the run succeeded, so that an error stays one line
-        warn(
-            f"warning: metadata.yaml's tokenizer_model_type is unknown ({why}); gdp's validator compares it with "
-            "the model's config type: pass --model_config with the model's dir or hub id"
-        )
-    with atomic_write(log_path, "w") as fh:
-        fh.write("\n".join(logged + report) + "\n")
-    write_manifest(out)  # last: an output without it is incomplete
-    clock.lap("finish")
-    timing = clock.summary(engine.name, workers, parallel=("tokenize", "write"))
-    log("timing: " + orjson.dumps(timing).decode())
-    return {
-        "output": str(out),
-        "metadata": metadata,
-        "report": report,
-        "splits": splits,
-        "counts": counts,
-        "timing": timing,
-    }
+    return metadata, report
 
 
 class Clock:

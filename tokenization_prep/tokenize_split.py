@@ -281,17 +281,29 @@ def lost_articles(store: TokenStore, metrics: SplitMetrics) -> np.ndarray:
     return truncated
 
 
-def record_sequences(store: TokenStore, seqs, max_len: int, metrics: SplitMetrics) -> None:
+def record_sequences(store: TokenStore, seqs: Plan, max_len: int, metrics: SplitMetrics) -> None:
+    """Count what the rows ``seqs`` hold: fill per row, padding, tokens per type, supervised tokens per source.
+
+    A whole article's counts are its stored ones (numpy, no disk read); only the pieces of cut articles are read."""
     metrics.sequences += len(seqs)
-    for seq in seqs:
-        used = sum(e - s for _, s, e in seq)
-        metrics.fill.append(used / max_len)
-        metrics.tokens["padding"] += max_len - used
-        for a, s, e in seq:
-            counts = store.range_counts(a, s, e)
-            for t, name in TYPE_NAMES.items():
-                metrics.tokens[name] += int(counts[t])
-            metrics.trained[store.sources[a]] += int(counts[COMPLETION] + counts[SEP])
+    if not len(seqs):
+        return
+    art = np.frombuffer(seqs.art, dtype=np.int32)
+    start, end = np.frombuffer(seqs.start, dtype=np.int32), np.frombuffer(seqs.end, dtype=np.int32)
+    row = np.repeat(np.arange(len(seqs)), np.diff(np.frombuffer(seqs.bounds, dtype=np.int64)))
+    used = np.bincount(row, weights=end - start, minlength=len(seqs)).astype(np.int64)
+    metrics.fill.extend((used / max_len).astype(np.float32).tolist())
+    metrics.tokens["padding"] += int(len(seqs) * max_len - used.sum())
+    counts = np.frombuffer(store.type_counts, dtype=np.int32).reshape(-1, 4)[art].astype(np.int64)
+    for k in np.flatnonzero((start != 0) | (end != np.frombuffer(store.lengths, dtype=np.int32)[art])).tolist():
+        counts[k] = store.range_counts(int(art[k]), int(start[k]), int(end[k]))
+    total = counts.sum(axis=0)
+    for t, name in TYPE_NAMES.items():
+        metrics.tokens[name] += int(total[t])
+    supervised = counts[:, COMPLETION] + counts[:, SEP]
+    sources = np.frombuffer(store.sources, dtype=np.int32)[art]
+    for code in np.unique(sources).tolist():
+        metrics.trained[code] += int(supervised[sources == code].sum())
 
 
 def category_table(store: TokenStore, categories: list[str] | None) -> dict[int, int] | None:
