@@ -4,7 +4,7 @@ test_files/ and splits/ line files byte for byte. gdp runs from its own venv (ne
 
     bash benchmarks/setup_gdp_venv.sh /path/to/generative_data_prep   # makes benchmarks/.gdp_venv
     .venv/bin/python benchmarks/gdp_diff.py --pretrained_tokenizer DIR [--input_path FILE] [--lines 3000] \
-        [--work /tmp/gdp_diff]
+        [--work /tmp/gdp_diff] [--num_workers 2]
 
 ``--pretrained_tokenizer`` must be a directory both tools load: a saved tokenizer with a ``config.json`` (gdp reads the
 model config from it); the chat-template cases need a ``chat_template`` in its ``tokenizer_config.json``
@@ -110,6 +110,7 @@ def main() -> int:
     ap.add_argument("--gdp_python", default=str(ROOT / "benchmarks/.gdp_venv/bin/python"))
     ap.add_argument("--work", type=Path, default=Path("/tmp/gdp_diff"))
     ap.add_argument("--only", default=None, help="run the cases whose name contains this")
+    ap.add_argument("--num_workers", type=int, default=2, help="our worker processes (the output is the same for any)")
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     src = args.input_path
@@ -138,14 +139,16 @@ def main() -> int:
             f"{args.max_seq_length} --shuffle False --overwrite_output_path {flags}"
         )
         outs = {}
-        for tool, py, mod in (
-            ("ours", sys.executable, "tokenization_prep"),
-            ("gdp", args.gdp_python, "generative_data_prep"),
+        # ours without the dev-leakage check (gdp has none: it would move dev lines that copy training lines)
+        ours = f"--dev_leakage off --num_workers {args.num_workers}"
+        for tool, py, mod, own in (
+            ("ours", sys.executable, "tokenization_prep", ours),
+            ("gdp", args.gdp_python, "generative_data_prep", ""),
         ):
             out = args.work / f"{tool}_{abs(hash(name)) % 10**8}"
             shutil.rmtree(out, ignore_errors=True)
             r = subprocess.run(
-                f"{py} -m {mod} {common} --output_path {out}",
+                f"{py} -m {mod} {common} {own} --output_path {out}",
                 shell=True,
                 cwd=ROOT,
                 env=env,
