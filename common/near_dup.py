@@ -337,6 +337,14 @@ class NearDupIndex:
             self._insert(key, sketch)
         return found
 
+    def query_sketch(self, sketch: Sketch) -> tuple[str, float] | None:
+        """(key, estimated Jaccard) of the first-indexed near-duplicate of a sketched record, or None."""
+        return self._match(sketch)
+
+    def add_sketch(self, key: str, sketch: Sketch) -> None:
+        """Index a sketched record under ``key`` without checking it."""
+        self._insert(key, sketch)
+
     def query(self, text: str, part: str | None = None) -> tuple[str, float] | None:
         """(key, estimated Jaccard) of the first-indexed near-duplicate of ``text``, or None; indexes nothing."""
         return self._match(self.sketch(text, part))

@@ -3,7 +3,8 @@ split assignment each one is moved to train (``--dev_leakage move``, the default
 
 A line's text is the strings it tokenizes: every pair's prompt and completion (or the whole line of a .txt input).
 Every training line is indexed (``common.near_dup.NearDupIndex``: MinHash LSH, estimated Jaccard >= 0.8 on
-5-word shingles), then each dev line, then each test line, is looked up, in split-file order. Rule for a moved
+5-word shingles), then each dev line, then each test line, is looked up, in split-file order; the lines are
+sketched in the run's worker processes, the index is built and queried in the main process. Rule for a moved
 line: it is appended to the training file that holds the line it matched (the first-indexed match), so it is
 tokenized and packed with its near-copy. Lines that do not parse or hold no text are left where they are (the
 tokenizer reports bad lines as before).
@@ -11,14 +12,17 @@ tokenizer reports bad lines as before).
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field
+from typing import Iterator
 
 import numpy as np
 import orjson
 
 from common.errors import DataError
-from common.near_dup import NearDupIndex
-from tokenization_prep.inputs import LineIndex
+from common.near_dup import NearDupIndex, Sketch
+from tokenization_prep.engine import LocalEngine
+from tokenization_prep.inputs import LineIndex, read_lines
 from tokenization_prep.settings import ArticleSettings
 
 THRESHOLD, SHINGLE = 0.8, 5  # common.near_dup's defaults, stated here for the report
@@ -91,11 +95,65 @@ def line_text(raw: bytes, article: ArticleSettings) -> str:
     return "\n".join(p[k] for p in pairs if isinstance(p, dict) for k in keys if isinstance(p.get(k), str))
 
 
+@dataclass
+class SketchTask:
+    """Lines to sketch, by file, byte offset and line number (a worker reads them itself)."""
+
+    files: list[str]
+    file_index: np.ndarray
+    offsets: np.ndarray
+    line_numbers: np.ndarray
+    article: ArticleSettings  # without chat_render (not needed: the text is the pairs' strings)
+    cwd: str = field(default_factory=os.getcwd)
+
+
+_SKETCHER: list[NearDupIndex] = []  # this process's (its permutations are made once)
+
+
+def sketch_lines(task: SketchTask) -> list[Sketch | None]:
+    """Each line's MinHash sketch (None: no text), in order: the costly, parallel half of the check."""
+    if not _SKETCHER:
+        _SKETCHER.append(NearDupIndex(THRESHOLD, shingle=SHINGLE))
+    reads = read_lines(task.files, task.file_index, task.offsets, task.line_numbers, task.cwd)
+    texts = [line_text(raw, task.article) for _, _, raw in reads]
+    out: list[Sketch | None] = [None] * len(texts)
+    todo = [k for k, text in enumerate(texts) if text.strip()]
+    for lo in range(0, len(todo), 16):  # near_dup's batch size
+        batch = todo[lo : lo + 16]
+        for k, sk in zip(batch, _SKETCHER[0].sketches([(texts[k], None) for k in batch])):
+            out[k] = sk
+    return out
+
+
+def sketched(engine, lines: LineIndex, positions: np.ndarray, article: ArticleSettings) -> Iterator[Sketch | None]:
+    """The sketches of the lines ``positions``, in order, computed by the engine's workers in chunks."""
+    workers = getattr(engine, "workers", 1)
+    size = int(np.clip(-(-len(positions) // (4 * workers)), 256, 4096))
+    files, article = [str(p) for p in lines.files], article.model_copy(update={"chat_render": None})
+    tasks = (
+        SketchTask(
+            files,
+            *(a[positions[lo : lo + size]] for a in (lines.file_index, lines.offsets, lines.line_numbers)),
+            article,
+        )
+        for lo in range(0, len(positions), size)
+    )
+    for chunk in (engine or LocalEngine(1)).map(sketch_lines, tasks):
+        yield from chunk
+
+
 def remove_leaks(
-    lines: LineIndex, parts: list[np.ndarray], names: list[tuple[str, int]], mode: str, article: ArticleSettings
+    lines: LineIndex,
+    parts: list[np.ndarray],
+    names: list[tuple[str, int]],
+    mode: str,
+    article: ArticleSettings,
+    engine=None,
 ) -> tuple[list[np.ndarray], Leakage]:
     """``parts`` (per split file, as ``splits.assign_lines`` gives them) without the dev and test lines that nearly
-    copy a training line: appended to the matched line's training file (``move``) or left out (``drop``)."""
+    copy a training line: appended to the matched line's training file (``move``) or left out (``drop``). The lines
+    are sketched by ``engine``'s workers; the index is built and queried here, in order, so the result is the same
+    for any number of workers."""
     result = Leakage(mode)
     train = [j for j, (s, _) in enumerate(names) if s == "train"]
     others = [j for s in ("dev", "test") for j, (kind, _) in enumerate(names) if kind == s and len(parts[j])]
@@ -103,27 +161,26 @@ def remove_leaks(
         return parts, result
     index = NearDupIndex(THRESHOLD, shingle=SHINGLE)
     owner = np.full(len(lines.offsets), -1, np.int32)  # position -> the training file holding it
+    sketches = sketched(engine, lines, np.concatenate([parts[j] for j in train + others]), article)
     for j in train:
         owner[parts[j]] = j
-        for (file, lineno, raw), pos in zip(lines.read(parts[j]), parts[j]):
-            text = line_text(raw, article)
-            if text.strip():
-                index.add(str(int(pos)), text)
+        for pos, sk in zip(parts[j].tolist(), sketches):
+            if sk is not None:
+                index.add_sketch(str(pos), sk)
     result.train_lines = len(index)
     parts = list(parts)
     moved: dict[int, list[int]] = {j: [] for j in train}
+    where = lambda pos: (str(lines.files[lines.file_index[pos]]), int(lines.line_numbers[pos]))  # noqa: E731
     for j in others:
         split, keep = names[j][0], np.ones(len(parts[j]), bool)
-        for k, (file, lineno, raw) in enumerate(lines.read(parts[j])):
-            text = line_text(raw, article)
-            found = index.query(text) if text.strip() else None
+        for k, (pos, sk) in enumerate(zip(parts[j].tolist(), sketches)):
+            found = index.query_sketch(sk) if sk is not None else None
             if found is None:
                 continue
-            pos = int(found[0])
+            train_pos = int(found[0])
             keep[k] = False
-            moved[int(owner[pos])].append(int(parts[j][k]))
-            ((train_file, train_line, _),) = lines.read([pos])
-            result.leaks.append(Leak(split, file, lineno, train_file, train_line, round(found[1], 4)))
+            moved[int(owner[train_pos])].append(pos)
+            result.leaks.append(Leak(split, *where(pos), *where(train_pos), round(found[1], 4)))
         result.checked[split] = result.checked.get(split, 0) + len(parts[j])
         if split == "dev" and not keep.any():
             raise DataError(

@@ -109,12 +109,25 @@ def run_pipeline(cfg: PipelineConfig, log=print) -> dict:
     output = Output(Path(cfg.output_path))
     try:
         with run_tokenizer(spec) as (tok, render):
-            return _run(cfg, files, counts, spec, tok, render, engine, output, logged, warn, log)
+            result = _run(cfg, files, counts, spec, tok, render, engine, output, logged, warn, log)
     except BaseException:
         output.discard()
         raise
     finally:
-        engine.close()
+        engine.close()  # the workers are gone (and counted in RUSAGE_CHILDREN) from here on
+    result["timing"]["peak_rss_mb"] = peak_rss(engine.name)
+    log("timing: " + orjson.dumps(result["timing"]).decode())
+    return result
+
+
+def peak_rss(engine: str) -> dict:
+    """Peak resident memory in MB of this process and of its largest worker process (local engine; Linux)."""
+    import resource
+
+    mb = {"main": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if engine == "local":
+        mb["largest_worker"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    return {k: round(v, 1) for k, v in mb.items()}
 
 
 def _run(cfg, files, counts, spec, tok, render, engine, output, logged, warn, log) -> dict:
@@ -134,7 +147,7 @@ def _run(cfg, files, counts, spec, tok, render, engine, output, logged, warn, lo
     output.prepare(cfg.overwrite_output_path)
     names = split_names(counts)
     parts = assign_lines(lines.global_numbers, counts, cfg.shuffle, cfg.seed)
-    parts, leakage = check_leakage(lines, parts, names, cfg.dev_leakage, article, logged, log)
+    parts, leakage = check_leakage(lines, parts, names, cfg.dev_leakage, article, logged, log, engine)
     by_split = {split: [p for p, (s, _) in zip(parts, names) if s == split] for split in ("train", "test", "dev")}
     write_line_files(out, lines, parts, names, counts, cfg.keep_split_jsonls, ".txt" if is_text else ".jsonl")
     clock.lap("index")
@@ -175,7 +188,6 @@ def _run(cfg, files, counts, spec, tok, render, engine, output, logged, warn, lo
     write_manifest(out)  # last: an output without it is incomplete
     clock.lap("finish")
     timing = clock.summary(engine.name, workers, parallel=("tokenize", "write"))
-    log("timing: " + orjson.dumps(timing).decode())
     return {
         "output": str(out),
         "metadata": metadata,
@@ -254,13 +266,13 @@ class Output:
             shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
 
 
-def check_leakage(lines: LineIndex, parts, names, mode: str, article, logged: list[str], log):
+def check_leakage(lines: LineIndex, parts, names, mode: str, article, logged: list[str], log, engine=None):
     """``--dev_leakage``: dev/test lines that nearly copy a training line moved or dropped (``leakage.py``); the
     summary and every leak go to logs.log, and when any was found, the summary and the check's time to ``log``."""
     if mode == "off":
         return parts, None
     start = time.perf_counter()
-    parts, leakage = remove_leaks(lines, parts, names, mode, article)
+    parts, leakage = remove_leaks(lines, parts, names, mode, article, engine)
     logged += leakage.log_lines()
     if leakage.leaks:
         log(f"{leakage.summary()} ({time.perf_counter() - start:.2f} s)")

@@ -111,3 +111,28 @@ def test_a_dev_file_left_empty_is_one_line(tmp_path, clean_lines):
     )
     assert r.returncode == 2 and "--dev_leakage move: every line of dev file 1" in r.stderr
     assert r.stderr.count("\n") == 1 and "--dev_leakage off" in r.stderr
+
+
+def test_the_check_is_the_same_for_any_number_of_workers(tmp_path, chat_jsonl):
+    """The lines are sketched by worker processes (in chunks of at least 256 lines), the index is built in order:
+    a doubled input, whose dev and test lines all have a copy in train, gives the same moves with 1 and 3 workers."""
+    from tokenization_prep.engine import LocalEngine
+    from tokenization_prep.inputs import LineIndex
+    from tokenization_prep.leakage import remove_leaks
+    from tokenization_prep.settings import ArticleSettings
+    from tokenization_prep.splits import SplitCounts, assign_lines, split_names
+
+    src = tmp_path / "twice.jsonl"
+    src.write_text(chat_jsonl.read_text() * 2)
+    lines, counts = LineIndex([src]), SplitCounts(3, 1, 1, [])
+    parts = assign_lines(lines.global_numbers, counts, "on_RAM", 0)
+    got = []
+    for workers in (1, 3):
+        engine = LocalEngine(workers)
+        try:
+            moved, leakage = remove_leaks(lines, parts, split_names(counts), "move", ArticleSettings(), engine)
+        finally:
+            engine.close()
+        got.append(([p.tolist() for p in moved], leakage.as_dict()))
+    assert got[0] == got[1]
+    assert sum(got[0][1]["moved"].values()) > 500  # most dev and test lines have their copy in train
