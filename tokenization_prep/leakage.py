@@ -110,23 +110,31 @@ class SketchTask:
 _SKETCHER: list[NearDupIndex] = []  # this process's (its permutations are made once)
 
 
-def sketch_lines(task: SketchTask) -> list[Sketch | None]:
-    """Each line's MinHash sketch (None: no text), in order: the costly, parallel half of the check."""
+def sketch_lines(task: SketchTask) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The lines' MinHash sketches, packed (which lines have text, their signatures, their band keys: three arrays
+    pickle far cheaper than a sketch object a line): the costly, parallel half of the check."""
     if not _SKETCHER:
         _SKETCHER.append(NearDupIndex(THRESHOLD, shingle=SHINGLE))
     reads = read_lines(task.files, task.file_index, task.offsets, task.line_numbers, task.cwd)
     texts = [line_text(raw, task.article) for _, _, raw in reads]
-    out: list[Sketch | None] = [None] * len(texts)
     todo = [k for k, text in enumerate(texts) if text.strip()]
-    for lo in range(0, len(todo), 16):  # near_dup's batch size
-        batch = todo[lo : lo + 16]
-        for k, sk in zip(batch, _SKETCHER[0].sketches([(texts[k], None) for k in batch])):
-            out[k] = sk
-    return out
+    sketches = [
+        sk
+        for lo in range(0, len(todo), 16)
+        for sk in _SKETCHER[0].sketches(  # near_dup's batch size
+            [(texts[k], None) for k in todo[lo : lo + 16]]
+        )
+    ]
+    has = np.zeros(len(texts), dtype=bool)
+    has[todo] = True
+    index = _SKETCHER[0]
+    sigs = np.stack([sk.text for sk in sketches]) if sketches else np.zeros((0, index.num_perm), np.uint32)
+    bands = np.stack([sk.bands for sk in sketches]) if sketches else np.zeros((0, index.bands), np.uint64)
+    return has, sigs, bands
 
 
 def sketched(engine, lines: LineIndex, positions: np.ndarray, article: ArticleSettings) -> Iterator[Sketch | None]:
-    """The sketches of the lines ``positions``, in order, computed by the engine's workers in chunks."""
+    """The sketches of the lines ``positions`` (None: no text), in order, computed by the engine's workers."""
     workers = getattr(engine, "workers", 1)
     size = int(np.clip(-(-len(positions) // (4 * workers)), 256, 4096))
     files, article = [str(p) for p in lines.files], article.model_copy(update={"chat_render": None})
@@ -138,8 +146,11 @@ def sketched(engine, lines: LineIndex, positions: np.ndarray, article: ArticleSe
         )
         for lo in range(0, len(positions), size)
     )
-    for chunk in (engine or LocalEngine(1)).map(sketch_lines, tasks):
-        yield from chunk
+    for has, sigs, bands in (engine or LocalEngine(1)).map(sketch_lines, tasks):
+        k = 0
+        for present in has.tolist():
+            yield Sketch(sigs[k], None, bands[k]) if present else None
+            k += present
 
 
 def remove_leaks(
