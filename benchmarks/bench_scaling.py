@@ -114,12 +114,14 @@ def scaling(src: Path, tmp: Path, workers: list[int], reps: int, repeat: int, sp
         f"{splits} training splits; best of {reps}; x = speedup vs N={n0}; serial = serial_s / total_s of ours' "
         "timing line, +start = with the start-up before it; RSS = largest single process (MB)"
     )
-    head = ["N", "ours s", "ours tok/s", "ours x", "serial", "+start", "ours RSS"]
+    head = ["N", "ours s", "ours tok/s", "ours x", "tokenize x", "serial", "+start", "ours RSS"]
     head += ["gdp s", "gdp tok/s", "gdp x", "gdp RSS"]
     rows = [head + ["ours/gdp"]]
     for n in workers:
         o, g = ours[n], gdp.get(n)
         row = [str(n), f"{o['s']:.2f}", f"{tokens / o['s']:,.0f}", f"{ours[n0]['s'] / o['s']:.2f}x"]
+        phase = [(r.get("timing") or {}).get("phases", {}).get("tokenize") for r in (ours[n0], o)]
+        row += [f"{phase[0] / phase[1]:.2f}x" if all(phase) else "n/a"]
         row += [*serial_share(o), f"{o['rss']:,.0f}"]
         if g:
             row += [f"{g['s']:.2f}", f"{tokens / g['s']:,.0f}", f"{gdp[n0]['s'] / g['s']:.2f}x", f"{g['rss']:,.0f}"]
@@ -147,4 +149,46 @@ def scaling(src: Path, tmp: Path, workers: list[int], reps: int, repeat: int, sp
         f"peak RSS ours N={mem_n}: {repeat}x input {ours[mem_n]['rss']:,.0f} MB, {2 * repeat}x input "
         f"{two['rss']:,.0f} MB = {two['rss'] / ours[mem_n]['rss']:.2f}x ({two['s']:.2f} s, one run)"
     )
+    mem = [(r.get("timing") or {}).get("peak_rss_mb", {}) for r in (ours[mem_n], two)]
+    if all(m.get("largest_worker") for m in mem):
+        print(
+            f"  of which the largest worker: {mem[0]['largest_worker']:,.0f} MB -> {mem[1]['largest_worker']:,.0f} MB "
+            f"= {mem[1]['largest_worker'] / mem[0]['largest_worker']:.2f}x; the main process (line index, article "
+            f"tables, plan): {mem[0]['main']:,.0f} MB -> {mem[1]['main']:,.0f} MB"
+        )
+    encode_ceiling(src, workers)
     return bool(bad)
+
+
+CEILING = """
+import os, sys, time
+os.environ["RAYON_NUM_THREADS"] = "1"
+from tokenization_prep.articles import parse_line, strings_to_encode
+from tokenization_prep.settings import ArticleSettings
+from tokenization_prep.tokenizer_io import load_tokenizer
+tok = load_tokenizer(sys.argv[2]).backend_tokenizer
+texts = [t for raw in open(sys.argv[1], "rb") for t in strings_to_encode(parse_line(raw, ArticleSettings()))]
+t0 = time.perf_counter()
+n = sum(len(e.ids) for i in range(0, len(texts), 2048) for e in tok.encode_batch_fast(texts[i : i + 2048]))
+print(n, time.perf_counter() - t0)
+"""
+
+
+def encode_ceiling(src: Path, workers: list[int]) -> None:
+    """The machine's own ceiling: the Rust encoder alone, one thread a process, in N processes at once (no Python
+    work, no files): how far N processes of pure tokenizing scale here."""
+    base = None
+    for n in workers:
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", CEILING, str(src), str(TOKENIZER)], cwd=ROOT, stdout=subprocess.PIPE
+            )
+            for _ in range(n)
+        ]
+        done = [p.communicate()[0].split() for p in procs]
+        rate = sum(int(t) for t, _ in done) / max(float(s) for _, s in done)
+        base = base or rate
+        print(
+            f"ceiling: raw encode_batch_fast in {n} process(es) at once, one thread each: {rate:,.0f} tokens/s "
+            f"= {rate / base:.2f}x"
+        )
