@@ -5,10 +5,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PINS=(transformers==5.17.0 huggingface_hub==1.33.0 httpx==0.28.1 httpcore==1.0.9 certifi==2026.10.19.post1)
-STAMP=.venv/lowest/.pins
-if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "${PINS[*]}" ]; then
-  exit 0
-fi
-rm -rf .venv/lowest
-.venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps --target .venv/lowest "${PINS[@]}"
-echo "${PINS[*]}" >"$STAMP"
+exec bash scripts/pinned_target.sh .venv/lowest "${PINS[@]}"
