@@ -131,6 +131,8 @@ def peak_rss(engine: str) -> dict:
 
 
 def _run(cfg, files, counts, spec, tok, render, engine, output, logged, warn, log) -> dict:
+    """An SFT run: index and split (here), tokenize (the engine's workers), plan (here), write (the workers), and
+    the rest while they write; the summary with the wall time of each phase."""
     clock = Clock()
     is_text = cfg.article.is_text or files[0].suffix == ".txt"
     article = cfg.article.model_copy(update={"is_text": is_text, "chat_render": render or cfg.article.chat_render})
@@ -151,7 +153,7 @@ def _run(cfg, files, counts, spec, tok, render, engine, output, logged, warn, lo
     by_split = {split: [p for p, (s, _) in zip(parts, names) if s == split] for split in ("train", "test", "dev")}
     write_line_files(out, lines, parts, names, counts, cfg.keep_split_jsonls, ".txt" if is_text else ".jsonl")
     clock.lap("index")
-    workers = getattr(engine, "workers", 1)
+    workers = engine.workers
     shards = {
         split: shard_tasks(
             split, by_split[split], lines, spec, article, cfg.ignore_input_format_error, out / ".shards", workers
