@@ -149,12 +149,13 @@ def scaling(src: Path, tmp: Path, workers: list[int], reps: int, repeat: int, sp
         f"peak RSS ours N={mem_n}: {repeat}x input {ours[mem_n]['rss']:,.0f} MB, {2 * repeat}x input "
         f"{two['rss']:,.0f} MB = {two['rss'] / ours[mem_n]['rss']:.2f}x ({two['s']:.2f} s, one run)"
     )
-    mem = [(r.get("timing") or {}).get("peak_rss_mb", {}) for r in (ours[mem_n], two)]
-    if all(m.get("largest_worker") for m in mem):
+    mem = [r.get("timing") or {} for r in (ours[mem_n], two)]
+    if all(m.get("worker_own_mb") for m in mem):
+        w0, w1 = mem[0]["worker_own_mb"], mem[1]["worker_own_mb"]
         print(
-            f"  of which the largest worker: {mem[0]['largest_worker']:,.0f} MB -> {mem[1]['largest_worker']:,.0f} MB "
-            f"= {mem[1]['largest_worker'] / mem[0]['largest_worker']:.2f}x; the main process (line index, article "
-            f"tables, plan): {mem[0]['main']:,.0f} MB -> {mem[1]['main']:,.0f} MB"
+            f"  a worker's own memory (USS after a task, the most of any): {w0:,.0f} MB -> {w1:,.0f} MB = "
+            f"{w1 / w0:.2f}x; the main process's peak RSS (line index, article tables, plan): "
+            f"{mem[0]['main_peak_rss_mb']:,.0f} MB -> {mem[1]['main_peak_rss_mb']:,.0f} MB"
         )
     encode_ceiling(src, workers)
     return bool(bad)

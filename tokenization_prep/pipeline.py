@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import sys
 import time
@@ -114,20 +115,10 @@ def run_pipeline(cfg: PipelineConfig, log=print) -> dict:
         output.discard()
         raise
     finally:
-        engine.close()  # the workers are gone (and counted in RUSAGE_CHILDREN) from here on
-    result["timing"]["peak_rss_mb"] = peak_rss(engine.name)
+        engine.close()
+    result["timing"]["main_peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     log("timing: " + orjson.dumps(result["timing"]).decode())
     return result
-
-
-def peak_rss(engine: str) -> dict:
-    """Peak resident memory in MB of this process and of its largest worker process (local engine; Linux)."""
-    import resource
-
-    mb = {"main": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-    if engine == "local":
-        mb["largest_worker"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    return {k: round(v, 1) for k, v in mb.items()}
 
 
 def _run(cfg, files, counts, spec, tok, render, engine, output, logged, warn, log) -> dict:
@@ -173,11 +164,11 @@ def _run(cfg, files, counts, spec, tok, render, engine, output, logged, warn, lo
         tasks += split_tasks
     clock.lap("plan")
     with ThreadPoolExecutor(1) as background:  # the workers write the HDF5 files while this process does the rest
-        writing = background.submit(lambda: [*engine.map(write_file, tasks)])
+        writing = background.submit(lambda: max(engine.map(write_file, tasks), default=0.0))
         metadata, report = _finish(
             cfg, files, counts, tok, model_type, out, tokenized, leakage, splits, sizes, categories
         )
-        writing.result()
+        worker_mb = max(writing.result(), *(t.worker_mb for t in tokenized.values()))
     clock.lap("write")
     if why:  # said once the run succeeded, so that an error stays one line
         warn(
@@ -190,6 +181,7 @@ def _run(cfg, files, counts, spec, tok, render, engine, output, logged, warn, lo
     write_manifest(out)  # last: an output without it is incomplete
     clock.lap("finish")
     timing = clock.summary(engine.name, workers, parallel=("tokenize", "write"))
+    timing["worker_own_mb"] = round(worker_mb, 1)  # the most a worker held of its own (USS) after a task
     return {
         "output": str(out),
         "metadata": metadata,

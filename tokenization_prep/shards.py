@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+import psutil
 
 from tokenization_prep.articles import ArticleTokenizer, InputFormatError, parse_line
 from tokenization_prep.hdf5_io import TokenStore, write_hdf5
@@ -87,6 +88,13 @@ class ShardResult:
     metrics: SplitMetrics
     skipped: list[bytes] = field(default_factory=list)  # lines skipped under --ignore_input_format_error
     bad: BadLines = field(default_factory=BadLines)
+    worker_mb: float = 0.0  # the worker's own memory when done (``own_memory_mb``)
+
+
+def own_memory_mb() -> float:
+    """This process's own memory in MB (USS: pages no other process shares, so a forked worker's copy-on-write
+    inheritance from the main process is not counted), what a worker adds."""
+    return psutil.Process().memory_full_info().uss / 2**20
 
 
 def shard_tasks(
@@ -136,7 +144,7 @@ def tokenize_shard(task: ShardTask) -> ShardResult:
                 parse_line(raw, article)
             except InputFormatError as exc:
                 bad.add(file, line, str(exc))
-        return ShardResult(None, metrics, bad=bad)
+        return ShardResult(None, metrics, bad=bad, worker_mb=own_memory_mb())
     store, skipped = TokenStore(Path(task.store_dir), f"{task.split}.{task.index:06d}"), []
     try:
         tokenize_into(
@@ -155,9 +163,9 @@ def tokenize_shard(task: ShardTask) -> ShardResult:
         raise
     if bad.count:
         store.cleanup()
-        return ShardResult(None, metrics, skipped, bad)
+        return ShardResult(None, metrics, skipped, bad, own_memory_mb())
     store.close()
-    return ShardResult(store, metrics, skipped, bad)
+    return ShardResult(store, metrics, skipped, bad, own_memory_mb())
 
 
 @dataclass
@@ -186,10 +194,10 @@ def file_task(path: Path, store: TokenStore, rows: Plan, max_len: int, pad_id: i
     return FileTask(str(Path(path).resolve()), store.subset(used), plan, max_len, pad_id, cat_ids, truncated[used])
 
 
-def write_file(task: FileTask) -> str:
-    """Write one HDF5 file (atomically: temp name, then rename)."""
+def write_file(task: FileTask) -> float:
+    """Write one HDF5 file (atomically: temp name, then rename); return the worker's own memory (MB) when done."""
     try:
         write_hdf5(Path(task.path), task.store, task.plan, task.max_len, task.pad_id, task.category_ids, task.truncated)
     finally:
         task.store.close()
-    return task.path
+    return own_memory_mb()

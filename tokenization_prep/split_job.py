@@ -42,6 +42,7 @@ class Tokenized:
     store: TokenStore
     metrics: SplitMetrics
     skipped: list[bytes]
+    worker_mb: float  # the most memory a worker held of its own after a shard (``shards.own_memory_mb``)
 
 
 def tokenize_splits(engine: LocalEngine, shards: dict[str, list[ShardTask]], files: list[str]) -> dict[str, Tokenized]:
@@ -77,7 +78,12 @@ def tokenize_splits(engine: LocalEngine, shards: dict[str, list[ShardTask]], fil
         metrics = SplitMetrics()
         for r in rs:
             metrics.merge(r.metrics)
-        out[split] = Tokenized(TokenStore.concat([r.store for r in rs]), metrics, [x for r in rs for x in r.skipped])
+        out[split] = Tokenized(
+            TokenStore.concat([r.store for r in rs]),
+            metrics,
+            [x for r in rs for x in r.skipped],
+            max(r.worker_mb for r in rs),
+        )
     return out
 
 
