@@ -12,6 +12,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -158,7 +159,38 @@ def scaling(src: Path, tmp: Path, workers: list[int], reps: int, repeat: int, sp
             f"{mem[0]['main_peak_rss_mb']:,.0f} MB -> {mem[1]['main_peak_rss_mb']:,.0f} MB"
         )
     encode_ceiling(src, workers)
+    big.write_bytes(data * repeat)
+    leakage_scaling(big, workers)
+    big.unlink()
     return bool(bad)
+
+
+def leakage_scaling(src: Path, workers: list[int]) -> None:
+    """The dev-leakage check alone (``remove_leaks``) on ``src`` split 8/1/1 at each N: its time, the same moves."""
+    import os
+
+    os.environ["RAYON_NUM_THREADS"] = "1"
+    from tokenization_prep.engine import LocalEngine
+    from tokenization_prep.inputs import LineIndex
+    from tokenization_prep.leakage import remove_leaks
+    from tokenization_prep.settings import ArticleSettings
+    from tokenization_prep.splits import SplitCounts, assign_lines, split_names
+
+    lines, counts = LineIndex([src]), SplitCounts(8, 1, 1, [])
+    parts, first, base = assign_lines(lines.global_numbers, counts, "on_RAM", 0), None, None
+    for n in workers:
+        engine, t0 = LocalEngine(n), time.perf_counter()
+        try:
+            moved, leakage = remove_leaks(lines, parts, split_names(counts), "move", ArticleSettings(), engine)
+        finally:
+            engine.close()
+        took = time.perf_counter() - t0
+        base, same = base or took, first is None or first == [p.tolist() for p in moved]
+        first = first or [p.tolist() for p in moved]
+        print(
+            f"dev leakage check, N={n}: {took:.1f} s = {base / took:.2f}x, {sum(leakage.checked.values()):,} dev and "
+            f"test lines checked, {len(leakage.leaks):,} moved{'' if same else ' -- DIFFERENT moves from N=1'}"
+        )
 
 
 CEILING = """
