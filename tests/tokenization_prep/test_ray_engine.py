@@ -23,9 +23,10 @@ def with_ray(*args):
 
 @pytest.mark.slow
 def test_a_local_ray_cluster_writes_the_same_bytes_as_local_workers(tmp_path, chat_jsonl):
-    local, ray = tmp_path / "local", tmp_path / "ray"
-    assert run(*pipe_args(chat_jsonl, local, "--num_workers", "2")).returncode == 0
-    r = with_ray(*pipe_args(chat_jsonl, ray, "--engine", "ray", "--num_workers", "2"))
+    src, local, ray = tmp_path / "in.jsonl", tmp_path / "local", tmp_path / "ray"
+    src.write_text("".join(chat_jsonl.read_text().splitlines(keepends=True)[:600]))  # 600 lines: 3 shards
+    assert run(*pipe_args(src, local, "--num_workers", "2")).returncode == 0
+    r = with_ray(*pipe_args(src, ray, "--engine", "ray", "--num_workers", "2"))
     assert r.returncode == 0, r.stderr
     assert '"engine":"ray"' in r.stderr and "Traceback" not in r.stderr
     assert (ray / "manifest.sha256").read_text() == (local / "manifest.sha256").read_text()
