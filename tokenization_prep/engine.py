@@ -109,6 +109,10 @@ class RayEngine:
                 "include_dashboard": False,
                 "_temp_dir": self.temp,
             }
+        if not address:  # a local cluster inherits this environment: no runtime env to set up for each worker
+            paths = [str(ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+            os.environ.update(PYTHONPATH=os.pathsep.join(paths), RAYON_NUM_THREADS="1")
+            env = None
         try:
             ray.init(runtime_env=env, log_to_driver=False, logging_level="error", **options)
         except Exception as exc:  # ConnectionError, RuntimeError, ValueError ... by version and cause
